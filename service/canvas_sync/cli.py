@@ -1,0 +1,68 @@
+"""The ``canvas-sync`` command: ``serve``, ``create-table`` and ``dev``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+from .config import ConfigError, Settings, load_settings
+from .logs import setup_logging
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="canvas-sync", description="Real-time collaborative canvas backend.")
+    parser.add_argument("--version", action="version", version=f"canvas-sync {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run one replica (CANVAS_* variables configure it)")
+    serve.add_argument("--host", help="bind address (CANVAS_HOST, default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="HTTP + WebSocket port (CANVAS_PORT, default 8080)")
+    sub.add_parser("create-table", help="create the DynamoDB table and its index if missing")
+    dev = sub.add_parser("dev", help="DynamoDB Local + table + N replicas, zero setup")
+    dev.add_argument("--replicas", type=int, default=2, help="replicas to start (default 2)")
+    dev.add_argument("--host", default="127.0.0.1", help="bind address of the replicas (default 127.0.0.1)")
+    dev.add_argument("--port", type=int, default=8080, help="port of the first replica; the others follow (default 8080)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            settings = load_settings(host=args.host, port=args.port)
+        else:
+            settings = load_settings()
+    except ConfigError as error:
+        print(f"canvas-sync: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(settings.log_level.value, settings.replica_id)
+    if args.command == "serve":
+        from .server import serve
+
+        return serve(settings)
+    if args.command == "create-table":
+        return create_table(settings)
+    from .dev import run_dev
+
+    if args.replicas < 1:
+        print("canvas-sync: --replicas must be at least 1", file=sys.stderr)
+        return EXIT_CONFIG
+    return run_dev(settings, args.replicas, args.host, args.port)
+
+
+def create_table(settings: Settings) -> int:
+    from .store import DynamoStore, StoreError, make_client
+
+    store = DynamoStore(make_client(settings.dynamodb_endpoint), settings.table)
+    try:
+        store.create_table()
+        ready = store.table_ready()
+    except StoreError as error:
+        print(f"canvas-sync: create-table failed: {error}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(f"table {settings.table} is {'ACTIVE' if ready else 'not active yet'}")
+    return 0 if ready else 1

@@ -1,0 +1,65 @@
+"""Prometheus metrics, one registry per service instance (tests run several in one process).
+
+Names are part of the contract; labels never carry project ids (unbounded cardinality).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
+
+BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.edits = Counter("canvas_edits", "Accepted edits, by op", ["op"], registry=r)
+        self.edit_errors = Counter("canvas_edit_errors", "Refused client messages, by error code", ["code"], registry=r)
+        self.connections = Gauge("canvas_websocket_connections", "Open WebSocket connections", registry=r)
+        self.slow_clients = Counter("canvas_slow_client_disconnects", "Connections closed (1013) for not keeping up", registry=r)
+        self.projects_loaded = Gauge("canvas_projects_loaded", "Projects held in memory", registry=r)
+        self.project_loads = Counter("canvas_project_loads", "Cache-miss loads from DynamoDB, by outcome", ["outcome"], registry=r)
+        self.project_load_seconds = Histogram("canvas_project_load_duration_seconds", "Cache-miss load time", registry=r)
+        self.dirty_objects = Gauge("canvas_dirty_objects", "Objects changed in memory and not yet saved", registry=r)
+        self.batches = Counter("canvas_autosave_batches", "BatchWriteItem calls, by outcome", ["outcome"], registry=r)
+        self.objects_written = Counter("canvas_autosave_objects_written", "Items written to DynamoDB", registry=r)
+        self.batch_seconds = Histogram(
+            "canvas_autosave_batch_duration_seconds", "Duration of one BatchWriteItem call", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.pass_seconds = Histogram(
+            "canvas_autosave_pass_duration_seconds", "Duration of one auto-save pass that wrote something", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.last_success = Gauge(
+            "canvas_autosave_last_success_timestamp_seconds", "Unix time of the last pass that saved everything it took", registry=r
+        )
+        self.worker_alive = Gauge("canvas_autosave_worker_alive", "1 while the auto-save thread runs", registry=r)
+        self.ready = Gauge("canvas_ready", "1 while /readyz answers 200", registry=r)
+        for op in ("create", "update", "delete"):
+            self.edits.labels(op)
+        for outcome in ("success", "error"):
+            self.batches.labels(outcome)
+            self.project_loads.labels(outcome)
+
+    def observe_batch(self, outcome: str, seconds: float, written: int) -> None:
+        self.batches.labels(outcome).inc()
+        self.batch_seconds.observe(seconds)
+        if written:
+            self.objects_written.inc(written)
+
+    def bind(self, *, connections: Callable[[], float], projects: Callable[[], float], dirty: Callable[[], float],
+             worker_alive: Callable[[], float], ready: Callable[[], float]) -> None:
+        """Gauges read live values at scrape time instead of being kept in step by hand."""
+        self.connections.set_function(connections)
+        self.projects_loaded.set_function(projects)
+        self.dirty_objects.set_function(dirty)
+        self.worker_alive.set_function(worker_alive)
+        self.ready.set_function(ready)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

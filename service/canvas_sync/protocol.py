@@ -1,0 +1,202 @@
+"""The WebSocket protocol without I/O: parse and validate client frames, encode replies.
+
+Everything a client can get wrong is caught here, before any state is touched, and
+raised as a :class:`ProtocolError` carrying the contract's error code. Encoding is
+canonical (sorted keys, no spaces) so that two replicas holding the same state produce
+byte-for-byte equal JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+PROP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+MAX_PROPS = 64
+MAX_TYPE_CHARS = 32
+MAX_REQ_CHARS = 64
+MAX_DEPTH = 4
+RESERVED = ("id", "type")
+
+
+class ProtocolError(Exception):
+    """A refused message: ``code`` is one of the contract's error codes."""
+
+    def __init__(self, code: str, message: str, req: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.req = req
+
+
+@dataclass(frozen=True, slots=True)
+class Create:
+    req: str | None
+    id: str
+    type: str
+    props: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    req: str | None
+    id: str
+    props: dict[str, Any]
+    """Properties to set; ``None`` removes one; the key ``type`` changes the type."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    req: str | None
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    req: str | None
+
+
+Command = Create | Update | Delete | Ping
+
+
+def encode(message: dict[str, Any]) -> str:
+    """Canonical JSON: sorted keys, compact, UTF-8 kept as is."""
+    return json.dumps(message, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def is_valid_id(value: object) -> bool:
+    return isinstance(value, str) and ID_RE.match(value) is not None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a finite number")
+
+
+def loads(text: str | bytes) -> Any:
+    """``json.loads`` that refuses NaN/Infinity literals and numbers that overflow to inf."""
+    return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def check_value(name: str, value: Any, req: str | None) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ProtocolError("bad_message", f"property {name!r}: numbers must be finite", req)
+    if isinstance(value, (dict, list)) and _depth(value) > MAX_DEPTH:
+        raise ProtocolError("bad_message", f"property {name!r}: nested deeper than {MAX_DEPTH}", req)
+
+
+def check_type(value: Any, req: str | None) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_TYPE_CHARS:
+        raise ProtocolError("bad_message", f"'type' must be a non-empty string of at most {MAX_TYPE_CHARS} characters", req)
+    return value
+
+
+def check_props(props: dict[str, Any], req: str | None, allow_null: bool) -> None:
+    for name, value in props.items():
+        if not PROP_RE.match(name):
+            raise ProtocolError("bad_message", f"bad property name {name!r}: must match {PROP_RE.pattern}", req)
+        if value is None and not allow_null:
+            raise ProtocolError("bad_message", f"property {name!r}: null is only allowed in an update", req)
+        check_value(name, value, req)
+
+
+def object_size(view: dict[str, Any]) -> int:
+    """Bytes of an object's canonical JSON: what ``CANVAS_MAX_OBJECT_BYTES`` limits."""
+    return len(encode(view).encode())
+
+
+def _object_id(message: dict[str, Any], key: str, req: str | None) -> str:
+    value = message.get(key)
+    if not is_valid_id(value):
+        raise ProtocolError("bad_message", f"{key!r} must match {ID_RE.pattern}", req)
+    return value
+
+
+def parse(text: str, max_object_bytes: int) -> Command:
+    """Turn one text frame into a command, or raise :class:`ProtocolError`."""
+    try:
+        message = loads(text)
+    except (ValueError, RecursionError) as error:
+        raise ProtocolError("bad_json", f"not valid JSON: {error}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("bad_message", "a message must be a JSON object")
+    req = message.get("req")
+    if req is not None and (not isinstance(req, str) or len(req) > MAX_REQ_CHARS):
+        raise ProtocolError("bad_message", f"'req' must be a string of at most {MAX_REQ_CHARS} characters")
+    op = message.get("op")
+    if op == "ping":
+        return Ping(req)
+    if op == "create":
+        obj = message.get("object")
+        if not isinstance(obj, dict):
+            raise ProtocolError("bad_message", "'object' must be a JSON object", req)
+        object_id = _object_id(obj, "id", req)
+        type_ = check_type(obj.get("type"), req)
+        props = {k: v for k, v in obj.items() if k not in RESERVED}
+        if len(props) > MAX_PROPS:
+            raise ProtocolError("bad_message", f"at most {MAX_PROPS} properties besides id and type", req)
+        check_props(props, req, allow_null=False)
+        if object_size(obj) > max_object_bytes:
+            raise ProtocolError("too_large", f"object is larger than {max_object_bytes} bytes", req)
+        return Create(req, object_id, type_, props)
+    if op == "update":
+        object_id = _object_id(message, "id", req)
+        props = message.get("props")
+        if not isinstance(props, dict) or not props:
+            raise ProtocolError("bad_message", "'props' must be a non-empty JSON object", req)
+        if "id" in props:
+            raise ProtocolError("bad_message", "'id' cannot be changed", req)
+        if "type" in props:
+            check_type(props["type"], req)
+        check_props({k: v for k, v in props.items() if k != "type"}, req, allow_null=True)
+        return Update(req, object_id, props)
+    if op == "delete":
+        return Delete(req, _object_id(message, "id", req))
+    raise ProtocolError("bad_message", f"unknown op {op!r}: expected create, update, delete or ping", req)
+
+
+def ack(req: str | None) -> str:
+    return encode({"op": "ack", "req": req} if req is not None else {"op": "ack"})
+
+
+def error(err: ProtocolError) -> str:
+    body = {"op": "error", "code": err.code, "message": err.message}
+    if err.req is not None:
+        body["req"] = err.req
+    return encode(body)
+
+
+def pong(req: str | None) -> str:
+    return encode({"op": "pong", "req": req} if req is not None else {"op": "pong"})
+
+
+def upsert(object_json: str) -> str:
+    """``object_json`` is the object's canonical JSON, encoded once and shared by all sends."""
+    return f'{{"object":{object_json},"op":"upsert"}}'
+
+
+def deleted(object_id: str) -> str:
+    return encode({"op": "delete", "id": object_id})
+
+
+def snapshot(project: str, replica: str, object_jsons: list[str]) -> str:
+    objects = ",".join(object_jsons)
+    return f'{{"objects":[{objects}],"op":"snapshot","project":{encode(project)},"replica":{encode(replica)}}}'

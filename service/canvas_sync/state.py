@@ -1,0 +1,221 @@
+"""In-memory projects, the edits applied to them, and which objects still need saving.
+
+The asyncio loop applies edits; the auto-save thread takes dirty objects. Both go through
+one lock, held only for dictionary work (never for I/O or JSON encoding of a whole
+project), so the loop never waits on DynamoDB.
+
+Dirty tracking is per object: many edits to one object between two saves cost one write,
+and a project of 10,000 objects with one edit writes one item.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from . import protocol
+from .model import HybridClock, ObjectState, merge
+from .protocol import Create, Delete, ProtocolError, Update
+
+
+class Subscriber(Protocol):
+    def send(self, text: str) -> None: ...
+
+
+@dataclass
+class Project:
+    """One canvas held in memory."""
+
+    id: str
+    objects: dict[str, ObjectState] = field(default_factory=dict)
+    views: dict[str, str] = field(default_factory=dict)
+    """Canonical JSON of each live object, kept current so snapshots cost no encoding."""
+    connections: set[Subscriber] = field(default_factory=set)
+    last_save_at: float | None = None
+    last_active: float = field(default_factory=time.monotonic)
+
+    def set_object(self, state: ObjectState) -> str | None:
+        """Store a state and refresh its view; returns the new view JSON (None if deleted)."""
+        self.objects[state.id] = state
+        view = state.view()
+        if view is None:
+            self.views.pop(state.id, None)
+            return None
+        text = protocol.encode(view)
+        self.views[state.id] = text
+        return text
+
+    def snapshot_jsons(self) -> list[str]:
+        return [self.views[k] for k in sorted(self.views)]
+
+    def broadcast(self, text: str, exclude: Subscriber | None = None) -> None:
+        for conn in list(self.connections):
+            if conn is not exclude:
+                conn.send(text)
+
+
+@dataclass(frozen=True, slots=True)
+class DirtyObject:
+    """A copy of one object's state taken for saving."""
+
+    project: str
+    state: ObjectState
+
+
+class CanvasState:
+    """All projects this replica holds, plus the per-object dirty set."""
+
+    def __init__(self, clock: HybridClock, max_objects_per_project: int, max_object_bytes: int) -> None:
+        self.clock = clock
+        self.max_objects = max_objects_per_project
+        self.max_object_bytes = max_object_bytes
+        self.projects: dict[str, Project] = {}
+        self._dirty: dict[str, set[str]] = {}
+        self._in_flight: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    # --- holding projects -------------------------------------------------------------
+
+    def get(self, project_id: str) -> Project | None:
+        return self.projects.get(project_id)
+
+    def install(self, project_id: str, states: Iterable[ObjectState]) -> Project:
+        """Hold a project loaded from the table (first load wins if raced)."""
+        with self.lock:
+            existing = self.projects.get(project_id)
+            if existing is not None:
+                return existing
+            project = Project(project_id)
+            for state in states:
+                self.clock.observe(state.latest_stamp())
+                project.set_object(state)
+            self.projects[project_id] = project
+            return project
+
+    def evict_idle(self, idle_seconds: float, now: float | None = None) -> list[str]:
+        """Drop projects with no connections, nothing unsaved and no recent activity."""
+        now = time.monotonic() if now is None else now
+        evicted = []
+        with self.lock:
+            for pid, project in list(self.projects.items()):
+                if (
+                    not project.connections
+                    and not self._dirty.get(pid)
+                    and not self._in_flight.get(pid)
+                    and now - project.last_active >= idle_seconds
+                ):
+                    del self.projects[pid]
+                    evicted.append(pid)
+        return evicted
+
+    # --- edits --------------------------------------------------------------------------
+
+    def apply(self, project: Project, command: Create | Update | Delete) -> str:
+        """Apply a client edit; returns the message for the other clients.
+
+        Raises :class:`ProtocolError` and changes nothing when the edit is refused.
+        """
+        with self.lock:
+            project.last_active = time.monotonic()
+            if isinstance(command, Create):
+                text = self._create(project, command)
+            elif isinstance(command, Update):
+                text = self._update(project, command)
+            else:
+                text = self._delete(project, command)
+            self._dirty.setdefault(project.id, set()).add(command.id)
+            return text
+
+    def _live(self, project: Project, object_id: str, req: str | None) -> ObjectState:
+        state = project.objects.get(object_id)
+        if state is None or not state.is_alive:
+            raise ProtocolError("not_found", f"no object {object_id!r}", req)
+        return state
+
+    def _create(self, project: Project, cmd: Create) -> str:
+        old = project.objects.get(cmd.id)
+        if old is not None and old.is_alive:
+            raise ProtocolError("conflict", f"object {cmd.id!r} already exists", cmd.req)
+        if len(project.views) >= self.max_objects:
+            raise ProtocolError("limit_exceeded", f"a project holds at most {self.max_objects} objects", cmd.req)
+        new = ObjectState.created(cmd.id, cmd.type, cmd.props, self.clock.now())
+        view = project.set_object(merge(old, new) if old is not None else new)
+        assert view is not None
+        return protocol.upsert(view)
+
+    def _update(self, project: Project, cmd: Update) -> str:
+        state = self._live(project, cmd.id, cmd.req)
+        candidate: dict[str, Any] = state.view() or {}
+        for name, value in cmd.props.items():
+            if value is None:
+                candidate.pop(name, None)
+            else:
+                candidate[name] = value
+        if len(candidate) - 2 > protocol.MAX_PROPS:
+            raise ProtocolError("bad_message", f"at most {protocol.MAX_PROPS} properties besides id and type", cmd.req)
+        if protocol.object_size(candidate) > self.max_object_bytes:
+            raise ProtocolError("too_large", f"object would be larger than {self.max_object_bytes} bytes", cmd.req)
+        stamp = self.clock.now()
+        props = dict(state.props)
+        type_ = state.type
+        for name, value in cmd.props.items():
+            if name == "type":
+                type_ = (value, stamp)
+            else:
+                props[name] = (value, stamp)
+        view = project.set_object(ObjectState(state.id, state.alive, type_, props))
+        assert view is not None
+        return protocol.upsert(view)
+
+    def _delete(self, project: Project, cmd: Delete) -> str:
+        state = self._live(project, cmd.id, cmd.req)
+        project.set_object(ObjectState(state.id, (False, self.clock.now()), state.type, {}))
+        return protocol.deleted(cmd.id)
+
+    # --- saving -------------------------------------------------------------------------
+
+    def dirty_counts(self) -> tuple[int, int]:
+        """(projects with unsaved objects, unsaved objects)."""
+        with self.lock:
+            projects = sum(1 for ids in self._dirty.values() if ids)
+            return projects, sum(len(ids) for ids in self._dirty.values())
+
+    def project_dirty(self, project_id: str) -> int:
+        with self.lock:
+            return len(self._dirty.get(project_id, ()))
+
+    def take_dirty(self) -> list[DirtyObject]:
+        """Swap the dirty set for an empty one and copy the states (one short lock)."""
+        with self.lock:
+            taken, self._dirty = self._dirty, {}
+            out = []
+            for pid, ids in taken.items():
+                project = self.projects[pid]
+                self._in_flight[pid] = self._in_flight.get(pid, 0) + 1
+                for oid in ids:
+                    # ObjectState is replaced, never mutated, on each edit: the reference is a copy.
+                    out.append(DirtyObject(pid, project.objects[oid]))
+            return out
+
+    def finish_save(self, taken: list[DirtyObject], failed: Iterable[DirtyObject]) -> None:
+        """Record a pass: failed objects become dirty again, saved projects get a timestamp.
+
+        An object edited during the save is already dirty again (the edit re-added it),
+        so nothing here can clear or lose it.
+        """
+        failed_list = list(failed)
+        now = time.time()
+        with self.lock:
+            for item in failed_list:
+                self._dirty.setdefault(item.project, set()).add(item.state.id)
+            failed_projects = {item.project for item in failed_list}
+            for pid in {item.project for item in taken}:
+                self._in_flight[pid] -= 1
+                if not self._in_flight[pid]:
+                    del self._in_flight[pid]
+                project = self.projects.get(pid)
+                if project is not None and pid not in failed_projects:
+                    project.last_save_at = now

@@ -1,0 +1,254 @@
+"""DynamoDB repository: the table layout, batched saves and paginated loads.
+
+One item per object (tombstones included), keyed ``(project_id, object_id)``:
+
+- ``doc`` (S): the object's stamped state as JSON text. Keeping it as text makes numbers
+  come back exactly as sent (``1`` stays ``1``, ``0.1`` stays ``0.1``) without DynamoDB's
+  Decimal type and its 38-digit range, and keeps the per-property stamps with the values.
+- ``saved_at`` (N): hybrid-clock milliseconds of the save; the ``by_saved_at`` index
+  (``project_id``, ``saved_at``) is the change feed other replicas pull from.
+- ``saved_by`` (S): the replica that wrote the item.
+- ``expires_at`` (N, tombstones only): DynamoDB TTL, so deleted objects eventually go.
+
+The store is called from worker threads only; boto3 clients are thread-safe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_exponential_jitter
+
+from .model import ObjectState
+from .state import DirtyObject
+
+log = logging.getLogger(__name__)
+
+BATCH_LIMIT = 25
+"""BatchWriteItem takes at most 25 put/delete requests."""
+INDEX_SAVED_AT = "by_saved_at"
+TTL_ATTRIBUTE = "expires_at"
+
+BatchObserver = Callable[[str, float, int], None]
+"""Called after every BatchWriteItem call with (outcome, seconds, items written)."""
+
+StoreError = (BotoCoreError, ClientError)
+
+
+def make_client(endpoint: str | None, region: str | None = None, pool_size: int = 10) -> Any:
+    """A DynamoDB client with botocore's ``standard`` retries.
+
+    With an endpoint (DynamoDB Local) and no credentials in boto3's chain, dummy
+    credentials and ``us-east-1`` are used, as the contract says.
+    """
+    session = boto3.session.Session()
+    kwargs: dict[str, Any] = {}
+    if endpoint:
+        kwargs["endpoint_url"] = endpoint
+        if session.get_credentials() is None:
+            kwargs.update(aws_access_key_id="dummy", aws_secret_access_key="dummy")
+        region = region or session.region_name or "us-east-1"
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 3},
+        max_pool_connections=pool_size,
+        connect_timeout=3,
+        read_timeout=10,
+    )
+    return session.client("dynamodb", region_name=region or session.region_name, config=config, **kwargs)
+
+
+@dataclass
+class WriteReport:
+    """What one save pass achieved."""
+
+    written: int = 0
+    batches: int = 0
+    failed: list[DirtyObject] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+class DynamoStore:
+    def __init__(
+        self,
+        client: Any,
+        table: str,
+        replica_id: str = "",
+        concurrency: int = 4,
+        unprocessed_attempts: int = 6,
+        tombstone_ttl: float = 7 * 24 * 3600,
+    ) -> None:
+        self.client = client
+        self.table = table
+        self.replica_id = replica_id
+        self.unprocessed_attempts = unprocessed_attempts
+        self.tombstone_ttl = tombstone_ttl
+        self.observer: BatchObserver = lambda outcome, seconds, written: None
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="canvas-save")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # --- table --------------------------------------------------------------------------
+
+    def create_table(self, wait_seconds: float = 60) -> None:
+        """Create the table, its change-feed index and TTL if missing; wait until ACTIVE."""
+        try:
+            self.client.create_table(
+                TableName=self.table,
+                BillingMode="PAY_PER_REQUEST",
+                AttributeDefinitions=[
+                    {"AttributeName": "project_id", "AttributeType": "S"},
+                    {"AttributeName": "object_id", "AttributeType": "S"},
+                    {"AttributeName": "saved_at", "AttributeType": "N"},
+                ],
+                KeySchema=[
+                    {"AttributeName": "project_id", "KeyType": "HASH"},
+                    {"AttributeName": "object_id", "KeyType": "RANGE"},
+                ],
+                GlobalSecondaryIndexes=[
+                    {
+                        "IndexName": INDEX_SAVED_AT,
+                        "KeySchema": [
+                            {"AttributeName": "project_id", "KeyType": "HASH"},
+                            {"AttributeName": "saved_at", "KeyType": "RANGE"},
+                        ],
+                        "Projection": {"ProjectionType": "ALL"},
+                    }
+                ],
+            )
+            log.info("table created", extra={"table": self.table})
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ResourceInUseException":
+                raise
+        self.client.get_waiter("table_exists").wait(
+            TableName=self.table, WaiterConfig={"Delay": 1, "MaxAttempts": max(1, int(wait_seconds))}
+        )
+        try:
+            self.client.update_time_to_live(
+                TableName=self.table,
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
+            )
+        except ClientError as error:
+            # Enabling twice is refused with a ValidationException; that is fine.
+            if error.response["Error"]["Code"] != "ValidationException":
+                raise
+
+    def table_ready(self) -> bool:
+        """True when the table exists and is ACTIVE (used by /readyz)."""
+        table = self.client.describe_table(TableName=self.table)["Table"]
+        return table["TableStatus"] == "ACTIVE"
+
+    # --- saving -------------------------------------------------------------------------
+
+    def item(self, obj: DirtyObject, saved_at_ms: int) -> dict[str, Any]:
+        doc = json.dumps(obj.state.to_doc(), separators=(",", ":"), ensure_ascii=False)
+        item = {
+            "project_id": {"S": obj.project},
+            "object_id": {"S": obj.state.id},
+            "doc": {"S": doc},
+            "saved_at": {"N": str(saved_at_ms)},
+            "saved_by": {"S": self.replica_id},
+        }
+        if not obj.state.is_alive:
+            expires = int(obj.state.alive[1][0] / 1000 + self.tombstone_ttl)
+            item[TTL_ATTRIBUTE] = {"N": str(expires)}
+        return item
+
+    def write(self, objects: list[DirtyObject], saved_at_ms: int) -> WriteReport:
+        """Save objects in batches of at most 25, in parallel; report what failed.
+
+        The caller guarantees one entry per key, so no batch holds two requests for one
+        key (which DynamoDB refuses).
+        """
+        keys = {(o.project, o.state.id) for o in objects}
+        if len(keys) != len(objects):
+            raise ValueError("duplicate keys in one save")
+        chunks = [objects[i : i + BATCH_LIMIT] for i in range(0, len(objects), BATCH_LIMIT)]
+        report = WriteReport()
+        for written, calls, failed, err in self._pool.map(lambda c: self._write_chunk(c, saved_at_ms), chunks):
+            report.written += written
+            report.batches += calls
+            report.failed.extend(failed)
+            if err:
+                report.errors.append(err)
+        return report
+
+    def _write_chunk(self, chunk: list[DirtyObject], saved_at_ms: int) -> tuple[int, int, list[DirtyObject], str | None]:
+        pending = {(o.project, o.state.id): (o, self.item(o, saved_at_ms)) for o in chunk}
+        calls = 0
+
+        def attempt() -> dict:
+            nonlocal pending, calls
+            calls += 1
+            pending = self._batch_call(pending)
+            return pending
+
+        retrying = Retrying(
+            retry=retry_if_result(bool),
+            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+            stop=stop_after_attempt(self.unprocessed_attempts),
+            retry_error_callback=lambda state: state.outcome.result(),
+        )
+        try:
+            retrying(attempt)
+        except StoreError as error:
+            return len(chunk) - len(pending), calls, [o for o, _ in pending.values()], _describe(error)
+        failed = [o for o, _ in pending.values()]
+        err = f"{len(failed)} items still unprocessed after {calls} attempts" if failed else None
+        return len(chunk) - len(failed), calls, failed, err
+
+    def _batch_call(self, pending: dict) -> dict:
+        requests = [{"PutRequest": {"Item": item}} for _, item in pending.values()]
+        start = time.perf_counter()
+        try:
+            response = self.client.batch_write_item(RequestItems={self.table: requests})
+        except StoreError:
+            self.observer("error", time.perf_counter() - start, 0)
+            raise
+        unprocessed = response.get("UnprocessedItems", {}).get(self.table, [])
+        left = {}
+        for request in unprocessed:
+            item = request["PutRequest"]["Item"]
+            key = (item["project_id"]["S"], item["object_id"]["S"])
+            left[key] = pending[key]
+        self.observer("success", time.perf_counter() - start, len(pending) - len(left))
+        return left
+
+    # --- loading ------------------------------------------------------------------------
+
+    def load_project(self, project_id: str) -> list[ObjectState]:
+        """Every object of a project (tombstones included, expired ones skipped)."""
+        pages = self.client.get_paginator("query").paginate(
+            TableName=self.table,
+            KeyConditionExpression="project_id = :p",
+            ExpressionAttributeValues={":p": {"S": project_id}},
+            ConsistentRead=True,
+        )
+        return list(self._states(item for page in pages for item in page["Items"]))
+
+    def _states(self, items: Iterator[dict[str, Any]]) -> Iterator[ObjectState]:
+        now = time.time()
+        for item in items:
+            object_id = item["object_id"]["S"]
+            if object_id.startswith("#"):
+                continue  # per-project metadata, not an object
+            expires = item.get(TTL_ATTRIBUTE)
+            if expires is not None and float(expires["N"]) < now:
+                continue  # expired tombstone that DynamoDB has not removed yet
+            yield ObjectState.from_doc(object_id, json.loads(item["doc"]["S"]))
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, ClientError):
+        err = error.response.get("Error", {})
+        return f"{err.get('Code', 'ClientError')}: {err.get('Message', '')}"
+    return f"{type(error).__name__}: {error}"

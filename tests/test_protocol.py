@@ -1,0 +1,90 @@
+"""Parsing and validating client frames; canonical encoding."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from canvas_sync import protocol
+from canvas_sync.protocol import Create, Delete, Ping, ProtocolError, Update
+
+MAX = 16384
+
+
+def parse(message: object) -> protocol.Command:
+    return protocol.parse(message if isinstance(message, str) else json.dumps(message), MAX)
+
+
+def refused(message: object) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        parse(message)
+    return info.value
+
+
+def test_valid_commands() -> None:
+    assert parse({"op": "ping", "req": "1"}) == Ping("1")
+    assert parse({"op": "create", "object": {"id": "r1", "type": "rect", "x": 1}}) == Create(None, "r1", "rect", {"x": 1})
+    assert parse({"op": "update", "id": "r1", "props": {"x": None, "type": "ellipse"}}) == Update(
+        None, "r1", {"x": None, "type": "ellipse"}
+    )
+    assert parse({"op": "delete", "id": "r1", "req": "z"}) == Delete("z", "r1")
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ("{not json", "bad_json"),
+        ('{"op":"create","object":{"id":"r1","type":"rect","x":NaN}}', "bad_json"),
+        ('{"op":"create","object":{"id":"r1","type":"rect","x":Infinity}}', "bad_json"),
+        ('{"op":"create","object":{"id":"r1","type":"rect","x":1e400}}', "bad_json"),
+        ("[1,2]", "bad_message"),
+        ({"op": "jump"}, "bad_message"),
+        ({"op": "ping", "req": 5}, "bad_message"),
+        ({"op": "ping", "req": "r" * 65}, "bad_message"),
+        ({"op": "create"}, "bad_message"),
+        ({"op": "create", "object": {"type": "rect"}}, "bad_message"),
+        ({"op": "create", "object": {"id": "-bad", "type": "rect"}}, "bad_message"),
+        ({"op": "create", "object": {"id": "r" * 129, "type": "rect"}}, "bad_message"),
+        ({"op": "create", "object": {"id": "r1"}}, "bad_message"),
+        ({"op": "create", "object": {"id": "r1", "type": "t" * 33}}, "bad_message"),
+        ({"op": "create", "object": {"id": "r1", "type": 3}}, "bad_message"),
+        ({"op": "create", "object": {"id": "r1", "type": "rect", "1x": 1}}, "bad_message"),
+        ({"op": "create", "object": {"id": "r1", "type": "rect", "x-y": 1}}, "bad_message"),
+        ({"op": "create", "object": {"id": "r1", "type": "rect", "x": None}}, "bad_message"),
+        ({"op": "create", "object": {"id": "r1", "type": "rect", "deep": [[[[[1]]]]]}}, "bad_message"),
+        ({"op": "create", "object": {"id": "r1", "type": "rect", **{f"p{i}": i for i in range(65)}}}, "bad_message"),
+        ({"op": "create", "object": {"id": "r1", "type": "rect", "text": "x" * MAX}}, "too_large"),
+        ({"op": "update", "id": "r1"}, "bad_message"),
+        ({"op": "update", "id": "r1", "props": {}}, "bad_message"),
+        ({"op": "update", "id": "r1", "props": {"id": "r2"}}, "bad_message"),
+        ({"op": "update", "id": "r1", "props": {"type": None}}, "bad_message"),
+        ({"op": "update", "id": "r1", "props": {"bad name": 1}}, "bad_message"),
+        ({"op": "delete"}, "bad_message"),
+        ({"op": "delete", "id": 7}, "bad_message"),
+    ],
+)
+def test_bad_messages_get_the_contract_code(message: object, code: str) -> None:
+    assert refused(message).code == code
+
+
+def test_error_echoes_req_when_it_is_valid() -> None:
+    err = refused({"op": "update", "id": "r1", "props": {}, "req": "q7"})
+    assert json.loads(protocol.error(err)) == {"op": "error", "req": "q7", "code": "bad_message", "message": err.message}
+
+
+def test_depth_four_is_allowed() -> None:
+    assert isinstance(parse({"op": "create", "object": {"id": "r1", "type": "t", "v": [[[[1]]]]}}), Create)
+
+
+def test_values_round_trip_exactly() -> None:
+    cmd = parse('{"op":"create","object":{"id":"r1","type":"t","a":1,"b":0.1,"c":123456789012345678901234567890}}')
+    assert protocol.encode(cmd.props) == '{"a":1,"b":0.1,"c":123456789012345678901234567890}'
+
+
+def test_encoding_is_canonical() -> None:
+    assert protocol.encode({"b": 1, "a": "é"}) == '{"a":"é","b":1}'
+    assert json.loads(protocol.snapshot("p", "r", ['{"id":"a"}'])) == {
+        "op": "snapshot", "project": "p", "replica": "r", "objects": [{"id": "a"}]
+    }
+    assert json.loads(protocol.upsert('{"id":"a"}')) == {"op": "upsert", "object": {"id": "a"}}
