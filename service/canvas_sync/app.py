@@ -215,7 +215,7 @@ def create_app(service: CanvasService) -> Quart:
             return project  # refuses the upgrade with this status
         await websocket.accept()
         ws_obj = websocket._get_current_object()
-        conn = Connection(service.settings.send_queue_size, service.settings.rate_limit)
+        conn = Connection(service.settings.send_queue_size, service.settings.rate_limit, service.metrics.slow_clients.inc)
         service.connections.add(conn)
         project.connections.add(conn)
         conn.send(protocol.snapshot(project.id, service.settings.replica_id, project.snapshot_jsons()))

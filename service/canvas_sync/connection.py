@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 SLOW_CLIENT = 1013
@@ -17,7 +18,8 @@ _CLOSE = object()
 
 
 class Connection:
-    def __init__(self, queue_size: int, rate_per_second: float = 0.0) -> None:
+    def __init__(self, queue_size: int, rate_per_second: float = 0.0, on_slow: Callable[[], None] = lambda: None) -> None:
+        self.on_slow = on_slow
         self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=queue_size)
         self.close_code: int | None = None
         self.close_reason = ""
@@ -41,6 +43,7 @@ class Connection:
             return
         self.close_code, self.close_reason = code, reason
         if code == SLOW_CLIENT:
+            self.on_slow()
             _drain(self.queue)
         while self.queue.full():
             self.queue.get_nowait()

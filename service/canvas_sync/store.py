@@ -26,7 +26,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
-from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_exponential_jitter
+from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_random_exponential
 
 from .model import ObjectState
 from .state import DirtyObject
@@ -194,7 +194,7 @@ class DynamoStore:
 
         retrying = Retrying(
             retry=retry_if_result(bool),
-            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+            wait=wait_random_exponential(multiplier=0.05, max=2.0),  # full jitter
             stop=stop_after_attempt(self.unprocessed_attempts),
             retry_error_callback=lambda state: state.outcome.result(),
         )

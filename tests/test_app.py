@@ -1,0 +1,239 @@
+"""The WebSocket and HTTP interface of a real replica process (hypercorn + DynamoDB Local)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.client import ClientProtocol
+from websockets.sync.client import ClientConnection, connect
+from websockets.uri import parse_uri
+
+from conftest import Replica, http_json, http_text
+
+pytestmark = pytest.mark.dynamodb_local
+
+
+@contextmanager
+def client(replica: Replica, project: str = "p1", **kwargs: Any) -> Iterator[ClientConnection]:
+    with connect(replica.ws_url(project), open_timeout=5, close_timeout=2, max_size=None, **kwargs) as ws:
+        yield ws
+
+
+def recv(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
+    return json.loads(ws.recv(timeout))
+
+
+def call(ws: ClientConnection, message: dict[str, Any] | str) -> dict[str, Any]:
+    ws.send(message if isinstance(message, str) else json.dumps(message))
+    return recv(ws)
+
+
+@pytest.fixture
+def replica(replicas: Any) -> Replica:
+    return replicas("replica-a", rate_limit=0, max_objects_per_project=5, max_object_bytes=2048, max_message_bytes=8192)
+
+
+def test_snapshot_ack_and_fanout(replica: Replica) -> None:
+    with client(replica) as a, client(replica) as b, client(replica, "other") as c:
+        for ws, project in ((a, "p1"), (b, "p1"), (c, "other")):
+            assert recv(ws) == {"op": "snapshot", "project": project, "replica": "replica-a", "objects": []}
+        assert call(a, {"op": "create", "req": "1", "object": {"id": "r1", "type": "rect", "x": 1, "y": 0.1}}) == {
+            "op": "ack", "req": "1"
+        }
+        assert recv(b) == {"op": "upsert", "object": {"id": "r1", "type": "rect", "x": 1, "y": 0.1}}
+        assert call(b, {"op": "update", "id": "r1", "props": {"x": 2, "y": None}}) == {"op": "ack"}
+        assert recv(a) == {"op": "upsert", "object": {"id": "r1", "type": "rect", "x": 2}}
+        assert call(a, {"op": "delete", "id": "r1", "req": "d"}) == {"op": "ack", "req": "d"}
+        assert recv(b) == {"op": "delete", "id": "r1"}
+        assert call(a, {"op": "ping", "req": "p"}) == {"op": "pong", "req": "p"}
+        with pytest.raises(TimeoutError):
+            c.recv(0.3)  # another project hears nothing
+    with client(replica) as late:
+        assert recv(late)["objects"] == []
+
+
+def test_snapshot_is_sorted_and_values_come_back_exactly(replica: Replica) -> None:
+    with client(replica) as ws:
+        recv(ws)
+        for oid in ("b", "a", "c"):
+            call(ws, {"op": "create", "object": {"id": oid, "type": "t", "n": 1, "f": 0.1, "big": 12345678901234567890}})
+    with client(replica) as ws:
+        text = ws.recv(5)
+    assert '"objects":[{"big":12345678901234567890,"f":0.1,"id":"a","n":1,"type":"t"},{' in text
+    assert [o["id"] for o in json.loads(text)["objects"]] == ["a", "b", "c"]
+
+
+BAD = [
+    ("{nope", "bad_json"),
+    ('{"op":"create","object":{"id":"n","type":"t","x":NaN}}', "bad_json"),
+    ({"op": "fly", "req": "q"}, "bad_message"),
+    ({"op": "create", "req": "q", "object": {"id": "bad id", "type": "t"}}, "bad_message"),
+    ({"op": "create", "req": "q", "object": {"id": "x1", "type": "t", "9lives": 1}}, "bad_message"),
+    ({"op": "create", "req": "q", "object": {"id": "x1", "type": "t", "v": [[[[[0]]]]]}}, "bad_message"),
+    ({"op": "create", "req": "q", "object": {"id": "keep", "type": "t"}}, "conflict"),
+    ({"op": "create", "req": "q", "object": {"id": "x1", "type": "t", "s": "x" * 3000}}, "too_large"),
+    ({"op": "update", "req": "q", "id": "keep", "props": {"s": "x" * 3000}}, "too_large"),
+    ({"op": "update", "req": "q", "id": "ghost", "props": {"x": 1}}, "not_found"),
+    ({"op": "update", "req": "q", "id": "keep", "props": {"id": "other"}}, "bad_message"),
+    ({"op": "delete", "req": "q", "id": "ghost"}, "not_found"),
+]
+
+
+def test_every_bad_input_gets_its_code_changes_nothing_and_keeps_the_socket(replica: Replica) -> None:
+    with client(replica) as ws, client(replica) as watcher:
+        recv(ws), recv(watcher)
+        call(ws, {"op": "create", "object": {"id": "keep", "type": "t", "x": 1}})
+        recv(watcher)
+        before = replica.objects("p1")
+        for message, code in BAD:
+            reply = call(ws, message)
+            assert reply["op"] == "error" and reply["code"] == code, (message, reply)
+            assert reply["message"]
+            if isinstance(message, dict):
+                assert reply["req"] == "q"
+        ws.send(b"\x00binary")
+        assert recv(ws)["code"] == "bad_message"
+        assert replica.objects("p1") == before
+        with pytest.raises(TimeoutError):
+            watcher.recv(0.3)  # refused edits are never fanned out
+        assert call(ws, {"op": "ping"}) == {"op": "pong"}  # still usable
+
+
+def test_objects_per_project_limit(replica: Replica) -> None:
+    with client(replica) as ws:
+        recv(ws)
+        for i in range(5):
+            assert call(ws, {"op": "create", "object": {"id": f"o{i}", "type": "t"}})["op"] == "ack"
+        assert call(ws, {"op": "create", "object": {"id": "o5", "type": "t"}})["code"] == "limit_exceeded"
+        call(ws, {"op": "delete", "id": "o0"})
+        assert call(ws, {"op": "create", "object": {"id": "o5", "type": "t"}})["op"] == "ack"
+
+
+def test_oversized_frame_closes_with_1009(replica: Replica) -> None:
+    with client(replica) as ws:
+        recv(ws)
+        ws.send(json.dumps({"op": "ping", "pad": "x" * 9000}))
+        with pytest.raises(ConnectionClosed) as info:
+            ws.recv(5)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+
+
+def test_bad_project_id_refuses_the_upgrade_with_400(replica: Replica) -> None:
+    with pytest.raises(InvalidStatus) as info:
+        with connect(replica.ws_url("-bad"), open_timeout=5):
+            pass
+    assert info.value.response.status_code == 400
+    assert http_json(f"{replica.url}/projects/-bad/objects")[0] == 400
+    assert http_json(f"{replica.url}/projects/-bad/status")[0] == 400
+
+
+def test_rate_limit(replicas: Any) -> None:
+    replica = replicas("limited", rate_limit=5)
+    with client(replica) as ws:
+        recv(ws)
+        call(ws, {"op": "create", "object": {"id": "r", "type": "t"}})
+        codes = [call(ws, {"op": "update", "id": "r", "props": {"x": i}}).get("code", "ok") for i in range(30)]
+    assert "rate_limited" in codes and codes.count("ok") <= 12
+
+
+def open_raw(replica: Replica, project: str) -> tuple[socket.socket, ClientProtocol]:
+    """A WebSocket that reads nothing after the handshake: a client that cannot keep up."""
+    sock = socket.create_connection(("127.0.0.1", replica.port), timeout=10)
+    proto = ClientProtocol(parse_uri(replica.ws_url(project)), max_size=None)
+    proto.send_request(proto.connect())
+    sock.sendall(b"".join(proto.data_to_send()))
+    while proto.handshake_exc is None and not proto.events_received() and proto.state.name == "CONNECTING":
+        proto.receive_data(sock.recv(1))  # byte by byte: stop right after the handshake
+    return sock, proto
+
+
+def test_slow_client_is_closed_with_1013(replicas: Any) -> None:
+    replica = replicas("small-queue", send_queue_size=8, rate_limit=0)
+    sock, proto = open_raw(replica, "p1")
+    payload = "x" * 12000
+    with client(replica) as writer:
+        recv(writer)
+        call(writer, {"op": "create", "object": {"id": "r", "type": "t"}})
+        for i in range(1500):  # 18 MB: far beyond socket buffers + 8 queued messages
+            assert call(writer, {"op": "update", "id": "r", "props": {"s": payload, "i": i}})["op"] == "ack"
+        assert "canvas_slow_client_disconnects_total 1.0" in http_text(f"{replica.url}/metrics")
+    messages = 0
+    while proto.close_rcvd is None:
+        data = sock.recv(1 << 16)
+        if not data:
+            break
+        proto.receive_data(data)
+        messages += sum(1 for e in proto.events_received() if e.opcode.name == "TEXT")
+    sock.close()
+    assert proto.close_rcvd is not None and proto.close_rcvd.code == 1013
+    assert messages < 1500  # it was cut off, not served everything
+
+
+def test_http_endpoints(replica: Replica) -> None:
+    assert http_json(f"{replica.url}/healthz") == (200, {"status": "alive"})
+    assert http_json(f"{replica.url}/readyz")[0] == 200
+    assert http_json(f"{replica.url}/projects/p9/status") == (
+        200,
+        {"project": "p9", "loaded": False, "connections": 0, "objects": 0, "dirty_objects": 0, "last_save_at": None},
+    )
+    assert http_json(f"{replica.url}/projects/p9/objects") == (200, {"project": "p9", "objects": []})
+    assert http_json(f"{replica.url}/projects/p9/status")[1]["loaded"] is True
+    status, health = http_json(f"{replica.url}/health")
+    assert status == 200 and health["replica"] == "replica-a" and health["status"] == "ok"
+    assert set(health["autosave"]) == {"interval_s", "worker_alive", "dirty_projects", "dirty_objects", "last_save_at", "last_error"}
+    assert health["autosave"]["worker_alive"] is True
+
+
+def test_metrics_named_in_the_contract(replica: Replica) -> None:
+    with client(replica) as ws:
+        recv(ws)
+        call(ws, {"op": "create", "object": {"id": "r", "type": "t"}})
+        call(ws, {"op": "update", "id": "r", "props": {"x": 1}})
+        text = http_text(f"{replica.url}/metrics")
+        assert 'canvas_edits_total{op="create"} 1.0' in text
+        assert 'canvas_edits_total{op="update"} 1.0' in text
+        assert "canvas_websocket_connections 1.0" in text
+        assert "canvas_projects_loaded 1.0" in text
+    deadline = time.monotonic() + 5
+    while 'canvas_autosave_batches_total{outcome="success"} 1.0' not in text and time.monotonic() < deadline:
+        time.sleep(0.1)
+        text = http_text(f"{replica.url}/metrics")
+    for name in (
+        "canvas_dirty_objects 0.0",
+        'canvas_autosave_batches_total{outcome="success"} 1.0',
+        'canvas_autosave_batches_total{outcome="error"} 0.0',
+        "canvas_autosave_objects_written_total 1.0",
+        "canvas_autosave_batch_duration_seconds_bucket",
+        "canvas_autosave_last_success_timestamp_seconds",
+    ):
+        assert name in text, name
+
+
+def test_not_ready_until_the_table_answers(replicas: Any) -> None:
+    replica = replicas("no-db", wait_ready=False, dynamodb_endpoint="http://127.0.0.1:9")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if http_json(f"{replica.url}/healthz", timeout=1)[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.1)
+    assert http_json(f"{replica.url}/readyz")[0] == 503
+    assert http_json(f"{replica.url}/projects/p1/objects")[0] == 503
+    with pytest.raises(InvalidStatus) as info:
+        with connect(replica.ws_url("p1"), open_timeout=5):
+            pass
+    assert info.value.response.status_code == 503
+    assert http_json(f"{replica.url}/health")[1]["status"] == "starting"
+
+
+def test_create_table_at_start(replicas: Any) -> None:
+    replica = replicas("creator", table="fresh_table_at_start", create_table="true")
+    assert http_json(f"{replica.url}/projects/p1/objects")[0] == 200

@@ -1,0 +1,138 @@
+"""The DynamoDB repository: the same assertions against moto and AWS DynamoDB Local."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from canvas_sync.model import ObjectState
+from canvas_sync.state import DirtyObject
+from canvas_sync.store import BATCH_LIMIT, INDEX_SAVED_AT, TTL_ATTRIBUTE, DynamoStore, make_client
+
+
+@pytest.fixture(params=["moto", "dynamodb_local"])
+def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[DynamoStore]:
+    if request.param == "moto":
+        from moto import mock_aws
+
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        with mock_aws():
+            s = DynamoStore(make_client(None, region="us-east-1"), "objects", "r1", concurrency=1)
+            s.create_table()
+            yield s
+            s.close()
+    else:
+        local = request.getfixturevalue("dynamodb_local")
+        s = DynamoStore(make_client(local.endpoint), f"t_{uuid.uuid4().hex[:10]}", "r1")
+        s.create_table()
+        yield s
+        s.client.delete_table(TableName=s.table)
+        s.close()
+
+
+def dirty(n: int, project: str = "p1", **props: Any) -> list[DirtyObject]:
+    stamp = (int(time.time() * 1000), 0, "r1")
+    return [DirtyObject(project, ObjectState.created(f"o{i:03}", "rect", {"i": i, **props}, stamp)) for i in range(n)]
+
+
+def test_create_table_is_idempotent_with_index_and_ttl(store: DynamoStore) -> None:
+    store.create_table()
+    table = store.client.describe_table(TableName=store.table)["Table"]
+    assert table["TableStatus"] == "ACTIVE"
+    assert [k["AttributeName"] for k in table["KeySchema"]] == ["project_id", "object_id"]
+    assert [i["IndexName"] for i in table["GlobalSecondaryIndexes"]] == [INDEX_SAVED_AT]
+    ttl = store.client.describe_time_to_live(TableName=store.table)["TimeToLiveDescription"]
+    assert ttl.get("AttributeName") == TTL_ATTRIBUTE
+    assert store.table_ready()
+
+
+def test_saves_in_batches_of_at_most_25_and_loads_everything(store: DynamoStore) -> None:
+    calls: list[tuple[str, int]] = []
+    store.observer = lambda outcome, seconds, written: calls.append((outcome, written))
+    report = store.write(dirty(60), saved_at_ms=1)
+    assert report.written == 60 and not report.failed
+    assert sorted(calls) == [("success", 10), ("success", 25), ("success", 25)]
+    loaded = {s.id: s for s in store.load_project("p1")}
+    assert len(loaded) == 60 and loaded["o007"].view() == {"id": "o007", "type": "rect", "i": 7}
+    assert store.load_project("other") == []
+
+
+def test_values_survive_the_round_trip_exactly(store: DynamoStore) -> None:
+    values = {"one": 1, "tenth": 0.1, "huge": 10**40, "tiny": 5e-324, "nested": {"a": [1, 2.5, "é"]}, "neg": -0.0}
+    store.write(dirty(1, **values), saved_at_ms=1)
+    (state,) = store.load_project("p1")
+    view = state.view()
+    assert view is not None
+    for key, value in values.items():
+        assert view[key] == value and type(view[key]) is type(value), key
+    assert repr(view["tenth"]) == "0.1" and view["one"] == 1 and not isinstance(view["one"], float)
+
+
+def test_tombstones_carry_ttl_and_expired_ones_are_skipped(store: DynamoStore) -> None:
+    now = int(time.time() * 1000)
+    gone = ObjectState("dead", (False, (now, 0, "r1")), ("rect", (now - 1, 0, "r1")), {})
+    old = ObjectState("old", (False, (now - 10**10, 0, "r1")), ("rect", (1, 0, "r1")), {})
+    store.write([DirtyObject("p1", gone), DirtyObject("p1", old)], saved_at_ms=now)
+    item = store.client.get_item(TableName=store.table, Key={"project_id": {"S": "p1"}, "object_id": {"S": "dead"}})["Item"]
+    assert int(item[TTL_ATTRIBUTE]["N"]) > time.time() + 24 * 3600
+    assert [s.id for s in store.load_project("p1")] == ["dead"]  # "old" expired long ago
+
+
+def test_metadata_items_are_not_objects(store: DynamoStore) -> None:
+    store.client.put_item(TableName=store.table, Item={"project_id": {"S": "p1"}, "object_id": {"S": "#meta"}})
+    store.write(dirty(1), saved_at_ms=1)
+    assert [s.id for s in store.load_project("p1")] == ["o000"]
+
+
+def test_one_save_never_holds_two_requests_for_one_key(store: DynamoStore) -> None:
+    with pytest.raises(ValueError):
+        store.write(dirty(2) + dirty(1), saved_at_ms=1)
+
+
+class FlakyClient:
+    """Wraps a real client: some BatchWriteItem calls fail, some leave items unprocessed."""
+
+    def __init__(self, client: Any, script: list[str]) -> None:
+        self.client = client
+        self.script = list(script)
+        self.sizes: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def batch_write_item(self, RequestItems: dict[str, list[Any]]) -> dict[str, Any]:  # noqa: N803
+        (table, requests), = RequestItems.items()
+        self.sizes.append(len(requests))
+        action = self.script.pop(0) if self.script else "ok"
+        if action == "error":
+            raise ClientError({"Error": {"Code": "InternalServerError", "Message": "injected"}}, "BatchWriteItem")
+        if action == "half":
+            keep, left = requests[: len(requests) // 2], requests[len(requests) // 2 :]
+            self.client.batch_write_item(RequestItems={table: keep})
+            return {"UnprocessedItems": {table: left}}
+        return self.client.batch_write_item(RequestItems=RequestItems)
+
+
+def test_unprocessed_items_are_retried_until_written(store: DynamoStore) -> None:
+    flaky = FlakyClient(store.client, ["half", "half", "ok"])
+    store.client = flaky
+    report = store.write(dirty(20), saved_at_ms=1)
+    assert report.written == 20 and not report.failed and report.batches == 3
+    assert flaky.sizes == [20, 10, 5]
+    assert len(store.load_project("p1")) == 20
+
+
+def test_a_failing_batch_is_reported_not_lost(store: DynamoStore) -> None:
+    store.client = FlakyClient(store.client, ["error"])
+    report = store.write(dirty(30), saved_at_ms=1)
+    assert report.errors and "InternalServerError" in report.errors[0]
+    assert report.written + len(report.failed) == 30
+    failed_ids = {o.state.id for o in report.failed}
+    saved_ids = {s.id for s in store.load_project("p1")}
+    assert failed_ids | saved_ids == {f"o{i:03}" for i in range(30)} and not failed_ids & saved_ids
