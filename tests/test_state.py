@@ -79,6 +79,8 @@ def test_dirty_is_per_object_and_many_edits_cost_one_item(canvas: CanvasState, p
     assert canvas.dirty_counts() == (1, 2)
     taken = canvas.take_dirty()
     assert sorted(t.state.id for t in taken) == ["r1", "r2"]
+    assert canvas.dirty_counts() == (1, 2)  # not durable until the save succeeds
+    canvas.finish_save(taken, failed=[])
     assert canvas.dirty_counts() == (0, 0)
     assert canvas.take_dirty() == []
 

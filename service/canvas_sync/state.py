@@ -74,7 +74,8 @@ class CanvasState:
         self.max_object_bytes = max_object_bytes
         self.projects: dict[str, Project] = {}
         self._dirty: dict[str, set[str]] = {}
-        self._in_flight: dict[str, int] = {}
+        self._saving: dict[str, set[str]] = {}
+        """Objects taken by the save in progress: not yet durable, so still counted dirty."""
         self.lock = threading.Lock()
 
     # --- holding projects -------------------------------------------------------------
@@ -104,7 +105,7 @@ class CanvasState:
                 if (
                     not project.connections
                     and not self._dirty.get(pid)
-                    and not self._in_flight.get(pid)
+                    and not self._saving.get(pid)
                     and now - project.last_active >= idle_seconds
                 ):
                     del self.projects[pid]
@@ -177,24 +178,31 @@ class CanvasState:
 
     # --- saving -------------------------------------------------------------------------
 
+    def _unsaved(self, project_id: str) -> int:
+        dirty, saving = self._dirty.get(project_id, set()), self._saving.get(project_id, set())
+        return len(dirty) + len(saving - dirty)
+
     def dirty_counts(self) -> tuple[int, int]:
-        """(projects with unsaved objects, unsaved objects)."""
+        """(projects with unsaved objects, unsaved objects), counting a save in progress."""
         with self.lock:
-            projects = sum(1 for ids in self._dirty.values() if ids)
-            return projects, sum(len(ids) for ids in self._dirty.values())
+            counts = [self._unsaved(pid) for pid in self._dirty.keys() | self._saving.keys()]
+            return sum(1 for n in counts if n), sum(counts)
 
     def project_dirty(self, project_id: str) -> int:
         with self.lock:
-            return len(self._dirty.get(project_id, ()))
+            return self._unsaved(project_id)
 
     def take_dirty(self) -> list[DirtyObject]:
-        """Swap the dirty set for an empty one and copy the states (one short lock)."""
+        """Swap the dirty set for an empty one and copy the states (one short lock).
+
+        One save at a time: the auto-save thread is the only caller.
+        """
         with self.lock:
             taken, self._dirty = self._dirty, {}
+            self._saving = taken
             out = []
             for pid, ids in taken.items():
                 project = self.projects[pid]
-                self._in_flight[pid] = self._in_flight.get(pid, 0) + 1
                 for oid in ids:
                     # ObjectState is replaced, never mutated, on each edit: the reference is a copy.
                     out.append(DirtyObject(pid, project.objects[oid]))
@@ -212,10 +220,8 @@ class CanvasState:
             for item in failed_list:
                 self._dirty.setdefault(item.project, set()).add(item.state.id)
             failed_projects = {item.project for item in failed_list}
+            self._saving = {}
             for pid in {item.project for item in taken}:
-                self._in_flight[pid] -= 1
-                if not self._in_flight[pid]:
-                    del self._in_flight[pid]
                 project = self.projects.get(pid)
                 if project is not None and pid not in failed_projects:
                     project.last_save_at = now

@@ -1,0 +1,155 @@
+"""Saving, loading and shutdown with real replica processes and AWS DynamoDB Local."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from canvas_sync.dynamodb_local import DynamoDBLocal, free_port
+from canvas_sync.store import DynamoStore, make_client
+from conftest import Replica, http_json, http_text
+
+pytestmark = pytest.mark.dynamodb_local
+
+
+def in_table(endpoint: str, table: str, project: str = "p1") -> dict[str, Any]:
+    store = DynamoStore(make_client(endpoint), table)
+    try:
+        return {s.id: s.view() for s in store.load_project(project) if s.is_alive}
+    finally:
+        store.close()
+
+
+def edit(replica: Replica, messages: list[dict[str, Any]], project: str = "p1") -> None:
+    """Send edits over one socket and wait until each one is acked."""
+    with connect(replica.ws_url(project), open_timeout=5) as ws:
+        ws.recv(5)
+        for message in messages:
+            ws.send(json.dumps(message))
+            reply = json.loads(ws.recv(5))
+            assert reply["op"] == "ack", reply
+
+
+def creates(n: int, prefix: str = "o") -> list[dict[str, Any]]:
+    return [{"op": "create", "object": {"id": f"{prefix}{i}", "type": "rect", "x": i, "y": 0.5}} for i in range(n)]
+
+
+def metric(replica: Replica, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", http_text(f"{replica.url}/metrics"), re.M)
+    assert match, name
+    return float(match.group(1))
+
+
+def wait_for(predicate: Any, timeout: float, step: float = 0.05) -> float:
+    """Seconds until predicate() is true; fails after timeout."""
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout, "condition not met in time"
+        time.sleep(step)
+    return time.monotonic() - start
+
+
+def test_ten_quick_creates_are_saved_within_one_interval(replicas: Any, dynamodb_local: DynamoDBLocal, table: str) -> None:
+    replica = replicas(autosave_interval=1.0)
+    edit(replica, creates(10))
+    acked = time.monotonic()
+    waited = wait_for(lambda: len(in_table(dynamodb_local.endpoint, table)) == 10, timeout=3.0)
+    assert time.monotonic() - acked <= 1.0 + 1.0  # interval + save time, with room for a loaded machine
+    assert in_table(dynamodb_local.endpoint, table)["o3"] == {"id": "o3", "type": "rect", "x": 3, "y": 0.5}
+    passes = [p for p in replica.log_events("autosave_pass") if p["objects"]]
+    assert passes and passes[0]["objects"] == 10 and passes[0]["written"] == 10 and passes[0]["batches"] == 1
+    assert waited < 3.0
+
+
+def test_dirty_lifecycle_and_no_writes_when_idle(replicas: Any) -> None:
+    replica = replicas(autosave_interval=0.5)
+    status = lambda: http_json(f"{replica.url}/projects/p1/status")[1]  # noqa: E731
+    edit(replica, creates(3))
+    assert status()["dirty_objects"] == 3
+    wait_for(lambda: status()["dirty_objects"] == 0, timeout=5)
+    assert status()["last_save_at"] is not None
+    batches = metric(replica, 'canvas_autosave_batches_total{outcome="success"}')
+    time.sleep(2.0)  # four idle intervals
+    assert metric(replica, 'canvas_autosave_batches_total{outcome="success"}') == batches
+    assert len([p for p in replica.log_events("autosave_pass")]) == 1
+
+
+def test_a_second_replica_loads_what_the_first_saved(replicas: Any) -> None:
+    a = replicas("replica-a")
+    b = replicas("replica-b")
+    edit(a, creates(30) + [{"op": "update", "id": "o1", "props": {"x": 0.1, "fill": "#f00"}}, {"op": "delete", "id": "o2"}])
+    wait_for(lambda: http_json(f"{a.url}/projects/p1/status")[1]["dirty_objects"] == 0, timeout=5)
+    assert http_json(f"{b.url}/projects/p1/status")[1]["loaded"] is False
+    objects = b.objects("p1")  # cache miss on b
+    assert len(objects) == 29
+    assert json.dumps(objects, sort_keys=True) == json.dumps(a.objects("p1"), sort_keys=True)
+    assert {"id": "o1", "type": "rect", "x": 0.1, "y": 0.5, "fill": "#f00"} in objects
+    with connect(b.ws_url("p1"), open_timeout=5) as ws:
+        snapshot = json.loads(ws.recv(5))
+    assert snapshot["replica"] == "replica-b" and snapshot["objects"] == objects
+
+
+def test_sigterm_saves_every_unsaved_edit_and_exits_0(replicas: Any, dynamodb_local: DynamoDBLocal, table: str) -> None:
+    replica = replicas(autosave_interval=3600)  # nothing would be saved without the final flush
+    edit(replica, creates(60) + [{"op": "update", "id": "o5", "props": {"x": 500}}])
+    assert in_table(dynamodb_local.endpoint, table) == {}
+    with connect(replica.ws_url("p1"), open_timeout=5) as ws:
+        ws.recv(5)
+        started = time.monotonic()
+        assert replica.process is not None
+        replica.process.send_signal(15)
+        with pytest.raises(ConnectionClosed) as info:
+            ws.recv(10)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+    assert replica.terminate(timeout=15) == 0
+    assert time.monotonic() - started < 10
+    saved = in_table(dynamodb_local.endpoint, table)
+    assert len(saved) == 60 and saved["o5"]["x"] == 500
+    (flush,) = replica.log_events("shutdown_flush")
+    assert flush["dirty_before"] == 60 and flush["unsaved"] == 0
+
+
+@pytest.fixture
+def own_dynamodb(tmp_path: Path) -> Any:
+    """A DynamoDB Local on disk that a test may stop and restart on the same port."""
+    port = free_port()
+    local = DynamoDBLocal(port, db_path=tmp_path / "db", log_path=tmp_path / "ddb.log").start()
+    yield local
+    local.stop()
+
+
+def test_acked_edits_survive_a_dynamodb_outage(replicas: Any, own_dynamodb: DynamoDBLocal) -> None:
+    DynamoStore(make_client(own_dynamodb.endpoint), "outage").create_table()
+    replica = replicas(dynamodb_endpoint=own_dynamodb.endpoint, table="outage", autosave_interval=0.3,
+                       autosave_max_backoff=1.0)
+    edit(replica, creates(5, "before"))
+    wait_for(lambda: len(in_table(own_dynamodb.endpoint, "outage")) == 5, timeout=5)
+    own_dynamodb.stop()
+    edit(replica, creates(20, "during") + [{"op": "update", "id": "before0", "props": {"x": 99}}])
+    health = lambda: http_json(f"{replica.url}/health")[1]["autosave"]  # noqa: E731
+    wait_for(lambda: health()["last_error"] is not None, timeout=15)
+    assert health()["dirty_objects"] == 21
+    assert metric(replica, 'canvas_autosave_batches_total{outcome="error"}') >= 1
+    own_dynamodb.start()
+    wait_for(lambda: len(in_table(own_dynamodb.endpoint, "outage")) == 25, timeout=20, step=0.3)
+    assert in_table(own_dynamodb.endpoint, "outage")["before0"]["x"] == 99
+    wait_for(lambda: health()["last_error"] is None and health()["dirty_objects"] == 0, timeout=5)
+
+
+def test_shutdown_while_dynamodb_is_down_reports_unsaved_and_exits_1(replicas: Any, own_dynamodb: DynamoDBLocal) -> None:
+    DynamoStore(make_client(own_dynamodb.endpoint), "down").create_table()
+    replica = replicas(dynamodb_endpoint=own_dynamodb.endpoint, table="down", autosave_interval=3600, shutdown_timeout=2)
+    edit(replica, creates(3))
+    own_dynamodb.stop()
+    started = time.monotonic()
+    assert replica.terminate(timeout=30) == 1
+    assert time.monotonic() - started < 2 + 15  # the flush deadline, plus one in-flight call's timeouts
+    (flush,) = replica.log_events("shutdown_flush")
+    assert flush["unsaved"] == 3 and flush["level"] == "ERROR"
