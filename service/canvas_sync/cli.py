@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from botocore.exceptions import NoRegionError
+
 from . import __version__
 from .config import ConfigError, Settings, load_settings
 from .logs import setup_logging
@@ -38,6 +40,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"canvas-sync: {error}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(settings.log_level.value, settings.replica_id)
+    try:
+        return _run(args, settings)
+    except NoRegionError:
+        print("canvas-sync: no AWS region: set AWS_REGION (or CANVAS_DYNAMODB_ENDPOINT for DynamoDB Local)",
+              file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         from .server import serve
 

@@ -1,0 +1,87 @@
+"""The ``canvas-sync`` command as a user runs it: exit codes, create-table, dev."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from canvas_sync.dynamodb_local import DynamoDBLocal, free_port
+from canvas_sync.store import DynamoStore, make_client
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "canvas_sync", *args], env=env or dict(os.environ),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_bad_configuration_exits_2_with_one_line() -> None:
+    result = run("serve", env=dict(os.environ, CANVAS_AUTOSAVE_INTERVAL="often"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "CANVAS_AUTOSAVE_INTERVAL" in lines[0]
+
+
+def test_missing_region_without_endpoint_exits_2() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CANVAS_"))}
+    env.update(AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent")
+    result = run("create-table", env=env)
+    assert result.returncode == 2 and "AWS_REGION" in result.stderr
+
+
+@pytest.mark.dynamodb_local
+def test_create_table_is_idempotent(dynamodb_local: DynamoDBLocal) -> None:
+    env = dict(os.environ, CANVAS_DYNAMODB_ENDPOINT=dynamodb_local.endpoint, CANVAS_TABLE="cli_table")
+    for _ in range(2):
+        result = run("create-table", env=env)
+        assert result.returncode == 0, result.stderr
+        assert "cli_table is ACTIVE" in result.stdout
+    assert DynamoStore(make_client(dynamodb_local.endpoint), "cli_table").table_ready()
+
+
+def _dev(tmp_path: Path, env: dict[str, str], replicas: int = 2) -> tuple[str, list[str], int]:
+    """Start ``canvas-sync dev``, hit every printed URL, stop it with SIGINT."""
+    port = free_port()
+    out = tmp_path / "dev.out"
+    with open(out, "w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "canvas_sync", "dev", "--replicas", str(replicas), "--port", str(port)],
+            env=env, stdout=sink, stderr=subprocess.STDOUT, text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while "Ctrl-C stops everything" not in out.read_text() and time.monotonic() < deadline:
+                assert proc.poll() is None, out.read_text()
+                time.sleep(0.2)
+            urls = re.findall(r"replica-\d+: (http://\S+)", out.read_text())
+            for url in urls:
+                with urllib.request.urlopen(f"{url}/projects/demo/objects", timeout=5) as response:
+                    assert response.status == 200
+        finally:
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(60)
+    return out.read_text(), urls, code
+
+
+@pytest.mark.dynamodb_local
+def test_dev_starts_dynamodb_local_and_replicas(dynamodb_local: DynamoDBLocal, tmp_path: Path) -> None:
+    text, urls, code = _dev(tmp_path, dict(os.environ, CANVAS_TABLE="dev_table"))
+    assert len(urls) == 2 and code == 0, text
+    assert "DynamoDB Local started" in text
+
+
+def test_dev_falls_back_to_moto_without_java_or_npm(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"  # a PATH with python only
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(sys.executable)
+    env = dict(os.environ, PATH=str(bin_dir), CANVAS_CACHE_DIR=str(tmp_path / "empty-cache"))
+    text, urls, code = _dev(tmp_path, env, replicas=1)
+    assert len(urls) == 1 and code == 0, text
+    assert "falling back to moto" in text
