@@ -20,7 +20,7 @@ from .config import Settings
 from .connection import GOING_AWAY, Connection
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .model import HybridClock
-from .protocol import Ping, ProtocolError
+from .protocol import Create, Delete, Ping, ProtocolError, Update
 from .state import CanvasState, Project
 from .store import DynamoStore, StoreError, make_client
 
@@ -54,6 +54,7 @@ class CanvasService:
         self._loads: dict[str, asyncio.Future[Project]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._writers: set[asyncio.Task[None]] = set()
+        self._edit_counters = {cls: self.metrics.edits.labels(cls.__name__.lower()) for cls in (Create, Update, Delete)}
         self.metrics.bind(
             connections=lambda: len(self.connections),
             projects=lambda: len(self.state.projects),
@@ -164,7 +165,7 @@ class CanvasService:
             self.metrics.edit_errors.labels(error.code).inc()
             conn.send(protocol.error(error))
             return
-        self.metrics.edits.labels(type(command).__name__.lower()).inc()
+        self._edit_counters[type(command)].inc()
         conn.send(protocol.ack(command.req))
         project.broadcast(fanout, exclude=conn)
 

@@ -149,15 +149,16 @@ class CanvasState:
 
     def _update(self, project: Project, cmd: Update) -> str:
         state = self._live(project, cmd.id, cmd.req)
-        candidate: dict[str, Any] = state.view() or {}
+        view: dict[str, Any] = state.view() or {}
         for name, value in cmd.props.items():
             if value is None:
-                candidate.pop(name, None)
+                view.pop(name, None)
             else:
-                candidate[name] = value
-        if len(candidate) - 2 > protocol.MAX_PROPS:
+                view[name] = value
+        if len(view) - 2 > protocol.MAX_PROPS:
             raise ProtocolError("bad_message", f"at most {protocol.MAX_PROPS} properties besides id and type", cmd.req)
-        if protocol.object_size(candidate) > self.max_object_bytes:
+        text = protocol.encode(view)  # the new view: checked for size, then kept and sent as is
+        if len(text.encode()) > self.max_object_bytes:
             raise ProtocolError("too_large", f"object would be larger than {self.max_object_bytes} bytes", cmd.req)
         stamp = self.clock.now()
         props = dict(state.props)
@@ -167,9 +168,9 @@ class CanvasState:
                 type_ = (value, stamp)
             else:
                 props[name] = (value, stamp)
-        view = project.set_object(ObjectState(state.id, state.alive, type_, props))
-        assert view is not None
-        return protocol.upsert(view)
+        project.objects[cmd.id] = ObjectState(state.id, state.alive, type_, props)
+        project.views[cmd.id] = text
+        return protocol.upsert(text)
 
     def _delete(self, project: Project, cmd: Delete) -> str:
         state = self._live(project, cmd.id, cmd.req)
