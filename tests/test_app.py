@@ -237,3 +237,31 @@ def test_not_ready_until_the_table_answers(replicas: Any) -> None:
 def test_create_table_at_start(replicas: Any) -> None:
     replica = replicas("creator", table="fresh_table_at_start", create_table="true")
     assert http_json(f"{replica.url}/projects/p1/objects")[0] == 200
+
+
+def test_concurrent_first_requests_share_one_load(replica: Replica) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def first_look(i: int) -> int:
+        if i % 2:
+            return len(replica.objects("fresh"))
+        with client(replica, "fresh") as ws:
+            return len(recv(ws)["objects"])
+
+    with ThreadPoolExecutor(12) as pool:
+        assert list(pool.map(first_look, range(12))) == [0] * 12
+    assert 'canvas_project_loads_total{outcome="success"} 1.0' in http_text(f"{replica.url}/metrics")
+
+
+def test_idle_project_leaves_memory(replicas: Any) -> None:
+    replica = replicas("evicting", project_idle_timeout=1)
+    with client(replica, "brief") as ws:
+        recv(ws)
+        call(ws, {"op": "create", "object": {"id": "r", "type": "t"}})
+        time.sleep(1.5)
+        assert http_json(f"{replica.url}/projects/brief/status")[1]["loaded"] is True  # watched: stays
+    deadline = time.monotonic() + 10
+    while http_json(f"{replica.url}/projects/brief/status")[1]["loaded"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert http_json(f"{replica.url}/projects/brief/status")[1]["loaded"] is False
+    assert [o["id"] for o in replica.objects("brief")] == ["r"]  # reloaded from the table
