@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from canvas_sync.model import HybridClock
+from canvas_sync.model import HybridClock, ObjectState
 from canvas_sync.protocol import Create, Delete, ProtocolError, Update
 from canvas_sync.state import CanvasState, Project
 
@@ -115,3 +115,51 @@ def test_idle_projects_are_evicted_only_when_clean_and_unwatched(canvas: CanvasS
     assert canvas.evict_idle(10, now=project.last_active + 1) == []  # not idle long enough
     assert canvas.evict_idle(10, now=project.last_active + 11) == ["p1"]
     assert canvas.get("p1") is None
+
+
+def remote_copy(state: ObjectState, **props: object) -> ObjectState:
+    stamp = (state.latest_stamp()[0] + 1000, 0, "zz")  # a later write on another replica
+    return ObjectState(state.id, state.alive, state.type, {**state.props, **{k: (v, stamp) for k, v in props.items()}})
+
+
+def test_merge_remote_newer_state_updates_memory_and_tells_clients(canvas: CanvasState, project: Project) -> None:
+    canvas.apply(project, Create(None, "r1", "rect", {"x": 1}))
+    canvas.finish_save(canvas.take_dirty(), [])
+    result = canvas.merge_remote(project, [remote_copy(project.objects["r1"], x=5)])
+    assert result.changed == ["r1"] and result.repaired == []
+    assert [json.loads(m) for m in result.messages] == [{"op": "upsert", "object": {"id": "r1", "type": "rect", "x": 5}}]
+    assert canvas.dirty_counts() == (0, 0)  # the table already holds exactly this
+
+
+def test_merge_remote_behind_memory_marks_a_repair(canvas: CanvasState, project: Project) -> None:
+    canvas.apply(project, Create(None, "r1", "rect", {"x": 1}))
+    stale = project.objects["r1"]
+    canvas.apply(project, Update(None, "r1", {"y": 2}))
+    canvas.finish_save(canvas.take_dirty(), [])
+    theirs = remote_copy(stale, fill="red")  # another replica's item, lacking our y
+    result = canvas.merge_remote(project, [theirs])
+    assert views(project) == [{"id": "r1", "type": "rect", "x": 1, "y": 2, "fill": "red"}]
+    assert result.repaired == ["r1"] and canvas.dirty_counts() == (1, 1)
+    again = canvas.merge_remote(project, [theirs])  # pulled again before the repair is saved
+    assert again.repaired == [] and again.messages == []
+
+
+def test_merge_remote_delete_and_stale_copies(canvas: CanvasState, project: Project) -> None:
+    canvas.apply(project, Create(None, "r1", "rect", {"x": 1}))
+    live = project.objects["r1"]
+    canvas.finish_save(canvas.take_dirty(), [])
+    later = live.latest_stamp()[0] + 1000
+    tomb = ObjectState("r1", (False, (later, 0, "zz")), live.type, {})
+    result = canvas.merge_remote(project, [tomb])
+    assert [json.loads(m) for m in result.messages] == [{"op": "delete", "id": "r1"}] and views(project) == []
+    result = canvas.merge_remote(project, [live])  # a stale live copy
+    assert result.messages == [] and views(project) == [] and result.repaired == ["r1"]
+    with pytest.raises(ProtocolError):
+        canvas.apply(project, Update(None, "r1", {"x": 2}))
+
+
+def test_merged_stamps_move_the_clock_forward(canvas: CanvasState, project: Project) -> None:
+    far = ObjectState.created("r9", "rect", {}, (canvas.clock.wall_ms() + 60_000, 0, "zz"))
+    canvas.merge_remote(project, [far])
+    canvas.apply(project, Update(None, "r9", {"x": 1}))
+    assert project.objects["r9"].props["x"][1] > far.alive[1]

@@ -136,3 +136,22 @@ def test_a_failing_batch_is_reported_not_lost(store: DynamoStore) -> None:
     failed_ids = {o.state.id for o in report.failed}
     saved_ids = {s.id for s in store.load_project("p1")}
     assert failed_ids | saved_ids == {f"o{i:03}" for i in range(30)} and not failed_ids & saved_ids
+
+
+def test_change_feed_returns_only_items_saved_after_the_watermark(store: DynamoStore) -> None:
+    store.write(dirty(30), saved_at_ms=1_000)
+    store.write(dirty(2, project="p2"), saved_at_ms=9_000)
+    calls: list[str] = []
+    store.client.meta.events.register("before-call.dynamodb.Query", lambda **kw: calls.append("query"))
+    assert store.changes_since("p1", 5_000) == []  # idle: one request, nothing read
+    assert calls == ["query"]
+    changed = store.changes_since("p1", 500)
+    assert len(changed) == 30 and {c.saved_at for c in changed} == {1_000} and changed[0].saved_by == "r1"
+    assert sorted(c.state.id for c in store.changes_since("p2", 5_000)) == ["o000", "o001"]
+
+
+def test_get_many_reads_the_given_keys(store: DynamoStore) -> None:
+    store.write(dirty(120), saved_at_ms=1)
+    keys = [("p1", f"o{i:03}") for i in range(0, 120, 1)] + [("p1", "missing")]
+    got = store.get_many(keys)
+    assert sorted(r.state.id for r in got) == [f"o{i:03}" for i in range(120)]

@@ -23,6 +23,7 @@ from .model import HybridClock
 from .protocol import Create, Delete, Ping, ProtocolError, Update
 from .state import CanvasState, Project
 from .store import DynamoStore, StoreError, make_client
+from .sync import SyncWorker
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ class CanvasService:
         self.autosave = AutosaveWorker(
             self.state, self.store, self.clock, settings.autosave_interval, settings.autosave_max_backoff, self.metrics
         )
+        self.sync = SyncWorker(
+            self.state, self.store, self.clock, self.metrics,
+            settings.sync_interval, settings.sync_overlap, settings.reconcile_interval,
+        )
         self.ready = False
         self.shutting_down = False
         self.connections: set[Connection] = set()
@@ -70,6 +75,7 @@ class CanvasService:
         self._tasks = [
             asyncio.create_task(self._become_ready(), name="canvas-ready"),
             asyncio.create_task(self._evict_idle_projects(), name="canvas-evict"),
+            asyncio.create_task(self.sync.run(), name="canvas-sync"),
         ]
 
     async def _become_ready(self) -> None:
@@ -108,7 +114,7 @@ class CanvasService:
         if self._writers:
             await asyncio.wait(self._writers, timeout=2.0)
         dirty = self.state.dirty_counts()[1]
-        flushed = await asyncio.to_thread(self.autosave.stop, self.settings.shutdown_timeout)
+        flushed = await asyncio.to_thread(self._final_flush, time.monotonic() + self.settings.shutdown_timeout)
         left = self.state.dirty_counts()[1]
         log.log(
             logging.INFO if flushed else logging.ERROR,
@@ -116,6 +122,25 @@ class CanvasService:
             extra={"event": "shutdown_flush", "dirty_before": dirty, "unsaved": left},
         )
         await asyncio.to_thread(self.store.close)
+        return flushed
+
+    def _final_flush(self, deadline: float) -> bool:
+        """Read the table's copy of dirty objects, flush, read back, repair (in a thread)."""
+        try:
+            self.sync.read_before_flush()
+        except Exception:
+            log.exception("read before the final flush failed; flushing what memory holds")
+        keys = self.state.dirty_keys()
+        flushed = self.autosave.stop(max(0.0, deadline - time.monotonic()))
+        if flushed and keys:
+            try:
+                repairs = self.sync.read_back(keys)
+            except Exception:
+                log.exception("read-back after the final flush failed")
+                repairs = 0
+            if repairs:
+                log.info("table behind after the final flush; writing again", extra={"event": "shutdown_repair", "objects": repairs})
+                flushed = self.autosave.stop(max(0.0, deadline - time.monotonic()))
         return flushed
 
     # --- projects -----------------------------------------------------------------------
@@ -137,6 +162,7 @@ class CanvasService:
 
     async def _load(self, project_id: str) -> Project:
         start = time.perf_counter()
+        watermark = self.clock.wall_ms()  # the change feed takes over from here
         try:
             states = await asyncio.to_thread(self.store.load_project, project_id)
         except StoreError:
@@ -147,7 +173,7 @@ class CanvasService:
         self.metrics.project_loads.labels("success").inc()
         self.metrics.project_load_seconds.observe(seconds)
         log.info("project loaded", extra={"event": "loaded", "project": project_id, "objects": len(states), "ms": round(seconds * 1000, 1)})
-        return self.state.install(project_id, states)
+        return self.state.install(project_id, states, watermark_ms=watermark)
 
     # --- one client message ------------------------------------------------------------
 
@@ -171,7 +197,8 @@ class CanvasService:
 
     def health(self) -> dict[str, Any]:
         status = "shutting_down" if self.shutting_down else ("ok" if self.ready else "starting")
-        return {"replica": self.settings.replica_id, "status": status, "autosave": self.autosave.status()}
+        return {"replica": self.settings.replica_id, "status": status, "autosave": self.autosave.status(),
+                "sync": self.sync.status()}
 
 
 def _json(body: Any, status: int = 200) -> Response:

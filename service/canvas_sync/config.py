@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     """Messages queued for one WebSocket before the client counts as too slow (1013)."""
     rate_limit: float = Field(1000.0, ge=0)
     """Edits per second one connection may sustain (burst: twice that); 0 turns it off."""
+    sync_overlap: float = Field(10.0, gt=0)
+    """Seconds of the change feed re-read each pull: covers clock skew, slow saves, index lag."""
+    reconcile_interval: float = Field(60.0, gt=0)
+    """Seconds between full re-reads of each held project (a safety net under the feed)."""
     autosave_max_backoff: float = Field(30.0, gt=0)
     """Upper bound of the pause between failing auto-save passes."""
     save_concurrency: int = Field(4, gt=0, le=32)

@@ -14,6 +14,7 @@ __all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
 
 disable_created_metrics()  # the *_created series only double the scrape size
 
+LAG_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -40,6 +41,14 @@ class Metrics:
         self.last_success = Gauge(
             "canvas_autosave_last_success_timestamp_seconds", "Unix time of the last pass that saved everything it took", registry=r
         )
+        self.sync_pulls = Counter(
+            "canvas_sync_pulls", "Change-feed queries (feed) and full re-reads (reconcile), by outcome", ["kind", "outcome"], registry=r
+        )
+        self.sync_merged = Counter("canvas_sync_objects_merged", "Objects whose state changed by merging what another save wrote", registry=r)
+        self.sync_repairs = Counter("canvas_sync_repairs", "Objects marked dirty because the table was behind memory (anti-entropy)", registry=r)
+        self.sync_lag = Histogram(
+            "canvas_sync_lag_seconds", "From a save on another replica to its arrival here", buckets=LAG_BUCKETS, registry=r
+        )
         self.worker_alive = Gauge("canvas_autosave_worker_alive", "1 while the auto-save thread runs", registry=r)
         self.ready = Gauge("canvas_ready", "1 while /readyz answers 200", registry=r)
         for op in ("create", "update", "delete"):
@@ -47,6 +56,8 @@ class Metrics:
         for outcome in ("success", "error"):
             self.batches.labels(outcome)
             self.project_loads.labels(outcome)
+            for kind in ("feed", "reconcile"):
+                self.sync_pulls.labels(kind, outcome)
 
     def observe_batch(self, outcome: str, seconds: float, written: int) -> None:
         self.batches.labels(outcome).inc()

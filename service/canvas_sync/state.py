@@ -36,6 +36,9 @@ class Project:
     connections: set[Subscriber] = field(default_factory=set)
     last_save_at: float | None = None
     last_active: float = field(default_factory=time.monotonic)
+    sync_watermark_ms: int = 0
+    """Largest ``saved_at`` pulled from the change feed (or the load's start)."""
+    last_reconcile: float = field(default_factory=time.monotonic)
 
     def set_object(self, state: ObjectState) -> str | None:
         """Store a state and refresh its view; returns the new view JSON (None if deleted)."""
@@ -55,6 +58,15 @@ class Project:
         for conn in list(self.connections):
             if conn is not exclude:
                 conn.send(text)
+
+
+@dataclass
+class RemoteMerge:
+    """What merging table states changed: ids, messages for clients, ids marked for repair."""
+
+    changed: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +95,13 @@ class CanvasState:
     def get(self, project_id: str) -> Project | None:
         return self.projects.get(project_id)
 
-    def install(self, project_id: str, states: Iterable[ObjectState]) -> Project:
+    def install(self, project_id: str, states: Iterable[ObjectState], watermark_ms: int = 0) -> Project:
         """Hold a project loaded from the table (first load wins if raced)."""
         with self.lock:
             existing = self.projects.get(project_id)
             if existing is not None:
                 return existing
-            project = Project(project_id)
+            project = Project(project_id, sync_watermark_ms=watermark_ms)
             for state in states:
                 self.clock.observe(state.latest_stamp())
                 project.set_object(state)
@@ -176,6 +188,45 @@ class CanvasState:
         state = self._live(project, cmd.id, cmd.req)
         project.set_object(ObjectState(state.id, (False, self.clock.now()), state.type, {}))
         return protocol.deleted(cmd.id)
+
+    # --- states read from the table -------------------------------------------------
+
+    def merge_remote(self, project: Project, states: Iterable[ObjectState]) -> RemoteMerge:
+        """Merge states read from the table into memory, per property.
+
+        Clients of this replica get an upsert/delete for every visible change. Where the
+        merged state differs from what the table holds (our copy knew something the item
+        lacks, e.g. after another replica's batch overwrote it), the object is marked
+        dirty so the next save writes the union back: anti-entropy.
+        """
+        result = RemoteMerge()
+        with self.lock:
+            for remote in states:
+                remote = remote.pruned()
+                self.clock.observe(remote.latest_stamp())
+                local = project.objects.get(remote.id)
+                merged = remote if local is None else merge(local, remote)
+                if merged != local:
+                    before = project.views.get(remote.id)
+                    after = project.set_object(merged)
+                    result.changed.append(remote.id)
+                    if after is not None and after != before:
+                        result.messages.append(protocol.upsert(after))
+                    elif after is None and before is not None:
+                        result.messages.append(protocol.deleted(remote.id))
+                if merged != remote:
+                    dirty = self._dirty.setdefault(project.id, set())
+                    saving = remote.id in self._saving.get(project.id, ())
+                    if merged == local and saving:
+                        continue  # the save in flight writes exactly this: no second write
+                    if remote.id not in dirty and not saving:
+                        result.repaired.append(remote.id)
+                    dirty.add(remote.id)
+        return result
+
+    def dirty_keys(self) -> list[tuple[str, str]]:
+        with self.lock:
+            return [(pid, oid) for pid, ids in self._dirty.items() for oid in ids]
 
     # --- saving -------------------------------------------------------------------------
 

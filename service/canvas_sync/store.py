@@ -66,6 +66,16 @@ def make_client(endpoint: str | None, region: str | None = None, pool_size: int 
     return session.client("dynamodb", region_name=region or session.region_name, config=config, **kwargs)
 
 
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """One object as read from the table, with who saved it and when."""
+
+    project: str
+    state: ObjectState
+    saved_at: int
+    saved_by: str
+
+
 @dataclass
 class WriteReport:
     """What one save pass achieved."""
@@ -233,9 +243,49 @@ class DynamoStore:
             ExpressionAttributeValues={":p": {"S": project_id}},
             ConsistentRead=True,
         )
-        return list(self._states(item for page in pages for item in page["Items"]))
+        return [saved.state for saved in self._records(item for page in pages for item in page["Items"])]
 
-    def _states(self, items: Iterator[dict[str, Any]]) -> Iterator[ObjectState]:
+    def changes_since(self, project_id: str, after_ms: int) -> list[Saved]:
+        """Items of a project saved after ``after_ms``: the change feed (index query).
+
+        An idle project costs one request that returns nothing. The index is eventually
+        consistent; callers re-read an overlap window to catch late arrivals.
+        """
+        pages = self.client.get_paginator("query").paginate(
+            TableName=self.table,
+            IndexName=INDEX_SAVED_AT,
+            KeyConditionExpression="project_id = :p AND saved_at > :t",
+            ExpressionAttributeValues={":p": {"S": project_id}, ":t": {"N": str(after_ms)}},
+        )
+        return list(self._records(item for page in pages for item in page["Items"]))
+
+    def get_many(self, keys: list[tuple[str, str]]) -> list[Saved]:
+        """Consistent reads of the given (project, object) keys, 100 a request."""
+        out: list[Saved] = []
+        for i in range(0, len(keys), 100):
+            pending: dict[str, Any] = {
+                self.table: {
+                    "Keys": [{"project_id": {"S": p}, "object_id": {"S": o}} for p, o in keys[i : i + 100]],
+                    "ConsistentRead": True,
+                }
+            }
+
+            def attempt() -> dict[str, Any]:
+                nonlocal pending
+                response = self.client.batch_get_item(RequestItems=pending)
+                out.extend(self._records(iter(response.get("Responses", {}).get(self.table, []))))
+                pending = response.get("UnprocessedKeys") or {}
+                return pending
+
+            Retrying(
+                retry=retry_if_result(bool),
+                wait=wait_random_exponential(multiplier=0.05, max=2.0),
+                stop=stop_after_attempt(self.unprocessed_attempts),
+                reraise=True,
+            )(attempt)
+        return out
+
+    def _records(self, items: Iterator[dict[str, Any]]) -> Iterator[Saved]:
         now = time.time()
         for item in items:
             object_id = item["object_id"]["S"]
@@ -244,7 +294,12 @@ class DynamoStore:
             expires = item.get(TTL_ATTRIBUTE)
             if expires is not None and float(expires["N"]) < now:
                 continue  # expired tombstone that DynamoDB has not removed yet
-            yield ObjectState.from_doc(object_id, json.loads(item["doc"]["S"]))
+            yield Saved(
+                item["project_id"]["S"],
+                ObjectState.from_doc(object_id, json.loads(item["doc"]["S"])),
+                int(item["saved_at"]["N"]),
+                item.get("saved_by", {}).get("S", ""),
+            )
 
 
 def _describe(error: Exception) -> str:

@@ -1,0 +1,136 @@
+"""Pulling other replicas' saved changes: the change feed, reconcile, and shutdown repair.
+
+Every ``CANVAS_SYNC_INTERVAL`` each held project asks the ``by_saved_at`` index for items
+saved after its watermark minus an overlap window (the index is eventually consistent,
+clocks are skewed and saves take time, so a window is re-read rather than trusting an
+exact cursor). An idle project costs one empty query a pass. Every
+``CANVAS_RECONCILE_INTERVAL`` a project is re-read whole as a safety net.
+
+Items this replica saved itself are merged too: if one of our batches overwrote a newer
+item (BatchWriteItem takes no conditions), merging our own item back shows the table
+behind memory, and the object is marked dirty again (anti-entropy, in state.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from .metrics import Metrics
+from .model import HybridClock, ObjectState
+from .state import CanvasState, Project
+from .store import DynamoStore, Saved
+
+log = logging.getLogger(__name__)
+
+
+class SyncWorker:
+    def __init__(
+        self,
+        state: CanvasState,
+        store: DynamoStore,
+        clock: HybridClock,
+        metrics: Metrics,
+        interval: float,
+        overlap: float,
+        reconcile_interval: float,
+        concurrency: int = 4,
+    ) -> None:
+        self.state = state
+        self.store = store
+        self.clock = clock
+        self.metrics = metrics
+        self.interval = interval
+        self.overlap_ms = int(overlap * 1000)
+        self.reconcile_interval = reconcile_interval
+        self.last_pull_at: float | None = None
+        self.last_error: str | None = None
+        self._limit = asyncio.Semaphore(concurrency)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.pass_once()
+
+    async def pass_once(self) -> None:
+        projects = list(self.state.projects.values())
+        results = await asyncio.gather(*(self._pull(p) for p in projects), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            self.last_error = f"{type(errors[0]).__name__}: {errors[0]}"
+            log.warning("sync pass failed", extra={"event": "sync_error", "projects": len(errors), "error": self.last_error})
+        elif projects:
+            self.last_error = None
+        self.last_pull_at = time.time()
+
+    async def _pull(self, project: Project) -> None:
+        async with self._limit:
+            full = time.monotonic() - project.last_reconcile >= self.reconcile_interval
+            kind = "reconcile" if full else "feed"
+            try:
+                if full:
+                    states = await asyncio.to_thread(self.store.load_project, project.id)
+                    records: list[Saved] = []
+                else:
+                    since = project.sync_watermark_ms - self.overlap_ms
+                    records = await asyncio.to_thread(self.store.changes_since, project.id, since)
+                    states = [r.state for r in records]
+            except Exception:
+                self.metrics.sync_pulls.labels(kind, "error").inc()
+                raise
+            self.metrics.sync_pulls.labels(kind, "success").inc()
+            if full:
+                project.last_reconcile = time.monotonic()
+            if records:
+                project.sync_watermark_ms = max(project.sync_watermark_ms, max(r.saved_at for r in records))
+            self.apply(project, states, records)
+
+    def apply(self, project: Project, states: Iterable[ObjectState], records: list[Saved] = ()) -> None:
+        """Merge states into memory, tell this replica's clients, count and time it."""
+        result = self.state.merge_remote(project, states)
+        for message in result.messages:
+            project.broadcast(message)
+        if result.changed:
+            self.metrics.sync_merged.inc(len(result.changed))
+            changed = set(result.changed)
+            now_ms = self.clock.wall_ms()
+            for record in records:
+                if record.state.id in changed and record.saved_by != self.clock.replica_id:
+                    self.metrics.sync_lag.observe(max(0.0, (now_ms - record.saved_at) / 1000))
+        if result.repaired:
+            self.metrics.sync_repairs.inc(len(result.repaired))
+            log.info("anti-entropy repair", extra={"event": "repair", "project": project.id, "objects": len(result.repaired)})
+
+    def read_before_flush(self) -> int:
+        """Shutdown, before the final flush: merge the table's copy of every dirty object.
+
+        Another replica may have saved a newer property moments ago that this replica has
+        not pulled yet; our final write must carry it, not overwrite it. Runs in a thread.
+        """
+        return self._merge_keys(self.state.dirty_keys())
+
+    def read_back(self, keys: list[tuple[str, str]]) -> int:
+        """Shutdown, after the flush: re-read what was written; repairs needed (dirty again)."""
+        return self._merge_keys(keys)
+
+    def _merge_keys(self, keys: list[tuple[str, str]]) -> int:
+        if not keys:
+            return 0
+        by_project: dict[str, list[ObjectState]] = {}
+        for record in self.store.get_many(keys):
+            by_project.setdefault(record.project, []).append(record.state)
+        repairs = 0
+        for pid, states in by_project.items():
+            project = self.state.get(pid)
+            if project is not None:
+                result = self.state.merge_remote(project, states)
+                repairs += len(result.repaired)
+                if result.repaired:
+                    self.metrics.sync_repairs.inc(len(result.repaired))
+        return repairs
+
+    def status(self) -> dict[str, Any]:
+        return {"interval_s": self.interval, "last_pull_at": self.last_pull_at, "last_error": self.last_error}

@@ -1,0 +1,205 @@
+"""Several replica processes serving one project converge through DynamoDB Local."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+from websockets.sync.client import ClientConnection, connect
+
+from conftest import Replica, http_json
+
+pytestmark = pytest.mark.dynamodb_local
+
+AUTOSAVE = 0.5
+SYNC = 0.3
+BOUND = AUTOSAVE + SYNC + 2.0  # the contract: autosave + sync interval + a second or two
+FAST = {"autosave_interval": AUTOSAVE, "sync_interval": SYNC, "rate_limit": 0}
+
+
+def body(replica: Replica, project: str) -> bytes:
+    with urllib.request.urlopen(f"{replica.url}/projects/{project}/objects", timeout=5) as response:
+        return response.read()
+
+
+def settled(replica: Replica, project: str) -> bool:
+    return http_json(f"{replica.url}/projects/{project}/status")[1]["dirty_objects"] == 0
+
+
+def wait(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def feed_pulls(replica: Replica) -> float:
+    text = urllib.request.urlopen(f"{replica.url}/metrics", timeout=5).read().decode()
+    line = next(x for x in text.splitlines() if x.startswith('canvas_sync_pulls_total{kind="feed",outcome="success"}'))
+    return float(line.split()[-1])
+
+
+def converge(replicas: list[Replica], project: str, timeout: float = 30.0) -> tuple[float, bytes]:
+    """Seconds until every replica returns the same bytes and has nothing unsaved."""
+    start = time.monotonic()
+    while True:
+        bodies = {body(r, project) for r in replicas}
+        if len(bodies) == 1 and all(settled(r, project) for r in replicas):
+            return time.monotonic() - start, bodies.pop()
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"no convergence in {timeout}s: {[json.loads(b) for b in bodies]}")
+        time.sleep(0.05)
+
+
+class Client:
+    """A WebSocket client that waits for the reply to each of its own messages."""
+
+    def __init__(self, replica: Replica, project: str) -> None:
+        self.ws: ClientConnection = connect(replica.ws_url(project), open_timeout=5, max_size=None)
+        self.seen: list[dict[str, Any]] = [json.loads(self.ws.recv(5))]
+        self.n = 0
+
+    def call(self, message: dict[str, Any]) -> dict[str, Any]:
+        self.n += 1
+        req = str(self.n)
+        self.ws.send(json.dumps({**message, "req": req}))
+        while True:
+            reply = json.loads(self.ws.recv(10))
+            if reply.get("req") == req:
+                return reply
+            self.seen.append(reply)
+
+    def wait_for(self, predicate: Any, timeout: float = 10.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for message in self.seen:
+                if predicate(message):
+                    return message
+            self.seen.append(json.loads(self.ws.recv(max(0.01, deadline - time.monotonic()))))
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+IDS = [f"s{i}" for i in range(15)]
+
+
+def random_edits(client: Client, seed: int, count: int) -> None:
+    rng = random.Random(seed)
+    for i in range(count):
+        oid = rng.choice(IDS)
+        roll = rng.random()
+        if roll < 0.25:
+            msg = {"op": "create", "object": {"id": oid, "type": rng.choice(["rect", "ellipse"]), "x": i, "y": rng.random()}}
+        elif roll < 0.85:
+            props = {k: rng.choice([None, i, rng.random(), f"c{seed}"]) for k in rng.sample(["x", "y", "fill", "text"], 2)}
+            if rng.random() < 0.1:
+                props["type"] = "text"
+            msg = {"op": "update", "id": oid, "props": props}
+        else:
+            msg = {"op": "delete", "id": oid}
+        reply = client.call(msg)
+        assert reply["op"] == "ack" or reply["code"] in ("conflict", "not_found"), reply
+
+
+def run_concurrently(clients: list[Client], count: int) -> None:
+    errors: list[BaseException] = []
+
+    def work(c: Client, seed: int) -> None:
+        try:
+            random_edits(c, seed, count)
+        except BaseException as error:  # noqa: BLE001 - re-raised below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(c, i)) for i, c in enumerate(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+
+
+def test_three_replicas_six_clients_converge_byte_for_byte(replicas: Any) -> None:
+    nodes = [replicas(f"replica-{n}", **FAST) for n in "abc"]
+    clients = [Client(nodes[i % 3], "shared") for i in range(6)]
+    run_concurrently(clients, count=80)  # 480 concurrent random edits on 15 shared objects
+    for c in clients:
+        c.close()
+    seconds, final = converge(nodes, "shared")
+    assert seconds <= BOUND, f"converged in {seconds:.2f}s, bound {BOUND}s"
+    fresh = replicas("replica-fresh", **FAST)
+    assert body(fresh, "shared") == final  # the table holds the same state
+    assert json.loads(final)["objects"], "the run left no objects: the test would prove little"
+
+
+def test_concurrent_changes_to_different_properties_are_all_kept(replicas: Any) -> None:
+    a, b = replicas("replica-a", **FAST), replicas("replica-b", **FAST)
+    ca, cb = Client(a, "p"), Client(b, "p")
+    ca.call({"op": "create", "object": {"id": "o", "type": "rect", "x": 0, "y": 0, "fill": "white"}})
+    cb.wait_for(lambda m: m.get("op") == "upsert")
+    ca.ws.send(json.dumps({"op": "update", "id": "o", "props": {"x": 10, "fill": "red"}}))
+    cb.ws.send(json.dumps({"op": "update", "id": "o", "props": {"y": 20, "fill": "blue"}}))
+    _, final = converge([a, b], "p")
+    (obj,) = json.loads(final)["objects"]
+    assert obj["x"] == 10 and obj["y"] == 20  # different properties: both kept
+    assert obj["fill"] in ("red", "blue")  # same property: one value, everywhere
+    assert body(replicas("replica-c", **FAST), "p") == final
+
+
+def test_delete_against_concurrent_update_and_a_stale_replica(replicas: Any) -> None:
+    a, b = replicas("replica-a", **FAST), replicas("replica-b", **FAST)
+    stale = replicas("replica-stale", autosave_interval=AUTOSAVE, sync_interval=4, rate_limit=0)  # pulls seldom
+    ca, cb = Client(a, "p"), Client(b, "p")
+    ca.call({"op": "create", "object": {"id": "o", "type": "rect", "x": 0}})
+    cb.wait_for(lambda m: m.get("op") == "upsert")
+    wait(lambda: settled(a, "p"))
+    cs = Client(stale, "p")  # loads the live object
+    assert [o["id"] for o in cs.seen[0]["objects"]] == ["o"]
+    before = feed_pulls(stale)
+    wait(lambda: feed_pulls(stale) > before)  # it just pulled: about 4 s until the next pull
+    ca.ws.send(json.dumps({"op": "delete", "id": "o"}))
+    cb.ws.send(json.dumps({"op": "update", "id": "o", "props": {"x": 1}}))
+    time.sleep(AUTOSAVE + SYNC + 0.5)  # the delete is saved and pulled by a and b
+    assert cs.call({"op": "update", "id": "o", "props": {"x": 2}})["op"] == "ack"  # stale: still thinks it lives
+    _, final = converge([a, b, stale], "p", timeout=15)
+    assert json.loads(final)["objects"] == []  # the stale write resurrected it nowhere
+    assert body(replicas("replica-d", **FAST), "p") == final  # nor in the table
+
+
+@pytest.mark.parametrize("skew_ms", [-4000, 4000])
+def test_a_replica_with_a_skewed_clock_converges(replicas: Any, skew_ms: int) -> None:
+    nodes = [replicas("replica-a", **FAST), replicas("replica-skewed", clock_offset_ms=skew_ms, **FAST)]
+    clients = [Client(nodes[i % 2], "skew") for i in range(4)]
+    run_concurrently(clients, count=50)
+    seconds, final = converge(nodes, "skew")
+    assert seconds <= BOUND
+    assert body(replicas("replica-fresh", **FAST), "skew") == final
+    # a later edit on the replica that is behind still wins over older values
+    slow = clients[1] if skew_ms < 0 else clients[0]
+    alive = [o["id"] for o in json.loads(final)["objects"]]
+    if alive:
+        assert slow.call({"op": "update", "id": alive[0], "props": {"fill": "last"}})["op"] == "ack"
+        _, final = converge(nodes, "skew")
+        assert next(o for o in json.loads(final)["objects"] if o["id"] == alive[0])["fill"] == "last"
+
+
+def test_sigterm_right_after_a_conflicting_save_leaves_the_union(replicas: Any) -> None:
+    # a never pulls on its own (long intervals): only its shutdown can learn b's change
+    a = replicas("replica-a", autosave_interval=60, sync_interval=60, reconcile_interval=600)
+    b = replicas("replica-b", autosave_interval=0.2, sync_interval=60)
+    Client(a, "p").call({"op": "create", "object": {"id": "o", "type": "rect", "x": 0, "y": 0}})
+    assert a.terminate() == 0  # saved; start again so that both hold the object
+    a = replicas("replica-a2", autosave_interval=60, sync_interval=60, reconcile_interval=600)
+    ca, cb = Client(a, "p"), Client(b, "p")
+    assert cb.call({"op": "update", "id": "o", "props": {"y": 7}})["op"] == "ack"
+    wait(lambda: settled(b, "p"))
+    assert b.terminate() == 0  # b's change is only in the table now
+    assert ca.call({"op": "update", "id": "o", "props": {"x": 5}})["op"] == "ack"  # a never saw y=7
+    assert a.terminate() == 0
+    check = replicas("replica-check", **FAST)
+    assert json.loads(body(check, "p"))["objects"] == [{"id": "o", "type": "rect", "x": 5, "y": 7}]
