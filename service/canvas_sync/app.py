@@ -52,6 +52,7 @@ class CanvasService:
         self.sync = SyncWorker(
             self.state, self.store, self.clock, self.metrics,
             settings.sync_interval, settings.sync_overlap, settings.reconcile_interval,
+            on_repair=self.autosave.wake,
         )
         self.ready = False
         self.shutting_down = False

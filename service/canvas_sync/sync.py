@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .metrics import Metrics
@@ -38,7 +38,9 @@ class SyncWorker:
         overlap: float,
         reconcile_interval: float,
         concurrency: int = 4,
+        on_repair: Callable[[], None] = lambda: None,
     ) -> None:
+        self.on_repair = on_repair
         self.state = state
         self.store = store
         self.clock = clock
@@ -102,6 +104,7 @@ class SyncWorker:
                     self.metrics.sync_lag.observe(max(0.0, (now_ms - record.saved_at) / 1000))
         if result.repaired:
             self.metrics.sync_repairs.inc(len(result.repaired))
+            self.on_repair()  # write the union now rather than an interval later
             log.info("anti-entropy repair", extra={"event": "repair", "project": project.id, "objects": len(result.repaired)})
 
     def read_before_flush(self) -> int:

@@ -1,0 +1,189 @@
+"""Convergence across three replica processes, against AWS DynamoDB Local.
+
+Each round: six clients (two per replica) make random concurrent edits on 15 shared
+objects of a new project for a few seconds; then the time until every replica's
+``GET /projects/{p}/objects`` returns the same bytes with nothing unsaved is measured.
+After the rounds: the sync lag histogram (save on one replica to arrival on another)
+and the DynamoDB read requests that one idle held project costs per minute.
+
+    python loadtest/bench/convergence.py [--rounds 10] [--autosave 5] [--sync 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import uvloop
+from websockets.asyncio.client import connect
+
+from canvas_sync.dynamodb_local import DynamoDBLocal, free_port
+from canvas_sync.store import DynamoStore, make_client
+
+ROOT = Path(__file__).resolve().parents[2]
+TABLE = "convergence"
+IDS = [f"s{i}" for i in range(15)]
+
+
+def get(port: int, path: str) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+        return response.read()
+
+
+def start_replica(name: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "canvas_sync", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                            env=dict(env, CANVAS_REPLICA_ID=name), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            get(port, "/readyz")
+            return proc, port
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{name} did not start")
+
+
+async def editor(port: int, project: str, seed: int, seconds: float) -> int:
+    rng = random.Random(seed)
+    acked = 0
+    async with connect(f"ws://127.0.0.1:{port}/ws/{project}") as ws:
+        await ws.recv()
+        deadline = time.monotonic() + seconds
+        i = 0
+        while time.monotonic() < deadline:
+            i += 1
+            oid, roll = rng.choice(IDS), rng.random()
+            if roll < 0.25:
+                msg = {"op": "create", "object": {"id": oid, "type": "rect", "x": i, "y": rng.random()}}
+            elif roll < 0.9:
+                msg = {"op": "update", "id": oid, "props": {rng.choice("xyz"): i, "fill": f"c{seed}-{i}"}}
+            else:
+                msg = {"op": "delete", "id": oid}
+            await ws.send(json.dumps({**msg, "req": str(i)}))
+            while True:
+                reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                if reply.get("req") == str(i):
+                    acked += reply["op"] == "ack"
+                    break
+            await asyncio.sleep(rng.uniform(0, 0.01))
+    return acked
+
+
+async def edit_round(ports: list[int], project: str, round_: int, seconds: float) -> list[int]:
+    return await asyncio.gather(*(editor(ports[i % 3], project, round_ * 10 + i, seconds) for i in range(6)))
+
+
+def converge_seconds(ports: list[int], project: str, timeout: float = 60) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        bodies = {get(p, f"/projects/{project}/objects") for p in ports}
+        if len(bodies) == 1 and all(
+            json.loads(get(p, f"/projects/{project}/status"))["dirty_objects"] == 0 for p in ports
+        ):
+            return time.monotonic() - start
+        time.sleep(0.02)
+    raise RuntimeError(f"no convergence within {timeout}s")
+
+
+def histogram(port: int, name: str) -> dict[float, float]:
+    text = get(port, "/metrics").decode()
+    return {float(m.group(1)): float(m.group(2))
+            for m in re.finditer(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M)}
+
+
+def quantile(buckets: dict[float, float], q: float) -> float:
+    """Linear interpolation inside the bucket, as PromQL's histogram_quantile does."""
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    rank, prev_bound, prev_count = q * total, 0.0, 0.0
+    for bound in bounds:
+        if buckets[bound] >= rank:
+            if bound == float("inf"):
+                return prev_bound
+            return prev_bound + (bound - prev_bound) * (rank - prev_count) / max(buckets[bound] - prev_count, 1e-9)
+        prev_bound, prev_count = bound, buckets[bound]
+    return bounds[-1]
+
+
+def pulls(port: int) -> float:
+    text = get(port, "/metrics").decode()
+    return sum(float(v) for v in re.findall(r'^canvas_sync_pulls_total\{[^}]*outcome="success"\} (\S+)$', text, re.M))
+
+
+def counter(port: int, name: str) -> float:
+    text = get(port, "/metrics").decode()
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--edit-seconds", type=float, default=3.0)
+    parser.add_argument("--autosave", type=float, default=5.0)
+    parser.add_argument("--sync", type=float, default=1.0)
+    parser.add_argument("--idle-seconds", type=float, default=60.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench" / "convergence.json")
+    args = parser.parse_args()
+    with DynamoDBLocal() as ddb:
+        DynamoStore(make_client(ddb.endpoint), TABLE).create_table()
+        env = dict(os.environ, CANVAS_DYNAMODB_ENDPOINT=ddb.endpoint, CANVAS_TABLE=TABLE, CANVAS_LOG_LEVEL="warning",
+                   CANVAS_AUTOSAVE_INTERVAL=str(args.autosave), CANVAS_SYNC_INTERVAL=str(args.sync), CANVAS_RATE_LIMIT="0")
+        replicas = [start_replica(f"replica-{n}", env) for n in "abc"]
+        ports = [port for _, port in replicas]
+        try:
+            times, edits = [], 0
+            for r in range(args.rounds):
+                project = f"round-{r}"
+                edits += sum(uvloop.run(edit_round(ports, project, r, args.edit_seconds)))
+                seconds = converge_seconds(ports, project)
+                times.append(seconds)
+                print(f"round {r}: converged {seconds:.2f}s after the last edit", flush=True)
+            written = sum(counter(p, "canvas_autosave_objects_written_total") for p in ports)
+            repairs = sum(counter(p, "canvas_sync_repairs_total") for p in ports)
+            lag: dict[float, float] = {}
+            for port in ports:
+                for bound, count in histogram(port, "canvas_sync_lag_seconds").items():
+                    lag[bound] = lag.get(bound, 0) + count
+            held = args.rounds  # every replica holds every round's project (idle eviction: 300 s)
+            before = [pulls(p) for p in ports]
+            time.sleep(args.idle_seconds)
+            after = [pulls(p) for p in ports]
+            per_project_per_min = statistics.mean(
+                (a - b) / held * 60 / args.idle_seconds for a, b in zip(after, before))
+        finally:
+            for proc, _ in replicas:
+                proc.terminate()
+                proc.wait(30)
+    q = statistics.quantiles(times, n=100) if len(times) > 1 else times * 99
+    result = {
+        "replicas": 3, "clients": 6, "rounds": args.rounds, "autosave_s": args.autosave, "sync_s": args.sync,
+        "acked_edits": edits,
+        "items_written": int(written),
+        "items_per_edit": round(written / max(edits, 1), 3),
+        "repairs": int(repairs),
+        "convergence_s": {"p50": round(statistics.median(times), 2), "p99": round(q[98], 2), "max": round(max(times), 2)},
+        "bound_s": args.autosave + args.sync + 2,
+        "sync_lag_s": {"p50": round(quantile(lag, 0.5), 2), "p99": round(quantile(lag, 0.99), 2),
+                       "samples": int(lag.get(float("inf"), 0))},
+        "idle_reads_per_project_per_min": round(per_project_per_min, 1),
+    }
+    print(json.dumps(result, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
