@@ -27,9 +27,10 @@ test: $(VENV)/.installed
 	-$(PY) -m canvas_sync.dynamodb_local fetch
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## bench: benchmarks against DynamoDB Local; prints figures
+## bench: benchmarks against DynamoDB Local (about 4 minutes); prints figures, writes docs/bench/
 bench: $(VENV)/.installed dynamodb-local
 	$(PY) loadtest/bench/core.py
+	$(PY) loadtest/bench/convergence.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis test-output

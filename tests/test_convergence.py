@@ -131,6 +131,7 @@ def test_three_replicas_six_clients_converge_byte_for_byte(replicas: Any) -> Non
     for c in clients:
         c.close()
     seconds, final = converge(nodes, "shared")
+    print(f"converged in {seconds:.2f}s")
     assert seconds <= BOUND, f"converged in {seconds:.2f}s, bound {BOUND}s"
     fresh = replicas("replica-fresh", **FAST)
     assert body(fresh, "shared") == final  # the table holds the same state
@@ -177,6 +178,7 @@ def test_a_replica_with_a_skewed_clock_converges(replicas: Any, skew_ms: int) ->
     clients = [Client(nodes[i % 2], "skew") for i in range(4)]
     run_concurrently(clients, count=50)
     seconds, final = converge(nodes, "skew")
+    print(f"skew {skew_ms}: converged in {seconds:.2f}s")
     assert seconds <= BOUND
     assert body(replicas("replica-fresh", **FAST), "skew") == final
     # a later edit on the replica that is behind still wins over older values
