@@ -265,3 +265,15 @@ def test_idle_project_leaves_memory(replicas: Any) -> None:
         time.sleep(0.2)
     assert http_json(f"{replica.url}/projects/brief/status")[1]["loaded"] is False
     assert [o["id"] for o in replica.objects("brief")] == ["r"]  # reloaded from the table
+
+
+def test_probe_command_pings_a_replica(replica: Replica) -> None:
+    import subprocess
+    import sys
+
+    ok = subprocess.run([sys.executable, "-m", "canvas_sync", "probe", replica.ws_url("helm-test")],
+                        capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0 and '"op": "pong"' in ok.stdout, ok.stderr
+    bad = subprocess.run([sys.executable, "-m", "canvas_sync", "probe", replica.ws_url("-bad")],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 1 and "HTTP 400" in bad.stderr

@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (CANVAS_HOST, default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="HTTP + WebSocket port (CANVAS_PORT, default 8080)")
     sub.add_parser("create-table", help="create the DynamoDB table and its index if missing")
+    probe = sub.add_parser("probe", help="open a WebSocket, ping, expect a pong (exit 0) (the Helm test)")
+    probe.add_argument("url", help="ws://host:port/ws/<project>")
     dev = sub.add_parser("dev", help="DynamoDB Local + table + N replicas, zero setup")
     dev.add_argument("--replicas", type=int, default=2, help="replicas to start (default 2)")
     dev.add_argument("--host", default="127.0.0.1", help="bind address of the replicas (default 127.0.0.1)")
@@ -31,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "probe":
+        from .probe import main as probe_main
+
+        return probe_main(args.url)
     try:
         if args.command == "serve":
             settings = load_settings(host=args.host, port=args.port)
