@@ -1,0 +1,369 @@
+"""The Helm chart, checked with Helm's own engine (helm-python-sdk), kubernetes-validate,
+the CRD-generated schemas of prometheus-operator and Gateway API, and promtool."""
+
+from __future__ import annotations
+
+import json
+import sys
+import re
+import shutil
+import subprocess
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from canvas_sync.dynamodb_local import cache_dir
+from conftest import Replica, http_text, missing
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "canvas-sync"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "HTTPRoute"}
+RELEASE = "demo"
+FULLNAME = "demo-canvas-sync"
+
+
+def values_of(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every rendered object (hooks and tests included)."""
+    with helm.Chart.load(str(CHART)) as chart:
+        manifests = chart.render(values or {}, name=RELEASE, namespace="canvas", is_install=True)
+    return [doc for path, text in sorted(manifests.items()) if path.endswith(".yaml")
+            for doc in yaml.safe_load_all(text) if doc]
+
+
+def notes(values: dict[str, Any]) -> str:
+    with helm.Chart.load(str(CHART)) as chart:
+        return chart.render(values, name=RELEASE, namespace="canvas")["canvas-sync/templates/NOTES.txt"]
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def app_deployment(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(o for o in by_kind(objects, "Deployment") if o["metadata"]["name"] == FULLNAME)
+
+
+@pytest.fixture(params=CI_VALUES, ids=lambda p: p.name.removesuffix("-values.yaml"))
+def values(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return values_of(request.param)
+
+
+def test_lint_strict_has_no_warnings(values: dict[str, Any]) -> None:
+    for kube_version in ("v1.30.0", "v1.33.0"):
+        report = helm.lint(str(CHART), values, strict=True, kube_version=kube_version)
+        assert report["errors"] == [], report
+        assert [m for m in report["messages"] if m["severity"] >= 2] == [], report["messages"]
+
+
+def test_values_match_the_schema_and_typos_are_refused(values: dict[str, Any]) -> None:
+    with helm.Chart.load(str(CHART)) as chart:
+        chart.validate_schema(values)
+        with pytest.raises(helm.HelmError):
+            chart.validate_schema({**values, "replicaCont": 3})
+        with pytest.raises(helm.HelmError):
+            chart.validate_schema({"dynamodbLocal": {"mode": "sidecars"}})
+
+
+@pytest.mark.parametrize("kube", ["1.30", "1.33"])
+def test_every_builtin_object_validates_strictly(values: dict[str, Any], kube: str) -> None:
+    objects = render(values)
+    for obj in objects:
+        if obj["kind"] not in CUSTOM_KINDS:
+            kubernetes_validate.validate(obj, kube, strict=True)
+
+
+@pytest.fixture(scope="session")
+def crd_validator() -> Path:
+    """The validator script with its npm models, installed once into the cache."""
+    npm, node = shutil.which("npm"), shutil.which("node")
+    if not npm or not node:
+        missing("node and npm are needed to validate custom resources against their CRD schemas")
+    source = ROOT / "tests" / "crd"
+    target = cache_dir() / "crd-check"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("package.json", "validate.mjs"):
+        shutil.copy(source / name, target / name)
+    if not (target / "node_modules" / "@kubernetes-models" / "prometheus-operator").is_dir():
+        result = subprocess.run([npm, "install", "--silent", "--no-audit", "--no-fund"], cwd=target,
+                                capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            missing(f"npm install of the CRD models failed: {result.stderr[-500:]}")
+    return target / "validate.mjs"
+
+
+def test_custom_resources_validate_against_their_crd_schemas(crd_validator: Path) -> None:
+    objects = [o for p in CI_VALUES for o in render(values_of(p)) if o["kind"] in CUSTOM_KINDS]
+    assert {o["kind"] for o in objects} == CUSTOM_KINDS
+    result = subprocess.run(["node", str(crd_validator)], input=json.dumps(objects), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    monitor = next(o for o in objects if o["kind"] == "ServiceMonitor")
+    broken = dict(monitor, spec={"selector": {}, "endpoints": [{"port": 8080, "interval": "soon"}]})  # it can fail
+    result = subprocess.run(["node", str(crd_validator)], input=json.dumps([broken]), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+
+
+def test_pod_security_resources_probes_and_lifecycle(values: dict[str, Any]) -> None:
+    objects = render(values)
+    deployment = app_deployment(objects)
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["automountServiceAccountToken"] is False
+    app = next(c for c in pod["containers"] if c["name"] == "canvas-sync")
+    sc = app["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert {"mountPath": "/tmp", "name": "tmp"} in app["volumeMounts"]
+    assert app["resources"]["requests"]["cpu"] and app["resources"]["limits"]["memory"]
+    assert app["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert app["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    pause = int(app["lifecycle"]["preStop"]["exec"]["command"][1])
+    config = next(o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"] == FULLNAME)["data"]
+    assert pod["terminationGracePeriodSeconds"] > pause + float(config["CANVAS_SHUTDOWN_TIMEOUT"])
+    for container in pod["containers"]:
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert container["resources"]["requests"]
+    ports = {p["containerPort"] for c in pod["containers"] for p in c["ports"]}
+    assert len(ports) == sum(len(c["ports"]) for c in pod["containers"])  # the app never shares DynamoDB Local's port
+
+
+def test_no_replicas_field_when_the_hpa_is_on() -> None:
+    objects = render({"autoscaling": {"enabled": True}})
+    assert "replicas" not in app_deployment(objects)["spec"]
+    (hpa,) = by_kind(objects, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
+    assert app_deployment(render({"replicaCount": 4}))["spec"]["replicas"] == 4
+
+
+def test_connections_per_pod_metric_in_the_hpa() -> None:
+    (hpa,) = by_kind(render(values_of(CHART / "ci" / "aws-values.yaml")), "HorizontalPodAutoscaler")
+    pods = [m for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    assert pods[0]["pods"]["metric"]["name"] == "canvas_websocket_connections"
+
+
+def test_config_changes_roll_the_pods() -> None:
+    def checksum(values: dict[str, Any]) -> str:
+        return app_deployment(render(values))["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+    assert checksum({}) == checksum({})
+    assert checksum({}) != checksum({"autosave": {"interval": 2}})
+
+
+@pytest.mark.parametrize("values", [
+    {"replicaCount": 2, "dynamodbLocal": {"enabled": True, "mode": "sidecar"}},
+    {"replicaCount": 1, "autoscaling": {"enabled": True}, "dynamodbLocal": {"enabled": True, "mode": "sidecar"}},
+])
+def test_sidecar_mode_is_refused_with_several_replicas(values: dict[str, Any]) -> None:
+    with pytest.raises(helm.HelmError) as info:
+        render(values)
+    assert "sidecar" in str(info.value) and "exactly one replica" in str(info.value)
+
+
+def test_dynamodb_local_modes_point_the_app_at_it() -> None:
+    def endpoint(values: dict[str, Any]) -> str | None:
+        objects = render(values)
+        return next(o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"] == FULLNAME)["data"].get(
+            "CANVAS_DYNAMODB_ENDPOINT")
+
+    assert endpoint(values_of(CHART / "ci" / "sidecar-values.yaml")) == "http://127.0.0.1:8000"
+    assert endpoint(values_of(CHART / "ci" / "shared-values.yaml")) == f"http://{FULLNAME}-dynamodb-local:8000"
+    assert endpoint({}) is None
+    shared = render(values_of(CHART / "ci" / "shared-values.yaml"))
+    service = next(o for o in by_kind(shared, "Service") if o["metadata"]["name"] == FULLNAME)
+    dynamo_pod = next(o for o in by_kind(shared, "Deployment") if o["metadata"]["name"] != FULLNAME)
+    pod_labels = dynamo_pod["spec"]["template"]["metadata"]["labels"]
+    assert not all(pod_labels.get(k) == v for k, v in service["spec"]["selector"].items()), "app Service selects DynamoDB Local"
+
+
+def test_create_table_hook_job_and_irsa() -> None:
+    objects = render(values_of(CHART / "ci" / "aws-values.yaml"))
+    (job,) = by_kind(objects, "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["create-table"]
+    (sa,) = by_kind(objects, "ServiceAccount")
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    text = yaml.safe_dump_all(objects)
+    assert "AWS_SECRET_ACCESS_KEY" not in text and "AWS_ACCESS_KEY_ID" not in text
+
+
+def test_monitoring_resources_only_behind_their_switches() -> None:
+    plain = {o["kind"] for o in render({})}
+    assert not plain & {"ServiceMonitor", "PrometheusRule", "Ingress", "HTTPRoute", "NetworkPolicy", "HorizontalPodAutoscaler"}
+    full = render(values_of(CHART / "ci" / "shared-values.yaml"))
+    (monitor,) = by_kind(full, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    dashboard = next(o for o in by_kind(full, "ConfigMap") if o["metadata"]["name"].endswith("-dashboard"))
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["canvas-sync.json"])["panels"]
+
+
+def test_ingress_websocket_timeouts_and_hashing() -> None:
+    (ingress,) = by_kind(render(values_of(CHART / "ci" / "aws-values.yaml")), "Ingress")
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "3600"
+    assert annotations["nginx.ingress.kubernetes.io/upstream-hash-by"] == "$uri"
+
+
+def test_notes_tell_how_to_reach_it_and_warn_about_risky_settings() -> None:
+    assert "port-forward svc/demo-canvas-sync" in notes({})
+    risky = notes({"replicaCount": 1, "dynamodbLocal": {"enabled": True, "mode": "sidecar"}})
+    assert "development and tests only" in risky and "loses every canvas" in risky and "one replica" in risky
+    assert "WARNING" not in notes(values_of(CHART / "ci" / "aws-values.yaml"))
+
+
+def test_helm_test_pod_probes_the_service() -> None:
+    (pod,) = [o for o in by_kind(render({}), "Pod") if o["metadata"]["annotations"].get("helm.sh/hook") == "test"]
+    container = pod["spec"]["containers"][0]
+    assert container["command"] == ["canvas-sync"] and container["args"] == ["probe", f"ws://{FULLNAME}:80/ws/helm-test"]
+
+
+# --- alerts and dashboard -----------------------------------------------------------------
+
+def rules() -> dict[str, Any]:
+    (rule,) = by_kind(render({"metrics": {"prometheusRule": {"enabled": True}}}), "PrometheusRule")
+    return rule["spec"]
+
+
+@pytest.fixture
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        missing("promtool is not installed (Debian package prometheus; .ci/run installs it)")
+    return path
+
+
+SEL = f'namespace="canvas", service="{FULLNAME}", pod="p1"'
+PROMTOOL_TESTS = f"""
+rule_files: [rules.yaml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'canvas_autosave_batches_total{{outcome="error", {SEL}}}'
+        values: '0+10x30'
+      - series: 'canvas_dirty_objects{{{SEL}}}'
+        values: '6000+100x30'
+      - series: 'canvas_autosave_last_success_timestamp_seconds{{{SEL}}}'
+        values: '0x30'
+      - series: 'canvas_autosave_batch_duration_seconds_bucket{{le="1.0", {SEL}}}'
+        values: '0x30'
+      - series: 'canvas_autosave_batch_duration_seconds_bucket{{le="2.5", {SEL}}}'
+        values: '0+10x30'
+      - series: 'canvas_autosave_batch_duration_seconds_bucket{{le="+Inf", {SEL}}}'
+        values: '0+10x30'
+      - series: 'canvas_sync_lag_seconds_bucket{{le="10.0", {SEL}}}'
+        values: '0x30'
+      - series: 'canvas_sync_lag_seconds_bucket{{le="30.0", {SEL}}}'
+        values: '0+10x30'
+      - series: 'canvas_sync_lag_seconds_bucket{{le="+Inf", {SEL}}}'
+        values: '0+10x30'
+      - series: 'canvas_ready{{{SEL}}}'
+        values: '0x30'
+    alert_rule_test:
+      - {{eval_time: 3m, alertname: CanvasSyncAutosaveFailing, exp_alerts: []}}
+      - eval_time: 20m
+        alertname: CanvasSyncAutosaveFailing
+        exp_alerts: [{{exp_labels: {{severity: warning, namespace: canvas, pod: p1}}}}]
+      - eval_time: 20m
+        alertname: CanvasSyncUnsavedEditsStuck
+        exp_alerts: [{{exp_labels: {{severity: critical, namespace: canvas, pod: p1}}}}]
+      - eval_time: 20m
+        alertname: CanvasSyncDirtyBacklogGrowing
+        exp_alerts: [{{exp_labels: {{severity: warning, namespace: canvas, pod: p1}}}}]
+      - eval_time: 20m
+        alertname: CanvasSyncBatchLatencyHigh
+        exp_alerts: [{{exp_labels: {{severity: warning, namespace: canvas}}}}]
+      - eval_time: 20m
+        alertname: CanvasSyncSyncLagHigh
+        exp_alerts: [{{exp_labels: {{severity: warning, namespace: canvas}}}}]
+      - {{eval_time: 1m, alertname: CanvasSyncNoReadyReplicas, exp_alerts: []}}
+      - eval_time: 5m
+        alertname: CanvasSyncNoReadyReplicas
+        exp_alerts: [{{exp_labels: {{severity: critical}}}}]
+  - interval: 1m
+    input_series:
+      - series: 'canvas_ready{{{SEL}}}'
+        values: '1x30'
+      - series: 'canvas_dirty_objects{{{SEL}}}'
+        values: '10x30'
+      - series: 'canvas_autosave_last_success_timestamp_seconds{{{SEL}}}'
+        values: '0+60x30'
+      - series: 'canvas_autosave_batches_total{{outcome="error", {SEL}}}'
+        values: '0x30'
+    alert_rule_test:
+      - {{eval_time: 20m, alertname: CanvasSyncNoReadyReplicas, exp_alerts: []}}
+      - {{eval_time: 20m, alertname: CanvasSyncUnsavedEditsStuck, exp_alerts: []}}
+      - {{eval_time: 20m, alertname: CanvasSyncDirtyBacklogGrowing, exp_alerts: []}}
+      - {{eval_time: 20m, alertname: CanvasSyncAutosaveFailing, exp_alerts: []}}
+"""
+
+
+def test_alert_rules_pass_promtool_check_and_unit_tests(promtool: str, tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules()))
+    check = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yaml")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "SUCCESS: 6 rules found" in check.stdout
+    # the unit tests compare labels; annotation templates were checked above
+    bare = rules()
+    for group in bare["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(bare))
+    (tmp_path / "tests.yaml").write_text(textwrap.dedent(PROMTOOL_TESTS))
+    run = subprocess.run([promtool, "test", "rules", str(tmp_path / "tests.yaml")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def metric_names(text: str) -> set[str]:
+    return set(re.findall(r"\bcanvas_[a-z_]+\b", text))
+
+
+@pytest.mark.dynamodb_local
+def test_every_metric_in_panels_and_alerts_is_exported(replicas: Any) -> None:
+    dashboard = json.loads((CHART / "files" / "dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    expected = metric_names("\n".join(exprs)) | metric_names(json.dumps(rules()))
+    required_panels = {"canvas_websocket_connections", "canvas_edits_total", "canvas_autosave_batches_total",
+                       "canvas_autosave_batch_duration_seconds_bucket", "canvas_autosave_objects_written_total",
+                       "canvas_dirty_objects", "canvas_sync_lag_seconds_bucket", "canvas_ready"}
+    assert required_panels <= metric_names("\n".join(exprs))
+    replica: Replica = replicas("scraped")
+    exported = {line.split("{")[0].split(" ")[0] for line in http_text(f"{replica.url}/metrics").splitlines()
+                if line and not line.startswith("#")}
+    assert expected - exported == set(), f"named in panels or alerts but not exported: {expected - exported}"
+
+
+# --- k8s/ manifests -------------------------------------------------------------------------
+
+def test_k8s_manifests_do_not_drift_from_the_chart(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "k8s" / "generate.py"), "--check"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_k8s_overlays_build_with_kustomize_to_the_chart_render() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        missing("kubectl (for kustomize) is not installed")
+    sys.path.insert(0, str(ROOT / "k8s"))
+    import generate
+
+    for overlay in ("dev", "aws"):
+        result = subprocess.run([kubectl, "kustomize", str(ROOT / "k8s" / "overlays" / overlay)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        built = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(result.stdout) if d}
+        chart_values = yaml.safe_load((ROOT / "k8s" / f"values-{overlay}.yaml").read_text())
+        wanted = {(d["kind"], d["metadata"]["name"]): d for d in generate.render(chart_values)}
+        assert built == wanted, overlay
