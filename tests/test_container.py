@@ -1,0 +1,136 @@
+"""The image without a Docker engine: the Dockerfile's own steps, then the rendered pod.
+
+There is no Docker engine here, so this builds the wheel exactly as the Dockerfile's build
+stage does, installs it into a clean virtual environment (the runtime stage's
+/opt/canvas-sync), and runs the Dockerfile's entry command. Then it takes the chart's
+rendered Deployment (command, args, environment, port, probes, grace period) and boots
+that, hits the probes, sends SIGTERM and checks the exit lands inside the grace period.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from canvas_sync.dynamodb_local import DynamoDBLocal, free_port
+from test_chart import FULLNAME, app_deployment, by_kind, render
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+
+
+def dockerfile_json(instruction: str) -> list[str]:
+    """The exec-form argument list of the last ENTRYPOINT or CMD."""
+    found = re.findall(rf"^{instruction}\s+(\[.*\])\s*$", DOCKERFILE, re.M)
+    assert found, f"{instruction} must be in exec form"
+    return json.loads(found[-1])
+
+
+def dockerfile_env() -> dict[str, str]:
+    block = re.search(r"^ENV\s+((?:.*\\\n)*.*)$", DOCKERFILE, re.M)
+    assert block
+    return dict(pair.split("=", 1) for pair in shlex.split(block.group(1).replace("\\\n", " ")))
+
+
+def test_dockerfile_shape() -> None:
+    assert len(re.findall(r"^FROM\s", DOCKERFILE, re.M)) == 2, "multi-stage"
+    assert re.search(r"^FROM python:\$\{PYTHON_VERSION\}-slim\s*$", DOCKERFILE, re.M), "slim base"
+    user = re.findall(r"^USER\s+(\S+)", DOCKERFILE, re.M)[-1]
+    assert user.isdigit() and int(user) != 0, "numeric non-root user (runAsNonRoot can verify it)"
+    assert dockerfile_json("ENTRYPOINT") + dockerfile_json("CMD") == ["canvas-sync", "serve"]
+    assert dockerfile_env()["CANVAS_EVENT_LOOP"] == "uvloop"
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "tests"} <= set(ignored)
+
+
+@pytest.fixture(scope="session")
+def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """/opt/canvas-sync as the Dockerfile builds it: wheel, then a clean venv."""
+    work = tmp_path_factory.mktemp("image")
+    build = re.search(r"RUN python -m pip wheel (.*?) \.", DOCKERFILE)
+    assert build, "the build stage makes a wheel"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(work / "wheels"), str(ROOT)],
+                   check=True, capture_output=True, timeout=300)
+    venv = work / "opt-canvas-sync"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    wheels = [str(p) for p in (work / "wheels").glob("*.whl")]
+    assert len(wheels) == 1
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-cache-dir", *wheels],
+                   check=True, capture_output=True, timeout=600)
+    return venv
+
+
+def get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def wait_status(url: str, status: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the process exited"
+        try:
+            if get(url) == status:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} never answered {status}")
+
+
+@pytest.mark.dynamodb_local
+def test_the_image_entry_command_serves(image_venv: Path, dynamodb_local: DynamoDBLocal, table: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = {"PATH": f"{image_venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), **dockerfile_env(),
+           "CANVAS_PORT": str(port), "CANVAS_DYNAMODB_ENDPOINT": dynamodb_local.endpoint, "CANVAS_TABLE": table}
+    command = dockerfile_json("ENTRYPOINT") + dockerfile_json("CMD")
+    proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_status(f"http://127.0.0.1:{port}/readyz", 200, proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+    assert b'"loop": "uvloop"' in proc.stderr.read()  # type: ignore[union-attr]
+
+
+@pytest.mark.dynamodb_local
+def test_boot_the_rendered_pod(image_venv: Path, dynamodb_local: DynamoDBLocal, table: str, tmp_path: Path) -> None:
+    port = free_port()
+    objects = render({"containerPort": port, "dynamodb": {"table": table, "endpoint": dynamodb_local.endpoint}})
+    pod = app_deployment(objects)["spec"]["template"]["spec"]
+    container = next(c for c in pod["containers"] if c["name"] == "canvas-sync")
+    config = next(o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"] == FULLNAME)["data"]
+    env: dict[str, Any] = {"PATH": f"{image_venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), **config}
+    for var in container["env"]:
+        env[var["name"]] = var.get("value") or f"{FULLNAME}-7d9f8-abcde"  # fieldRef metadata.name
+    assert container["ports"][0]["containerPort"] == port
+    proc = subprocess.Popen(container["command"] + container["args"], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_status(base + container["livenessProbe"]["httpGet"]["path"], 200, proc)
+        wait_status(base + container["readinessProbe"]["httpGet"]["path"], 200, proc)
+        pause = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
+        grace = pod["terminationGracePeriodSeconds"]
+        subprocess.run(container["lifecycle"]["preStop"]["exec"]["command"], check=True, timeout=pause + 5)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(grace) == 0
+        assert time.monotonic() - started + pause < grace
+    finally:
+        proc.kill()
