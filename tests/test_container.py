@@ -95,8 +95,10 @@ def wait_status(url: str, status: int, proc: subprocess.Popen[bytes], timeout: f
 @pytest.mark.dynamodb_local
 def test_the_image_entry_command_serves(image_venv: Path, dynamodb_local: DynamoDBLocal, table: str, tmp_path: Path) -> None:
     port = free_port()
-    env = {"PATH": f"{image_venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), **dockerfile_env(),
-           "CANVAS_PORT": str(port), "CANVAS_DYNAMODB_ENDPOINT": dynamodb_local.endpoint, "CANVAS_TABLE": table}
+    env = dockerfile_env()  # the image's ENV, with /opt/canvas-sync where this venv is
+    env["PATH"] = env["PATH"].replace("/opt/canvas-sync", str(image_venv)).replace("$PATH", "/usr/bin:/bin")
+    env.update(HOME=str(tmp_path), CANVAS_PORT=str(port), CANVAS_DYNAMODB_ENDPOINT=dynamodb_local.endpoint,
+               CANVAS_TABLE=table)
     command = dockerfile_json("ENTRYPOINT") + dockerfile_json("CMD")
     proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
