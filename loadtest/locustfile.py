@@ -1,0 +1,319 @@
+"""Locust scenarios for canvas-sync: a realistic canvas mix spread over several replicas,
+and a check at the end that every replica holds the same canvases.
+
+Every acked message fires a Locust request event named by what it was (``create``,
+``update (drag)``, ``update (recolour)``, ``update (text)``, ``delete``, ``connect``), so
+Locust's statistics show per-op latency. Races that concurrent editing of shared objects
+produces on purpose (``conflict``, ``not_found``) count as answered requests under their
+own name, not as failures; every other error code is a failure.
+
+    locust -f loadtest/locustfile.py --headless -u 60 -r 10 -t 60s \\
+        --host http://127.0.0.1:8080 --replica-urls http://127.0.0.1:8080,http://127.0.0.1:8081
+
+In a cluster, users connect through the Service (``--host``) and the check finds each pod
+with ``--discover-service`` (EndpointSlices). Exit code 1 when the replicas do not
+converge within ``--convergence-timeout`` or the failure ratio passes ``--max-error-ratio``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import gevent
+import websocket
+from locust import User, between, events, task
+from locust.env import Environment
+from locust.runners import WorkerRunner
+from locust.stats import StatsEntry
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+EXPECTED_RACES = {"conflict", "not_found"}
+COLOURS = ["#e53935", "#1e88e5", "#43a047", "#fdd835", "#8e24aa", "#fb8c00", "#00acc1", "#6d4c41"]
+EDIT_NAMES = ("create", "update (drag)", "update (recolour)", "update (text)", "delete")
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser: Any) -> None:
+    group = parser.add_argument_group("canvas-sync")
+    group.add_argument("--replica-urls", env_var="CANVAS_LOAD_REPLICAS", default="",
+                       help="comma-separated base URLs users connect to, spread evenly (default: --host)")
+    group.add_argument("--projects", type=int, env_var="CANVAS_LOAD_PROJECTS", default=5,
+                       help="number of shared projects the users edit")
+    group.add_argument("--project-prefix", env_var="CANVAS_LOAD_PROJECT_PREFIX", default="load",
+                       help="project ids are <prefix>-0, <prefix>-1, ...")
+    group.add_argument("--check-urls", env_var="CANVAS_CHECK_URLS", default="",
+                       help="replica URLs the convergence check polls (default: --replica-urls)")
+    group.add_argument("--discover-service", env_var="CANVAS_DISCOVER_SERVICE", default="",
+                       help="find the replicas to check through this Service's EndpointSlices")
+    group.add_argument("--discover-namespace", env_var="CANVAS_DISCOVER_NAMESPACE", default="default",
+                       help="namespace of --discover-service")
+    group.add_argument("--convergence-timeout", type=float, env_var="CANVAS_CONVERGENCE_TIMEOUT", default=30.0,
+                       help="seconds the replicas get to agree after the test stops")
+    group.add_argument("--max-error-ratio", type=float, env_var="CANVAS_MAX_ERROR_RATIO", default=0.01,
+                       help="failure ratio above which the run fails")
+    group.add_argument("--convergence-report", env_var="CANVAS_CONVERGENCE_REPORT", default="",
+                       help="write the check and the edit statistics as JSON to this file")
+
+
+def _split(urls: str) -> list[str]:
+    return [u.strip().rstrip("/") for u in urls.split(",") if u.strip()]
+
+
+def user_urls(environment: Environment) -> list[str]:
+    return _split(environment.parsed_options.replica_urls) or [str(environment.host).rstrip("/")]
+
+
+def check_urls(environment: Environment) -> list[str]:
+    options = environment.parsed_options
+    if options.discover_service:
+        from discovery import discovery_api, pod_urls
+
+        return pod_urls(discovery_api(), options.discover_namespace, options.discover_service)
+    return _split(options.check_urls) or user_urls(environment)
+
+
+class ServerError(Exception):
+    """An error answer the protocol should not have produced."""
+
+
+class CanvasUser(User):
+    """One person on a shared canvas: draws, drags, recolours, types, deletes, reconnects."""
+
+    wait_time = between(0.1, 0.5)
+    _numbers = itertools.count()
+
+    def on_start(self) -> None:
+        self.number = next(CanvasUser._numbers)
+        options = self.environment.parsed_options
+        urls = user_urls(self.environment)
+        self.base = urls[self.number % len(urls)]
+        self.project = f"{options.project_prefix}-{self.number % max(1, options.projects)}"
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.created = 0
+        self.req = 0
+        self.ws: websocket.WebSocket | None = None
+        self.connect()
+
+    def on_stop(self) -> None:
+        if self.ws is not None:
+            self.ws.close()
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def fire(self, name: str, started: float, length: int, exception: Exception | None = None) -> None:
+        self.environment.events.request.fire(
+            request_type="WS", name=name, response_time=(time.perf_counter() - started) * 1000,
+            response_length=length, exception=exception, context={"project": self.project},
+        )
+
+    def connect(self) -> None:
+        url = self.base.replace("http", "ws", 1) + f"/ws/{self.project}"
+        started = time.perf_counter()
+        try:
+            self.ws = websocket.create_connection(url, timeout=10)
+            text = self.ws.recv()
+            snapshot = json.loads(text)
+        except (OSError, websocket.WebSocketException, ValueError) as error:
+            self.ws = None
+            self.fire("connect", started, 0, error)
+            return
+        self.objects = {o["id"]: o for o in snapshot["objects"]}
+        self.fire("connect", started, len(text))
+
+    def observe(self, message: dict[str, Any]) -> None:
+        if message.get("op") == "upsert":
+            self.objects[message["object"]["id"]] = message["object"]
+        elif message.get("op") == "delete":
+            self.objects.pop(message["id"], None)
+
+    def call(self, name: str, message: dict[str, Any]) -> bool:
+        """Send one edit, wait for its ack or error (other clients' changes are applied)."""
+        if self.ws is None:
+            self.connect()
+            if self.ws is None:
+                return False
+        self.req += 1
+        req = str(self.req)
+        text = json.dumps({**message, "req": req})
+        started = time.perf_counter()
+        try:
+            self.ws.send(text)
+            while True:
+                reply = json.loads(self.ws.recv())
+                if reply.get("req") == req:
+                    break
+                self.observe(reply)
+        except (OSError, websocket.WebSocketException, ValueError) as error:
+            self.fire(name, started, len(text), error)
+            self.ws = None
+            return False
+        if reply["op"] == "ack":
+            self.fire(name, started, len(text))
+            return True
+        if reply.get("code") in EXPECTED_RACES:
+            self.fire(f"{name} [{reply['code']}]", started, len(text))
+            return False
+        self.fire(name, started, len(text), ServerError(f"{reply.get('code')}: {reply.get('message')}"))
+        return False
+
+    def pick(self, kind: str | None = None) -> str | None:
+        ids = [oid for oid, o in self.objects.items() if kind is None or o.get("type") == kind]
+        return random.choice(ids) if ids else None
+
+    # --- what people do -------------------------------------------------------------------
+
+    @task(3)
+    def draw_shape(self) -> None:
+        self.created += 1
+        oid = f"u{self.number}-{self.created}"
+        shape = {"id": oid, "type": random.choice(["rect", "ellipse"]), "x": random.randint(0, 1600),
+                 "y": random.randint(0, 900), "w": random.randint(20, 300), "h": random.randint(20, 300),
+                 "fill": random.choice(COLOURS)}
+        if self.call("create", {"op": "create", "object": shape}):
+            self.objects[oid] = shape
+
+    @task(4)
+    def drag(self) -> None:
+        """A burst of x/y updates to one object, as a pointer drag sends them (~60 per second)."""
+        oid = self.pick()
+        if oid is None:
+            return
+        x, y = self.objects[oid].get("x", 0), self.objects[oid].get("y", 0)
+        for _ in range(random.randint(10, 30)):
+            x, y = x + random.randint(-8, 8), y + random.randint(-8, 8)
+            if not self.call("update (drag)", {"op": "update", "id": oid, "props": {"x": x, "y": y}}):
+                return
+            gevent.sleep(1 / 60)
+
+    @task(2)
+    def recolour(self) -> None:
+        oid = self.pick()
+        if oid is not None:
+            self.call("update (recolour)", {"op": "update", "id": oid, "props": {"fill": random.choice(COLOURS)}})
+
+    @task(2)
+    def edit_text(self) -> None:
+        oid = self.pick("text")
+        if oid is None:
+            self.created += 1
+            oid = f"u{self.number}-{self.created}"
+            label = {"id": oid, "type": "text", "x": random.randint(0, 1600), "y": random.randint(0, 900), "text": ""}
+            if not self.call("create", {"op": "create", "object": label}):
+                return
+            self.objects[oid] = label
+        words = " ".join(random.choice(["canvas", "sync", "shape", "note", "idea", "todo"]) for _ in range(4))
+        self.call("update (text)", {"op": "update", "id": oid, "props": {"text": words}})
+
+    @task(1)
+    def delete(self) -> None:
+        oid = self.pick()
+        if oid is not None and self.call("delete", {"op": "delete", "id": oid}):
+            self.objects.pop(oid, None)
+
+    @task(1)
+    def reconnect(self) -> None:
+        if self.ws is not None:
+            self.ws.close()
+        self.connect()
+
+
+# --- the check at the end -------------------------------------------------------------------
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read()
+
+
+def _mismatches(urls: list[str], project: str) -> list[dict[str, Any]]:
+    """Objects that differ between replicas, with each replica's copy."""
+    views = {u: {o["id"]: o for o in json.loads(_get(f"{u}/projects/{project}/objects"))["objects"]} for u in urls}
+    ids = sorted(set().union(*views.values()))
+    return [{"project": project, "id": oid, "copies": {u: views[u].get(oid) for u in urls}}
+            for oid in ids if len({json.dumps(views[u].get(oid), sort_keys=True) for u in urls}) > 1]
+
+
+def check_convergence(urls: list[str], projects: list[str], timeout: float) -> dict[str, Any]:
+    """Poll until every replica returns the same bytes for every project, with nothing unsaved."""
+    started = time.monotonic()
+    pending = list(projects)
+    while True:
+        try:
+            pending = [
+                p for p in projects
+                if len({_get(f"{u}/projects/{p}/objects") for u in urls}) > 1
+                or any(json.loads(_get(f"{u}/projects/{p}/status"))["dirty_objects"] for u in urls)
+            ]
+        except OSError as error:
+            pending = pending or list(projects)
+            last_error = str(error)
+        else:
+            last_error = None
+        elapsed = time.monotonic() - started
+        if not pending:
+            return {"converged": True, "seconds": round(elapsed, 3), "replicas": urls, "projects": len(projects),
+                    "mismatches": []}
+        if elapsed > timeout:
+            mismatches = [m for p in pending for m in _mismatches(urls, p)] if last_error is None else []
+            return {"converged": False, "seconds": round(elapsed, 3), "replicas": urls, "projects": len(projects),
+                    "pending": pending, "mismatches": mismatches[:20], "error": last_error}
+        time.sleep(0.1)
+
+
+def edit_statistics(environment: Environment) -> dict[str, Any]:
+    """Acked-edit latency percentiles over every edit kind (connects excluded)."""
+    combined = StatsEntry(environment.stats, "edits", "WS")
+    for (name, _), entry in environment.stats.entries.items():
+        if name.split(" [")[0] in EDIT_NAMES:
+            combined.extend(entry)
+    seconds = max(1e-9, (combined.last_request_timestamp or 0) - (combined.start_time or 0))
+    return {
+        "edits": combined.num_requests, "failures": combined.num_failures,
+        "ops_per_s": round(combined.num_requests / seconds, 1),
+        **{f"p{q}_ms": round(combined.get_response_time_percentile(q / 100), 2) for q in (50, 95, 99)},
+        "fail_ratio": round(environment.stats.total.fail_ratio, 5),
+    }
+
+
+@events.test_stop.add_listener
+def _check_on_stop(environment: Environment, **_: Any) -> None:
+    if isinstance(environment.runner, WorkerRunner):
+        return  # the master (or the local runner) checks once
+    options = environment.parsed_options
+    projects = [f"{options.project_prefix}-{i}" for i in range(max(1, options.projects))]
+    urls = check_urls(environment)
+    result = check_convergence(urls, projects, options.convergence_timeout)
+    result["stats"] = edit_statistics(environment)
+    environment.canvas_convergence = result  # type: ignore[attr-defined]
+    if result["converged"]:
+        print(f"canvas-sync: {len(urls)} replicas converged on {len(projects)} projects "
+              f"{result['seconds']:.2f}s after the test stopped")
+    else:
+        print(f"canvas-sync: replicas did NOT converge within {options.convergence_timeout:.0f}s: "
+              f"projects {result['pending']}, {len(result['mismatches'])} mismatching objects shown in the report")
+        for mismatch in result["mismatches"][:5]:
+            print("  " + json.dumps(mismatch, sort_keys=True)[:400])
+    if options.convergence_report:
+        Path(options.convergence_report).write_text(json.dumps(result, indent=2) + "\n")
+
+
+@events.quitting.add_listener
+def _exit_code(environment: Environment, **_: Any) -> None:
+    if isinstance(environment.runner, WorkerRunner):
+        return
+    result = getattr(environment, "canvas_convergence", None)
+    too_many_errors = environment.stats.total.fail_ratio > environment.parsed_options.max_error_ratio
+    if result is None or not result["converged"] or too_many_errors:
+        if too_many_errors:
+            print(f"canvas-sync: failure ratio {environment.stats.total.fail_ratio:.4f} is above "
+                  f"--max-error-ratio {environment.parsed_options.max_error_ratio}")
+        environment.process_exit_code = 1
+    else:
+        environment.process_exit_code = 0

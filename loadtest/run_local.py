@@ -1,0 +1,122 @@
+"""One command for a local load test: DynamoDB Local, N replicas, Locust headless, a summary.
+
+    loadtest/run-local --replicas 3 --users 60 --time 60s
+
+Writes Locust's HTML and CSV reports and the convergence report to ``--out`` (default
+``loadtest/reports/<timestamp>``), prints ops/s, acked-edit latency p50/p95/p99, the
+convergence time and DynamoDB items written per edit, and exits 0 only if the replicas
+converged (and the failure ratio stayed under Locust's ``--max-error-ratio``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from canvas_sync.dynamodb_local import DynamoDBLocal, Unavailable, free_port
+from canvas_sync.store import DynamoStore, make_client
+
+HERE = Path(__file__).resolve().parent
+TABLE = "loadtest"
+
+
+def start_replicas(n: int, endpoint: str, log_dir: Path, autosave: float, sync: float) -> list[tuple[subprocess.Popen[bytes], str]]:
+    started = []
+    for i in range(n):
+        port = free_port()
+        env = dict(os.environ, CANVAS_DYNAMODB_ENDPOINT=endpoint, CANVAS_TABLE=TABLE, CANVAS_REPLICA_ID=f"replica-{i + 1}",
+                   CANVAS_AUTOSAVE_INTERVAL=str(autosave), CANVAS_SYNC_INTERVAL=str(sync), CANVAS_LOG_LEVEL="warning")
+        log = open(log_dir / f"replica-{i + 1}.log", "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "canvas_sync", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        started.append((proc, f"http://127.0.0.1:{port}"))
+    for proc, url in started:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/readyz", timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"replica {url} did not start; see {log_dir}") from None
+                time.sleep(0.1)
+    return started
+
+
+def counter(url: str, name: str) -> float:
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--replicas", type=int, default=3)
+    parser.add_argument("--users", type=int, default=60)
+    parser.add_argument("--spawn-rate", type=float, default=20)
+    parser.add_argument("--time", default="60s", help="Locust run time, e.g. 15s, 2m")
+    parser.add_argument("--projects", type=int, default=5)
+    parser.add_argument("--autosave", type=float, default=5.0, help="CANVAS_AUTOSAVE_INTERVAL of the replicas")
+    parser.add_argument("--sync", type=float, default=1.0, help="CANVAS_SYNC_INTERVAL of the replicas")
+    parser.add_argument("--convergence-timeout", type=float, default=30.0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    out = args.out or HERE / "reports" / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        database = DynamoDBLocal(log_path=out / "dynamodb-local.log").start()
+    except Unavailable as error:
+        print(f"run-local: {error}", file=sys.stderr)
+        return 2
+    replicas: list[tuple[subprocess.Popen[bytes], str]] = []
+    try:
+        DynamoStore(make_client(database.endpoint), TABLE).create_table()
+        replicas = start_replicas(args.replicas, database.endpoint, out, args.autosave, args.sync)
+        urls = [url for _, url in replicas]
+        report = out / "convergence.json"
+        command = [
+            sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py"), "--headless",
+            "-u", str(args.users), "-r", str(args.spawn_rate), "-t", args.time, "--stop-timeout", "5",
+            "--host", urls[0], "--replica-urls", ",".join(urls), "--projects", str(args.projects),
+            "--project-prefix", f"run-{int(time.time())}", "--convergence-timeout", str(args.convergence_timeout),
+            "--convergence-report", str(report), "--html", str(out / "report.html"), "--csv", str(out / "locust"),
+            "--only-summary",
+        ]
+        print(f"run-local: {args.replicas} replicas {', '.join(urls)}; {args.users} users for {args.time}", flush=True)
+        code = subprocess.run(command, cwd=HERE).returncode
+        result = json.loads(report.read_text()) if report.exists() else {"converged": False, "stats": {}}
+        edits_accepted = sum(counter(u, "canvas_edits_total") for u in urls)
+        written = sum(counter(u, "canvas_autosave_objects_written_total") for u in urls)
+        stats = result.get("stats", {})
+        summary = {
+            "replicas": args.replicas, "users": args.users, "time": args.time,
+            "ops_per_s": stats.get("ops_per_s"), "ack_p50_ms": stats.get("p50_ms"),
+            "ack_p95_ms": stats.get("p95_ms"), "ack_p99_ms": stats.get("p99_ms"),
+            "fail_ratio": stats.get("fail_ratio"), "converged": result.get("converged"),
+            "convergence_s": result.get("seconds"), "edits_accepted": int(edits_accepted),
+            "items_written": int(written), "items_per_edit": round(written / edits_accepted, 4) if edits_accepted else None,
+            "reports": str(out),
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print("\n".join(["", "run-local summary", *(f"  {k}: {v}" for k, v in summary.items())]))
+        return 0 if code == 0 and result.get("converged") else 1
+    finally:
+        for proc, _ in replicas:
+            proc.send_signal(signal.SIGTERM)
+        for proc, _ in replicas:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        database.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Load-test tooling: replica discovery against a fake Kubernetes API, and a short real run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "loadtest"))
+
+from discovery import discovery_api, pod_urls  # noqa: E402
+
+SLICES = {
+    "items": [
+        {
+            "metadata": {"name": "canvas-a", "labels": {"kubernetes.io/service-name": "canvas"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.1.0.5"], "conditions": {"ready": True}},
+                {"addresses": ["10.1.0.6"], "conditions": {"ready": False}},  # not ready: skipped
+                {"addresses": ["10.1.0.7"]},  # no conditions: counted as ready
+            ],
+        },
+        {
+            "metadata": {"name": "canvas-b", "labels": {"kubernetes.io/service-name": "canvas"}},
+            "addressType": "IPv6",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["fd00::9"], "conditions": {"ready": True}}],
+        },
+        {
+            "metadata": {"name": "canvas-metrics", "labels": {"kubernetes.io/service-name": "canvas"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "other", "port": 9000, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["10.1.0.8"], "conditions": {"ready": True}}],
+        },
+    ]
+}
+
+
+class FakeApi(BaseHTTPRequestHandler):
+    """Answers the one call discovery makes, and records what was asked."""
+
+    requests: list[tuple[str, dict[str, list[str]]]] = []
+
+    def do_GET(self) -> None:  # noqa: N802
+        parts = urlsplit(self.path)
+        FakeApi.requests.append((parts.path, parse_qs(parts.query)))
+        if parts.path == "/apis/discovery.k8s.io/v1/namespaces/canvas-ns/endpointslices":
+            body = json.dumps({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSliceList", "metadata": {},
+                               **SLICES}).encode()
+            self.send_response(200)
+        else:
+            body = json.dumps({"kind": "Status", "code": 404}).encode()
+            self.send_response(404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_api() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    FakeApi.requests = []
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_pod_urls_from_endpoint_slices(fake_api: str) -> None:
+    urls = pod_urls(discovery_api(host=fake_api), "canvas-ns", "canvas")
+    assert urls == ["http://10.1.0.5:8080", "http://10.1.0.7:8080", "http://[fd00::9]:8080"]
+    ((path, query),) = FakeApi.requests
+    assert query["labelSelector"] == ["kubernetes.io/service-name=canvas"]
+
+
+def test_locustfile_checks_the_discovered_pods(fake_api: str, tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": fake_api}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "nobody"}}],
+        "users": [{"name": "nobody", "user": {}}],
+    }))
+    # importing locust patches the process with gevent: keep it out of pytest's process
+    code = (
+        "import sys, types; sys.path.insert(0, 'loadtest'); from locustfile import check_urls; "
+        "o = types.SimpleNamespace(discover_service='canvas', discover_namespace='canvas-ns', check_urls='', replica_urls=''); "
+        "print(' '.join(check_urls(types.SimpleNamespace(parsed_options=o, host='http://canvas:80'))))"
+    )
+    env = {"KUBECONFIG": str(kubeconfig), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["http://10.1.0.5:8080", "http://10.1.0.7:8080", "http://[fd00::9]:8080"]
+
+
+@pytest.mark.dynamodb_local
+def test_short_local_run_converges(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(ROOT / "loadtest" / "run-local"), "--replicas", "2", "--users", "10", "--spawn-rate", "10",
+         "--time", "15s", "--autosave", "1", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=180, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["converged"] is True and summary["edits_accepted"] > 100
+    assert summary["items_written"] < summary["edits_accepted"]
+    assert (tmp_path / "report.html").stat().st_size > 0 and (tmp_path / "locust_stats.csv").exists()
+    stats = (tmp_path / "locust_stats.csv").read_text()
+    assert "update (drag)" in stats and "create" in stats
