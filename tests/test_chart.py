@@ -359,7 +359,7 @@ def test_k8s_overlays_build_with_kustomize_to_the_chart_render() -> None:
     sys.path.insert(0, str(ROOT / "k8s"))
     import generate
 
-    for overlay in ("dev", "aws"):
+    for overlay in ("dev", "aws", "loadtest"):
         result = subprocess.run([kubectl, "kustomize", str(ROOT / "k8s" / "overlays" / overlay)],
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
@@ -367,3 +367,20 @@ def test_k8s_overlays_build_with_kustomize_to_the_chart_render() -> None:
         chart_values = yaml.safe_load((ROOT / "k8s" / f"values-{overlay}.yaml").read_text())
         wanted = {(d["kind"], d["metadata"]["name"]): d for d in generate.render(chart_values)}
         assert built == wanted, overlay
+
+
+def test_loadtest_job_finds_pods_through_endpoint_slices() -> None:
+    objects = render(values_of(CHART / "ci" / "loadtest-values.yaml"))
+    (job,) = [o for o in by_kind(objects, "Job") if o["metadata"]["name"].endswith("-loadtest")]
+    pod = job["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert f"--discover-service={FULLNAME}" in args and "--discover-namespace=canvas" in args
+    assert f"--host=http://{FULLNAME}:80" in args
+    (role,) = by_kind(objects, "Role")
+    assert role["rules"] == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list"]}]
+    (binding,) = by_kind(objects, "RoleBinding")
+    assert binding["subjects"][0]["name"] == pod["serviceAccountName"] == role["metadata"]["name"]
+    (policy,) = by_kind(objects, "NetworkPolicy")
+    allowed = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+    assert all(job["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in allowed.items())
+    assert not by_kind(render({}), "Role")
