@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -114,7 +115,7 @@ def test_short_local_run_converges(tmp_path: Path) -> None:
     result = subprocess.run(
         [str(ROOT / "loadtest" / "run-local"), "--replicas", "2", "--users", "10", "--spawn-rate", "10",
          "--time", "15s", "--autosave", "1", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=180, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHON": sys.executable},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
