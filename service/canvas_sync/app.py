@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from quart import Quart, Response, websocket
+from quart import Quart, Response, send_from_directory, websocket
 
 from . import protocol
 from .autosave import AutosaveWorker
@@ -216,7 +216,7 @@ def _bad_project(project_id: str) -> Response:
 
 
 def create_app(service: CanvasService) -> Quart:
-    app = Quart("canvas_sync")
+    app = Quart("canvas_sync", static_folder="static", static_url_path="/static")
     app.extensions["canvas"] = service
 
     @app.before_serving
@@ -295,6 +295,11 @@ def create_app(service: CanvasService) -> Quart:
                 "last_save_at": project.last_save_at if project else None,
             }
         )
+
+    @app.get("/")
+    async def page() -> Response:
+        """The demo canvas (static/index.html); the project comes from ?project=."""
+        return await send_from_directory(app.static_folder, "index.html")
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -78,7 +78,7 @@ def run_dev(settings: Settings, replicas: int, host: str, base_port: int) -> int
                 return 1
         print(f"\nDynamoDB: {endpoint}  table: {settings.table}")
         for i, url in enumerate(urls):
-            print(f"replica-{i + 1}: {url}   WebSocket {url.replace('http', 'ws', 1)}/ws/<project>")
+            print(f"replica-{i + 1}: {url}   page {url}/?project=demo   WebSocket {url.replace('http', 'ws', 1)}/ws/<project>")
         print("Ctrl-C stops everything.\n", flush=True)
         while not stopping.is_set() and all(p.poll() is None for p in processes):
             stopping.wait(0.5)
