@@ -27,10 +27,11 @@ test: $(VENV)/.installed
 	-$(PY) -m canvas_sync.dynamodb_local fetch
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## bench: benchmarks against DynamoDB Local (about 4 minutes); prints figures, writes docs/bench/
+## bench: every benchmark beside its baseline, against DynamoDB Local (about 7 minutes);
+## prints the tables and writes docs/bench/RESULTS.md, results.json and PNG plots
 bench: $(VENV)/.installed dynamodb-local
-	$(PY) loadtest/bench/core.py
-	$(PY) loadtest/bench/convergence.py
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) loadtest/bench/run_all.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis test-output

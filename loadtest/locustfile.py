@@ -103,8 +103,22 @@ class CanvasUser(User):
         self.connect()
 
     def on_stop(self) -> None:
+        self.hang_up()
+
+    def hang_up(self) -> None:
+        """Close without waiting for the server's reply.
+
+        websocket-client's ``close()`` waits for the reply inside a bare ``except: pass``,
+        which would swallow the GreenletExit Locust uses to stop a user: the user would
+        live on and the run would never end.
+        """
         if self.ws is not None:
-            self.ws.close()
+            try:
+                self.ws.send_close()
+            except (OSError, websocket.WebSocketException):
+                pass
+            self.ws.shutdown()
+            self.ws = None
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -220,8 +234,7 @@ class CanvasUser(User):
 
     @task(1)
     def reconnect(self) -> None:
-        if self.ws is not None:
-            self.ws.close()
+        self.hang_up()
         self.connect()
 
 

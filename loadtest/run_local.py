@@ -51,6 +51,13 @@ def start_replicas(n: int, endpoint: str, log_dir: Path, autosave: float, sync: 
     return started
 
 
+def _seconds(duration: str) -> float:
+    """Locust's run-time syntax (90, 90s, 2m, 1h30m) in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    parts = re.findall(r"(\d+)([hms]?)", duration)
+    return float(sum(int(n) * units[u or "s"] for n, u in parts))
+
+
 def counter(url: str, name: str) -> float:
     text = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
     return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
@@ -90,7 +97,12 @@ def main(argv: list[str] | None = None) -> int:
             "--only-summary",
         ]
         print(f"run-local: {args.replicas} replicas {', '.join(urls)}; {args.users} users for {args.time}", flush=True)
-        code = subprocess.run(command, cwd=HERE).returncode
+        limit = _seconds(args.time) + args.convergence_timeout + 120
+        try:
+            code = subprocess.run(command, cwd=HERE, timeout=limit).returncode
+        except subprocess.TimeoutExpired:
+            print(f"run-local: Locust did not finish within {limit:.0f}s; stopped it", file=sys.stderr)
+            code = 1
         result = json.loads(report.read_text()) if report.exists() else {"converged": False, "stats": {}}
         edits_accepted = sum(counter(u, "canvas_edits_total") for u in urls)
         written = sum(counter(u, "canvas_autosave_objects_written_total") for u in urls)

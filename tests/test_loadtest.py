@@ -111,11 +111,12 @@ def test_locustfile_checks_the_discovered_pods(fake_api: str, tmp_path: Path) ->
 
 
 @pytest.mark.dynamodb_local
+@pytest.mark.timeout(300)
 def test_short_local_run_converges(tmp_path: Path) -> None:
     result = subprocess.run(
         [str(ROOT / "loadtest" / "run-local"), "--replicas", "2", "--users", "10", "--spawn-rate", "10",
          "--time", "15s", "--autosave", "1", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=180, env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True, text=True, timeout=280, env={**os.environ, "PYTHON": sys.executable},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -1,8 +1,5 @@
-"""Baseline for the round-trip benchmark: Quart on hypercorn (uvloop) that only parses and acks.
-
-Whatever canvas-sync costs beyond this is our pipeline (validation, state, fan-out,
-dirty tracking); whatever this costs is the framework's.
-"""
+"""Baselines on Quart + hypercorn (uvloop): `/ws/<p>` parses and acks; `/relay/<room>`
+also relays each message to the room's other sockets (the fan-out baseline)."""
 
 from __future__ import annotations
 
@@ -16,6 +13,12 @@ from hypercorn.config import Config
 from quart import Quart, websocket
 
 app = Quart(__name__)
+rooms: dict[str, set] = {}
+
+
+@app.get("/")
+async def index() -> str:
+    return "baseline"
 
 
 @app.websocket("/ws/<project>")
@@ -24,6 +27,24 @@ async def ws(project: str) -> None:
     while True:
         message = json.loads(await websocket.receive())
         await websocket.send(json.dumps({"op": "ack", "req": message.get("req")}, separators=(",", ":")))
+
+
+@app.websocket("/relay/<room>")
+async def relay(room: str) -> None:
+    me = websocket._get_current_object()
+    peers = rooms.setdefault(room, set())
+    peers.add(me)
+    try:
+        await me.send(json.dumps({"op": "snapshot", "objects": []}, separators=(",", ":")))
+        while True:
+            text = await me.receive()
+            message = json.loads(text)
+            for peer in list(peers):
+                if peer is not me:
+                    await peer.send(text)
+            await me.send(json.dumps({"op": "ack", "req": message.get("req")}, separators=(",", ":")))
+    finally:
+        peers.discard(me)
 
 
 if __name__ == "__main__":

@@ -178,23 +178,21 @@ class CanvasService:
 
     # --- one client message ------------------------------------------------------------
 
-    def handle(self, project: Project, conn: Connection, text: str) -> None:
-        """Apply one text frame: reply to the sender, fan out to the others."""
+    def handle(self, project: Project, conn: Connection, text: str) -> str:
+        """Apply one text frame and fan out to the others; returns the sender's reply."""
         try:
             command = protocol.parse(text, self.settings.max_object_bytes)
             if isinstance(command, Ping):
-                conn.send(protocol.pong(command.req))
-                return
+                return protocol.pong(command.req)
             if not conn.allow_edit():
                 raise ProtocolError("rate_limited", f"more than {self.settings.rate_limit:g} edits per second", command.req)
             fanout = self.state.apply(project, command)
         except ProtocolError as error:
             self.metrics.edit_errors.labels(error.code).inc()
-            conn.send(protocol.error(error))
-            return
+            return protocol.error(error)
         self._edit_counters[type(command)].inc()
-        conn.send(protocol.ack(command.req))
         project.broadcast(fanout, exclude=conn)
+        return protocol.ack(command.req)
 
     def health(self) -> dict[str, Any]:
         status = "shutting_down" if self.shutting_down else ("ok" if self.ready else "starting")
@@ -255,9 +253,10 @@ def create_app(service: CanvasService) -> Quart:
             while True:
                 data = await ws_obj.receive()
                 if isinstance(data, bytes):
-                    conn.send(protocol.error(ProtocolError("bad_message", "binary frames are not accepted; send JSON text")))
-                    continue
-                service.handle(project, conn, data)
+                    reply = protocol.error(ProtocolError("bad_message", "binary frames are not accepted; send JSON text"))
+                else:
+                    reply = service.handle(project, conn, data)
+                await conn.reply(ws_obj, reply)
 
         reader = asyncio.create_task(read())
         try:

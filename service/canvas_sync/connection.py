@@ -21,6 +21,7 @@ class Connection:
     def __init__(self, queue_size: int, rate_per_second: float = 0.0, on_slow: Callable[[], None] = lambda: None) -> None:
         self.on_slow = on_slow
         self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=queue_size)
+        self._sending = asyncio.Lock()  # one frame at a time, in queue order
         self.close_code: int | None = None
         self.close_reason = ""
         self._rate = rate_per_second
@@ -61,14 +62,27 @@ class Connection:
         self._tokens -= 1
         return True
 
+    async def reply(self, websocket: Any, text: str) -> None:
+        """Answer the sender from its own reader task when nothing is queued ahead.
+
+        That saves the hop through the writer task for every ack; order is kept because
+        a message queued earlier (or one the writer is about to send) makes this queue too.
+        """
+        if self.close_code is None and self.queue.empty() and not self._sending.locked():
+            async with self._sending:
+                await websocket.send(text)
+        else:
+            self.send(text)
+
     async def pump(self, websocket: Any) -> None:
         """Send queued messages in order until asked to close."""
         while True:
             item = await self.queue.get()
-            if item is _CLOSE:
-                await websocket.close(self.close_code, self.close_reason)
-                return
-            await websocket.send(item)
+            async with self._sending:
+                if item is _CLOSE:
+                    await websocket.close(self.close_code, self.close_reason)
+                    return
+                await websocket.send(item)
 
 
 def _drain(queue: asyncio.Queue[Any]) -> None:

@@ -1,0 +1,101 @@
+"""Shared helpers for the benchmarks: processes, percentiles, tables, metrics."""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from collections.abc import Iterator
+from pathlib import Path
+
+from canvas_sync.dynamodb_local import free_port
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+TABLE = "bench_objects"
+
+
+def pct(samples: list[float], q: int) -> float:
+    if not samples:
+        return float("nan")
+    return statistics.quantiles(samples, n=100)[q - 1] if len(samples) > 1 else samples[0]
+
+
+@contextmanager
+def process(cmd: list[str], port: int, env: dict[str, str] | None = None, ready: str = "/readyz") -> Iterator[subprocess.Popen[bytes]]:
+    """Start a server process and wait until ``ready`` answers (any HTTP status will do)."""
+    proc = subprocess.Popen(cmd, env=env or dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{ready}", timeout=1).close()
+                break
+            except urllib.error.HTTPError as error:
+                if error.code != 503:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{cmd} did not start")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def replica_env(endpoint: str, **settings: object) -> dict[str, str]:
+    env = dict(os.environ, CANVAS_DYNAMODB_ENDPOINT=endpoint, CANVAS_TABLE=TABLE, CANVAS_RATE_LIMIT="0",
+               CANVAS_REPLICA_ID="bench", CANVAS_LOG_LEVEL="warning")
+    env.update({f"CANVAS_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+@contextmanager
+def replica(endpoint: str, **settings: object) -> Iterator[int]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "canvas_sync", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    with process(cmd, port, replica_env(endpoint, **settings)) as proc:
+        replica.pid = proc.pid  # type: ignore[attr-defined]
+        yield port
+
+
+@contextmanager
+def baseline(script: str, *args: str) -> Iterator[int]:
+    port = free_port()
+    with process([sys.executable, str(HERE / script), str(port), *args], port, ready="/") :
+        yield port
+
+
+def metrics(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(canvas_[^ ]+) (\S+)$", text, re.M)}
+
+
+def wait_clean(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while metrics(port)["canvas_dirty_objects"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def table(title: str, header: list[str], rows: list[list[object]]) -> str:
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,66 @@
+"""6. Resident memory of a replica per 10,000 stored objects and per 1,000 idle connections."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import uvloop
+from websockets.asyncio.client import connect
+
+from common import replica, rss_bytes, table
+
+OBJECT = {"type": "rect", "x": 1234, "y": 567, "w": 180, "h": 120, "fill": "#1e88e5", "stroke": "#333333", "label": "a shape"}
+
+
+async def _fill(port: int, n: int) -> int:
+    async with connect(f"ws://127.0.0.1:{port}/ws/mem-{time.time_ns()}") as ws:
+        await ws.recv()
+        size = 0
+        for i in range(n):
+            obj = {"id": f"object-{i:06}", **OBJECT}
+            size += len(json.dumps(obj, separators=(",", ":")))
+            await ws.send(json.dumps({"op": "create", "object": obj}))
+            await ws.recv()
+        return size
+
+
+async def _idle(port: int, n: int, measure: Any) -> int:
+    sockets = []
+    for i in range(n):
+        ws = await connect(f"ws://127.0.0.1:{port}/ws/idle-{i % 10}", open_timeout=30)
+        await ws.recv()
+        sockets.append(ws)
+    await asyncio.sleep(1.0)
+    value = measure()
+    for ws in sockets:
+        await ws.close()
+    return value
+
+
+def run(endpoint: str) -> dict[str, Any]:
+    with replica(endpoint, max_objects_per_project=20_000, autosave_interval=3600) as port:
+        pid = replica.pid  # type: ignore[attr-defined]
+        time.sleep(0.5)
+        before = rss_bytes(pid)
+        json_bytes = uvloop.run(_fill(port, 10_000))
+        time.sleep(0.5)
+        after_objects = rss_bytes(pid)
+        before_conns = rss_bytes(pid)
+        after_conns = uvloop.run(_idle(port, 1000, lambda: rss_bytes(pid)))
+    per_object = (after_objects - before) / 10_000
+    return {"objects": {"rss_delta_mib": round((after_objects - before) / 2**20, 2), "json_bytes_per_object": round(json_bytes / 10_000),
+                        "rss_bytes_per_object": round(per_object), "beyond_json": round(per_object - json_bytes / 10_000)},
+            "connections": {"rss_delta_mib": round((after_conns - before_conns) / 2**20, 2),
+                            "rss_bytes_per_connection": round((after_conns - before_conns) / 1000)}}
+
+
+def markdown(r: dict[str, Any]) -> str:
+    o, c = r["objects"], r["connections"]
+    return table("6. Resident memory of one replica",
+                 ["what", "RSS growth", "per item", "beyond the object's JSON"],
+                 [["10,000 objects (dirty, unsaved)", f"{o['rss_delta_mib']} MiB", f"{o['rss_bytes_per_object']} B",
+                   f"{o['beyond_json']} B (JSON {o['json_bytes_per_object']} B)"],
+                  ["1,000 idle WebSocket connections", f"{c['rss_delta_mib']} MiB", f"{c['rss_bytes_per_connection']} B", ""]])
