@@ -7,6 +7,7 @@ import random
 import threading
 import time
 import urllib.request
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -60,7 +61,8 @@ class Client:
     """A WebSocket client that waits for the reply to each of its own messages."""
 
     def __init__(self, replica: Replica, project: str) -> None:
-        self.ws: ClientConnection = connect(replica.ws_url(project), open_timeout=5, max_size=None)
+        self._stack = ExitStack()
+        self.ws: ClientConnection = self._stack.enter_context(connect(replica.ws_url(project), open_timeout=5, max_size=None))
         self.seen: list[dict[str, Any]] = [json.loads(self.ws.recv(5))]
         self.n = 0
 
@@ -83,7 +85,7 @@ class Client:
             self.seen.append(json.loads(self.ws.recv(max(0.01, deadline - time.monotonic()))))
 
     def close(self) -> None:
-        self.ws.close()
+        self._stack.close()
 
 
 IDS = [f"s{i}" for i in range(15)]
