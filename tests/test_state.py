@@ -163,3 +163,11 @@ def test_merged_stamps_move_the_clock_forward(canvas: CanvasState, project: Proj
     canvas.merge_remote(project, [far])
     canvas.apply(project, Update(None, "r9", {"x": 1}))
     assert project.objects["r9"].props["x"][1] > far.alive[1]
+
+
+def test_merging_into_an_evicted_project_changes_nothing(canvas: CanvasState, project: Project) -> None:
+    assert canvas.evict_idle(0, now=project.last_active + 1) == ["p1"]
+    late = ObjectState.created("r1", "rect", {}, (canvas.clock.wall_ms(), 0, "zz"))
+    result = canvas.merge_remote(project, [late])  # a pull that was in flight during the eviction
+    assert result.changed == [] and canvas.dirty_counts() == (0, 0)
+    assert canvas.take_dirty() == []

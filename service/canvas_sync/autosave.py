@@ -76,7 +76,11 @@ class AutosaveWorker:
             self._wake.clear()
             if self._deadline is not None:
                 break
-            report = self.run_pass()
+            try:
+                report = self.run_pass()
+            except Exception:  # a bug here must not stop saving for good
+                log.exception("autosave pass failed")
+                report = None
             delay = self._next_delay(report)
         self._flush_until(self._deadline)
 

@@ -201,6 +201,8 @@ class CanvasState:
         """
         result = RemoteMerge()
         with self.lock:
+            if self.projects.get(project.id) is not project:
+                return result  # evicted while the read was in flight: nothing to merge into
             for remote in states:
                 remote = remote.pruned()
                 self.clock.observe(remote.latest_stamp())
@@ -254,7 +256,9 @@ class CanvasState:
             self._saving = taken
             out = []
             for pid, ids in taken.items():
-                project = self.projects[pid]
+                project = self.projects.get(pid)
+                if project is None:  # cannot happen: dirty projects are never evicted
+                    continue
                 for oid in ids:
                     # ObjectState is replaced, never mutated, on each edit: the reference is a copy.
                     out.append(DirtyObject(pid, project.objects[oid]))

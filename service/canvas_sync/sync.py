@@ -55,7 +55,10 @@ class SyncWorker:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            await self.pass_once()
+            try:
+                await self.pass_once()
+            except Exception:  # a bug here must not stop pulling for good
+                log.exception("sync pass failed")
 
     async def pass_once(self) -> None:
         projects = list(self.state.projects.values())
