@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -139,8 +140,11 @@ def test_rate_limit(replicas: Any) -> None:
     with client(replica) as ws:
         recv(ws)
         call(ws, {"op": "create", "object": {"id": "r", "type": "t"}})
+        started = time.monotonic()
         codes = [call(ws, {"op": "update", "id": "r", "props": {"x": i}}).get("code", "ok") for i in range(30)]
-    assert "rate_limited" in codes and codes.count("ok") <= 12
+        elapsed = time.monotonic() - started
+    assert "rate_limited" in codes
+    assert codes.count("ok") <= 10 + 5 * elapsed + 1  # the burst, plus what refilled meanwhile
 
 
 def open_raw(replica: Replica, project: str) -> tuple[socket.socket, ClientProtocol]:
@@ -201,19 +205,26 @@ def test_metrics_named_in_the_contract(replica: Replica) -> None:
         assert 'canvas_edits_total{op="update"} 1.0' in text
         assert "canvas_websocket_connections 1.0" in text
         assert "canvas_projects_loaded 1.0" in text
+    def value(name: str) -> float:
+        match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+        assert match, name
+        return float(match.group(1))
+
     deadline = time.monotonic() + 5
-    while 'canvas_autosave_batches_total{outcome="success"} 1.0' not in text and time.monotonic() < deadline:
+    while value('canvas_autosave_batches_total{outcome="success"}') < 1 and time.monotonic() < deadline:
         time.sleep(0.1)
         text = http_text(f"{replica.url}/metrics")
-    for name in (
-        "canvas_dirty_objects 0.0",
-        'canvas_autosave_batches_total{outcome="success"} 1.0',
-        'canvas_autosave_batches_total{outcome="error"} 0.0',
-        "canvas_autosave_objects_written_total 1.0",
-        "canvas_autosave_batch_duration_seconds_bucket",
-        "canvas_autosave_last_success_timestamp_seconds",
-    ):
-        assert name in text, name
+    # the create and the update may land in one pass or in two
+    assert 1 <= value('canvas_autosave_batches_total{outcome="success"}') <= 2
+    assert 1 <= value("canvas_autosave_objects_written_total") <= 2
+    assert value('canvas_autosave_batches_total{outcome="error"}') == 0
+    assert value("canvas_autosave_last_success_timestamp_seconds") > 0
+    assert "canvas_autosave_batch_duration_seconds_bucket" in text
+    deadline = time.monotonic() + 5
+    while value("canvas_dirty_objects") != 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        text = http_text(f"{replica.url}/metrics")
+    assert value("canvas_dirty_objects") == 0
 
 
 def test_not_ready_until_the_table_answers(replicas: Any) -> None:

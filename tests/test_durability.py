@@ -64,7 +64,9 @@ def test_ten_quick_creates_are_saved_within_one_interval(replicas: Any, dynamodb
     assert time.monotonic() - acked <= 1.0 + 1.0  # interval + save time, with room for a loaded machine
     assert in_table(dynamodb_local.endpoint, table)["o3"] == {"id": "o3", "type": "rect", "x": 3, "y": 0.5}
     passes = [p for p in replica.log_events("autosave_pass") if p["objects"]]
-    assert passes and passes[0]["objects"] == 10 and passes[0]["written"] == 10 and passes[0]["batches"] == 1
+    assert passes, "no autosave_pass line in the log"
+    assert sum(p["written"] for p in passes) == 10 and all(p["failed"] == 0 for p in passes)
+    assert len(passes) <= 2  # one pass, or two if the interval fell between the creates
     assert waited < 3.0
 
 
@@ -76,9 +78,10 @@ def test_dirty_lifecycle_and_no_writes_when_idle(replicas: Any) -> None:
     wait_for(lambda: status()["dirty_objects"] == 0, timeout=5)
     assert status()["last_save_at"] is not None
     batches = metric(replica, 'canvas_autosave_batches_total{outcome="success"}')
+    passes = len(replica.log_events("autosave_pass"))
     time.sleep(2.0)  # four idle intervals
     assert metric(replica, 'canvas_autosave_batches_total{outcome="success"}') == batches
-    assert len([p for p in replica.log_events("autosave_pass")]) == 1
+    assert len(replica.log_events("autosave_pass")) == passes  # an idle pass writes and logs nothing
 
 
 def test_a_second_replica_loads_what_the_first_saved(replicas: Any) -> None:

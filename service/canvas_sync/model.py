@@ -17,6 +17,7 @@ Nothing here does I/O or reads the clock: callers pass stamps in.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -141,7 +142,7 @@ class ObjectState:
             object_id,
             fld(doc["alive"]),
             fld(doc["type"]),
-            {k: fld(v) for k, v in doc.get("props", {}).items()},
+            {sys.intern(k): fld(v) for k, v in doc.get("props", {}).items()},
         )
 
 

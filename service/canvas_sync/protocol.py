@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,13 +151,13 @@ def parse(text: str, max_object_bytes: int) -> Command:
             raise ProtocolError("bad_message", "'object' must be a JSON object", req)
         object_id = _object_id(obj, "id", req)
         type_ = check_type(obj.get("type"), req)
-        props = {k: v for k, v in obj.items() if k not in RESERVED}
+        props = {sys.intern(k): v for k, v in obj.items() if k not in RESERVED}  # one copy of each name
         if len(props) > MAX_PROPS:
             raise ProtocolError("bad_message", f"at most {MAX_PROPS} properties besides id and type", req)
         check_props(props, req, allow_null=False)
         if object_size(obj) > max_object_bytes:
             raise ProtocolError("too_large", f"object is larger than {max_object_bytes} bytes", req)
-        return Create(req, object_id, type_, props)
+        return Create(req, object_id, sys.intern(type_), props)
     if op == "update":
         object_id = _object_id(message, "id", req)
         props = message.get("props")
@@ -167,7 +168,7 @@ def parse(text: str, max_object_bytes: int) -> Command:
         if "type" in props:
             check_type(props["type"], req)
         check_props({k: v for k, v in props.items() if k != "type"}, req, allow_null=True)
-        return Update(req, object_id, props)
+        return Update(req, object_id, {sys.intern(k): v for k, v in props.items()})
     if op == "delete":
         return Delete(req, _object_id(message, "id", req))
     raise ProtocolError("bad_message", f"unknown op {op!r}: expected create, update, delete or ping", req)
