@@ -128,14 +128,14 @@ class CanvasService:
     def _final_flush(self, deadline: float) -> bool:
         """Read the table's copy of dirty objects, flush, read back, repair (in a thread)."""
         try:
-            self.sync.read_before_flush()
+            self.sync.merge_from_table(self.state.dirty_keys())
         except Exception:
             log.exception("read before the final flush failed; flushing what memory holds")
         keys = self.state.dirty_keys()
         flushed = self.autosave.stop(max(0.0, deadline - time.monotonic()))
         if flushed and keys:
             try:
-                repairs = self.sync.read_back(keys)
+                repairs = self.sync.merge_from_table(keys)
             except Exception:
                 log.exception("read-back after the final flush failed")
                 repairs = 0

@@ -55,7 +55,7 @@ class Project:
         return [self.views[k] for k in sorted(self.views)]
 
     def broadcast(self, text: str, exclude: Subscriber | None = None) -> None:
-        for conn in list(self.connections):
+        for conn in self.connections:  # send() never changes the set (a slow client is only marked)
             if conn is not exclude:
                 conn.send(text)
 

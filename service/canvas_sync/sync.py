@@ -21,7 +21,7 @@ from typing import Any
 
 from .metrics import Metrics
 from .model import HybridClock, ObjectState
-from .state import CanvasState, Project
+from .state import CanvasState, Project, RemoteMerge
 from .store import DynamoStore, Saved
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class SyncWorker:
                 project.sync_watermark_ms = max(project.sync_watermark_ms, max(r.saved_at for r in records))
             self.apply(project, states, records)
 
-    def apply(self, project: Project, states: Iterable[ObjectState], records: list[Saved] = ()) -> None:
+    def apply(self, project: Project, states: Iterable[ObjectState], records: Iterable[Saved] = ()) -> RemoteMerge:
         """Merge states into memory, tell this replica's clients, count and time it."""
         result = self.state.merge_remote(project, states)
         for message in result.messages:
@@ -109,20 +109,15 @@ class SyncWorker:
             self.metrics.sync_repairs.inc(len(result.repaired))
             self.on_repair()  # write the union now rather than an interval later
             log.info("anti-entropy repair", extra={"event": "repair", "project": project.id, "objects": len(result.repaired)})
+        return result
 
-    def read_before_flush(self) -> int:
-        """Shutdown, before the final flush: merge the table's copy of every dirty object.
+    def merge_from_table(self, keys: list[tuple[str, str]]) -> int:
+        """Consistent reads of ``keys``, merged in; returns how many need writing again.
 
-        Another replica may have saved a newer property moments ago that this replica has
-        not pulled yet; our final write must carry it, not overwrite it. Runs in a thread.
+        Shutdown uses it twice (in a thread): before the final flush, so the last write
+        carries what another replica saved moments ago instead of overwriting it; and
+        after, to find a table left behind memory.
         """
-        return self._merge_keys(self.state.dirty_keys())
-
-    def read_back(self, keys: list[tuple[str, str]]) -> int:
-        """Shutdown, after the flush: re-read what was written; repairs needed (dirty again)."""
-        return self._merge_keys(keys)
-
-    def _merge_keys(self, keys: list[tuple[str, str]]) -> int:
         if not keys:
             return 0
         by_project: dict[str, list[ObjectState]] = {}
@@ -132,10 +127,7 @@ class SyncWorker:
         for pid, states in by_project.items():
             project = self.state.get(pid)
             if project is not None:
-                result = self.state.merge_remote(project, states)
-                repairs += len(result.repaired)
-                if result.repaired:
-                    self.metrics.sync_repairs.inc(len(result.repaired))
+                repairs += len(self.apply(project, states).repaired)
         return repairs
 
     def status(self) -> dict[str, Any]:
