@@ -54,18 +54,19 @@ def process(cmd: list[str], port: int, env: dict[str, str] | None = None, ready:
             proc.kill()
 
 
-def replica_env(endpoint: str, **settings: object) -> dict[str, str]:
+def replica_env(endpoint: str, name: str, **settings: object) -> dict[str, str]:
     env = dict(os.environ, CANVAS_DYNAMODB_ENDPOINT=endpoint, CANVAS_TABLE=TABLE, CANVAS_RATE_LIMIT="0",
-               CANVAS_REPLICA_ID="bench", CANVAS_LOG_LEVEL="warning")
+               CANVAS_REPLICA_ID=name, CANVAS_LOG_LEVEL="warning")
     env.update({f"CANVAS_{k.upper()}": str(v) for k, v in settings.items()})
     return env
 
 
 @contextmanager
-def replica(endpoint: str, **settings: object) -> Iterator[int]:
+def replica(endpoint: str, name: str | None = None, **settings: object) -> Iterator[int]:
+    """One replica process; each gets its own replica id (the clock breaks ties by it)."""
     port = free_port()
     cmd = [sys.executable, "-m", "canvas_sync", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    with process(cmd, port, replica_env(endpoint, **settings)) as proc:
+    with process(cmd, port, replica_env(endpoint, name or f"bench-{port}", **settings)) as proc:
         replica.pid = proc.pid  # type: ignore[attr-defined]
         yield port
 
@@ -77,9 +78,20 @@ def baseline(script: str, *args: str) -> Iterator[int]:
         yield port
 
 
+def get(port: int, path: str) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+        return response.read()
+
+
 def metrics(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    """Every canvas_* sample, keyed by name with its labels as printed."""
+    text = get(port, "/metrics").decode()
     return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(canvas_[^ ]+) (\S+)$", text, re.M)}
+
+
+def counter(port: int, name: str, labels: str = "") -> float:
+    """The sum of a metric's series whose labels contain ``labels`` (e.g. 'outcome="success"')."""
+    return sum(v for k, v in metrics(port).items() if k.split("{")[0] == name and labels in k)
 
 
 def wait_clean(port: int, timeout: float = 60) -> None:

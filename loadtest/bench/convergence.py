@@ -14,45 +14,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import re
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import uvloop
 from websockets.asyncio.client import connect
 
-from canvas_sync.dynamodb_local import DynamoDBLocal, free_port
+from canvas_sync.dynamodb_local import DynamoDBLocal
 from canvas_sync.store import DynamoStore, make_client
-
-ROOT = Path(__file__).resolve().parents[2]
-TABLE = "convergence"
+from common import ROOT, TABLE, counter, get, replica
 IDS = [f"s{i}" for i in range(15)]
-
-
-def get(port: int, path: str) -> bytes:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-        return response.read()
-
-
-def start_replica(name: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "canvas_sync", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                            env=dict(env, CANVAS_REPLICA_ID=name), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            get(port, "/readyz")
-            return proc, port
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{name} did not start")
 
 
 async def editor(port: int, project: str, seed: int, seconds: float) -> int:
@@ -117,16 +93,6 @@ def quantile(buckets: dict[float, float], q: float) -> float:
     return bounds[-1]
 
 
-def pulls(port: int) -> float:
-    text = get(port, "/metrics").decode()
-    return sum(float(v) for v in re.findall(r'^canvas_sync_pulls_total\{[^}]*outcome="success"\} (\S+)$', text, re.M))
-
-
-def counter(port: int, name: str) -> float:
-    text = get(port, "/metrics").decode()
-    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
@@ -138,11 +104,9 @@ def main() -> int:
     args = parser.parse_args()
     with DynamoDBLocal() as ddb:
         DynamoStore(make_client(ddb.endpoint), TABLE).create_table()
-        env = dict(os.environ, CANVAS_DYNAMODB_ENDPOINT=ddb.endpoint, CANVAS_TABLE=TABLE, CANVAS_LOG_LEVEL="warning",
-                   CANVAS_AUTOSAVE_INTERVAL=str(args.autosave), CANVAS_SYNC_INTERVAL=str(args.sync), CANVAS_RATE_LIMIT="0")
-        replicas = [start_replica(f"replica-{n}", env) for n in "abc"]
-        ports = [port for _, port in replicas]
-        try:
+        with ExitStack() as stack:
+            ports = [stack.enter_context(replica(ddb.endpoint, f"replica-{n}", autosave_interval=args.autosave,
+                                                 sync_interval=args.sync)) for n in "abc"]
             times, edits = [], 0
             for r in range(args.rounds):
                 project = f"round-{r}"
@@ -157,15 +121,12 @@ def main() -> int:
                 for bound, count in histogram(port, "canvas_sync_lag_seconds").items():
                     lag[bound] = lag.get(bound, 0) + count
             held = args.rounds  # every replica holds every round's project (idle eviction: 300 s)
+            pulls = lambda p: counter(p, "canvas_sync_pulls_total", 'outcome="success"')  # noqa: E731
             before = [pulls(p) for p in ports]
             time.sleep(args.idle_seconds)
             after = [pulls(p) for p in ports]
             per_project_per_min = statistics.mean(
                 (a - b) / held * 60 / args.idle_seconds for a, b in zip(after, before))
-        finally:
-            for proc, _ in replicas:
-                proc.terminate()
-                proc.wait(30)
     # inclusive: with a handful of rounds, never extrapolate past the slowest one
     q = statistics.quantiles(times, n=100, method="inclusive") if len(times) > 1 else times * 99
     result = {
