@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 

@@ -65,6 +65,16 @@ def ddb_store(dynamodb_local: DynamoDBLocal, table: str) -> Iterator[DynamoStore
     store.close()
 
 
+def wait_until(predicate: Any, timeout: float = 10.0, what: str = "condition", step: float = 0.05) -> float:
+    """Poll until ``predicate()`` is true; seconds it took. Fails after ``timeout``."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(step)
+    return time.monotonic() - started
+
+
 def http_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import OUTPUT, Replica, missing
+from conftest import OUTPUT, Replica, missing, wait_until
 
 pytestmark = pytest.mark.dynamodb_local
 
@@ -43,15 +43,6 @@ def browser() -> Iterator[Any]:
 
 def shapes(page: Any) -> list[str]:
     return page.eval_on_selector_all("#board [data-id]", "els => els.map(e => e.dataset.id)")
-
-
-def wait_until(predicate: Any, timeout: float = 10.0, what: str = "condition") -> float:
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def open_page(browser: Any, replica: Replica, project: str) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from conftest import Replica, http_json
+from conftest import Replica, http_json, wait_until
 
 pytestmark = pytest.mark.dynamodb_local
 
@@ -30,13 +30,6 @@ def body(replica: Replica, project: str) -> bytes:
 
 def settled(replica: Replica, project: str) -> bool:
     return http_json(f"{replica.url}/projects/{project}/status")[1]["dirty_objects"] == 0
-
-
-def wait(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def feed_pulls(replica: Replica) -> float:
@@ -160,11 +153,11 @@ def test_delete_against_concurrent_update_and_a_stale_replica(replicas: Any) -> 
     ca, cb = Client(a, "p"), Client(b, "p")
     ca.call({"op": "create", "object": {"id": "o", "type": "rect", "x": 0}})
     cb.wait_for(lambda m: m.get("op") == "upsert")
-    wait(lambda: settled(a, "p"))
+    wait_until(lambda: settled(a, "p"))
     cs = Client(stale, "p")  # loads the live object
     assert [o["id"] for o in cs.seen[0]["objects"]] == ["o"]
     before = feed_pulls(stale)
-    wait(lambda: feed_pulls(stale) > before)  # it just pulled: about 4 s until the next pull
+    wait_until(lambda: feed_pulls(stale) > before)  # it just pulled: about 4 s until the next pull
     ca.ws.send(json.dumps({"op": "delete", "id": "o"}))
     cb.ws.send(json.dumps({"op": "update", "id": "o", "props": {"x": 1}}))
     time.sleep(AUTOSAVE + SYNC + 0.5)  # the delete is saved and pulled by a and b
@@ -201,7 +194,7 @@ def test_sigterm_right_after_a_conflicting_save_leaves_the_union(replicas: Any) 
     a = replicas("replica-a2", autosave_interval=60, sync_interval=60, reconcile_interval=600)
     ca, cb = Client(a, "p"), Client(b, "p")
     assert cb.call({"op": "update", "id": "o", "props": {"y": 7}})["op"] == "ack"
-    wait(lambda: settled(b, "p"))
+    wait_until(lambda: settled(b, "p"))
     assert b.terminate() == 0  # b's change is only in the table now
     assert ca.call({"op": "update", "id": "o", "props": {"x": 5}})["op"] == "ack"  # a never saw y=7
     assert a.terminate() == 0

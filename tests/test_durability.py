@@ -14,7 +14,7 @@ from websockets.sync.client import connect
 
 from canvas_sync.dynamodb_local import DynamoDBLocal, free_port
 from canvas_sync.store import DynamoStore, make_client
-from conftest import Replica, http_json, http_text
+from conftest import Replica, http_json, http_text, wait_until
 
 pytestmark = pytest.mark.dynamodb_local
 
@@ -47,20 +47,11 @@ def metric(replica: Replica, name: str) -> float:
     return float(match.group(1))
 
 
-def wait_for(predicate: Any, timeout: float, step: float = 0.05) -> float:
-    """Seconds until predicate() is true; fails after timeout."""
-    start = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - start < timeout, "condition not met in time"
-        time.sleep(step)
-    return time.monotonic() - start
-
-
 def test_ten_quick_creates_are_saved_within_one_interval(replicas: Any, dynamodb_local: DynamoDBLocal, table: str) -> None:
     replica = replicas(autosave_interval=1.0)
     edit(replica, creates(10))
     acked = time.monotonic()
-    waited = wait_for(lambda: len(in_table(dynamodb_local.endpoint, table)) == 10, timeout=3.0)
+    waited = wait_until(lambda: len(in_table(dynamodb_local.endpoint, table)) == 10, timeout=3.0)
     assert time.monotonic() - acked <= 1.0 + 1.0  # interval + save time, with room for a loaded machine
     assert in_table(dynamodb_local.endpoint, table)["o3"] == {"id": "o3", "type": "rect", "x": 3, "y": 0.5}
     passes = [p for p in replica.log_events("autosave_pass") if p["objects"]]
@@ -75,7 +66,7 @@ def test_dirty_lifecycle_and_no_writes_when_idle(replicas: Any) -> None:
     status = lambda: http_json(f"{replica.url}/projects/p1/status")[1]  # noqa: E731
     edit(replica, creates(3))
     assert status()["dirty_objects"] == 3
-    wait_for(lambda: status()["dirty_objects"] == 0, timeout=5)
+    wait_until(lambda: status()["dirty_objects"] == 0, timeout=5)
     assert status()["last_save_at"] is not None
     batches = metric(replica, 'canvas_autosave_batches_total{outcome="success"}')
     passes = len(replica.log_events("autosave_pass"))
@@ -88,7 +79,7 @@ def test_a_second_replica_loads_what_the_first_saved(replicas: Any) -> None:
     a = replicas("replica-a")
     b = replicas("replica-b")
     edit(a, creates(30) + [{"op": "update", "id": "o1", "props": {"x": 0.1, "fill": "#f00"}}, {"op": "delete", "id": "o2"}])
-    wait_for(lambda: http_json(f"{a.url}/projects/p1/status")[1]["dirty_objects"] == 0, timeout=5)
+    wait_until(lambda: http_json(f"{a.url}/projects/p1/status")[1]["dirty_objects"] == 0, timeout=5)
     assert http_json(f"{b.url}/projects/p1/status")[1]["loaded"] is False
     objects = b.objects("p1")  # cache miss on b
     assert len(objects) == 29
@@ -133,17 +124,17 @@ def test_acked_edits_survive_a_dynamodb_outage(replicas: Any, own_dynamodb: Dyna
     replica = replicas(dynamodb_endpoint=own_dynamodb.endpoint, table="outage", autosave_interval=0.3,
                        autosave_max_backoff=1.0)
     edit(replica, creates(5, "before"))
-    wait_for(lambda: len(in_table(own_dynamodb.endpoint, "outage")) == 5, timeout=5)
+    wait_until(lambda: len(in_table(own_dynamodb.endpoint, "outage")) == 5, timeout=5)
     own_dynamodb.stop()
     edit(replica, creates(20, "during") + [{"op": "update", "id": "before0", "props": {"x": 99}}])
     health = lambda: http_json(f"{replica.url}/health")[1]["autosave"]  # noqa: E731
-    wait_for(lambda: health()["last_error"] is not None, timeout=15)
+    wait_until(lambda: health()["last_error"] is not None, timeout=15)
     assert health()["dirty_objects"] == 21
     assert metric(replica, 'canvas_autosave_batches_total{outcome="error"}') >= 1
     own_dynamodb.start()
-    wait_for(lambda: len(in_table(own_dynamodb.endpoint, "outage")) == 25, timeout=20, step=0.3)
+    wait_until(lambda: len(in_table(own_dynamodb.endpoint, "outage")) == 25, timeout=20, step=0.3)
     assert in_table(own_dynamodb.endpoint, "outage")["before0"]["x"] == 99
-    wait_for(lambda: health()["last_error"] is None and health()["dirty_objects"] == 0, timeout=5)
+    wait_until(lambda: health()["last_error"] is None and health()["dirty_objects"] == 0, timeout=5)
 
 
 def test_shutdown_while_dynamodb_is_down_reports_unsaved_and_exits_1(replicas: Any, own_dynamodb: DynamoDBLocal) -> None:

@@ -12,7 +12,7 @@ from botocore.exceptions import ClientError
 
 from canvas_sync.model import ObjectState
 from canvas_sync.state import DirtyObject
-from canvas_sync.store import BATCH_LIMIT, INDEX_SAVED_AT, TTL_ATTRIBUTE, DynamoStore, make_client
+from canvas_sync.store import INDEX_SAVED_AT, TTL_ATTRIBUTE, DynamoStore, make_client
 
 
 @pytest.fixture(params=["moto", "dynamodb_local"])
