@@ -74,6 +74,7 @@ def test_snapshot_is_sorted_and_values_come_back_exactly(replica: Replica) -> No
 BAD = [
     ("{nope", "bad_json"),
     ('{"op":"create","object":{"id":"n","type":"t","x":NaN}}', "bad_json"),
+    ('{"op":"update","req":"q","id":"keep","props":{"s":"\\ud800"}}', "bad_json"),
     ({"op": "fly", "req": "q"}, "bad_message"),
     ({"op": "create", "req": "q", "object": {"id": "bad id", "type": "t"}}, "bad_message"),
     ({"op": "create", "req": "q", "object": {"id": "x1", "type": "t", "9lives": 1}}, "bad_message"),

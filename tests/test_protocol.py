@@ -31,6 +31,20 @@ def test_valid_commands() -> None:
     assert parse({"op": "delete", "id": "r1", "req": "z"}) == Delete("z", "r1")
 
 
+def test_escaped_surrogate_pairs_are_text_but_lone_surrogates_are_refused() -> None:
+    emoji = parse('{"op":"update","id":"r1","props":{"t":"\\ud83d\\ude00"}}')
+    assert emoji == Update(None, "r1", {"t": "\U0001F600"})
+    assert refused('{"op":"update","id":"r1","props":{"t":"\\ud83d"}}').code == "bad_json"
+
+
+def test_replies_are_canonical_json() -> None:
+    for req in (None, "1", 'quote " and \u00e9'):
+        for make, op in ((protocol.ack, "ack"), (protocol.pong, "pong")):
+            text = make(req)
+            expected = {"op": op} if req is None else {"op": op, "req": req}
+            assert text == protocol.encode(expected)
+
+
 @pytest.mark.parametrize(
     ("message", "code"),
     [
@@ -38,6 +52,8 @@ def test_valid_commands() -> None:
         ('{"op":"create","object":{"id":"r1","type":"rect","x":NaN}}', "bad_json"),
         ('{"op":"create","object":{"id":"r1","type":"rect","x":Infinity}}', "bad_json"),
         ('{"op":"create","object":{"id":"r1","type":"rect","x":1e400}}', "bad_json"),
+        ('{"op":"create","object":{"id":"r1","type":"rect","t":"\\ud800"}}', "bad_json"),
+        ('{"op":"update","id":"r1","props":{"\\udfff":1}}', "bad_json"),
         ("[1,2]", "bad_message"),
         ({"op": "jump"}, "bad_message"),
         ({"op": "ping", "req": 5}, "bad_message"),

@@ -64,9 +64,16 @@ class Ping:
 Command = Create | Update | Delete | Ping
 
 
-def encode(message: dict[str, Any]) -> str:
-    """Canonical JSON: sorted keys, compact, UTF-8 kept as is."""
-    return json.dumps(message, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def encode(message: Any) -> str:
+    """Canonical JSON: sorted keys, compact, UTF-8 kept as is.
+
+    One encoder for the module: ``json.dumps`` with options builds a new one per call,
+    which costs more than encoding a small message.
+    """
+    return _ENCODER.encode(message)
 
 
 def is_valid_id(value: object) -> bool:
@@ -77,16 +84,19 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a finite number")
 
 
-def loads(text: str | bytes) -> Any:
-    """``json.loads`` that refuses NaN/Infinity literals and numbers that overflow to inf."""
-    return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-
-
 def _finite_float(text: str) -> float:
     value = float(text)
     if math.isinf(value):
         raise ValueError(f"{text} is not a finite number")
     return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def loads(text: str | bytes) -> Any:
+    """``json.loads`` that refuses NaN/Infinity literals and numbers that overflow to inf."""
+    return _DECODER.decode(text if isinstance(text, str) else text.decode())
 
 
 def _depth(value: Any) -> int:
@@ -131,12 +141,22 @@ def _object_id(message: dict[str, Any], key: str, req: str | None) -> str:
     return value
 
 
+def _utf8_safe(message: Any) -> bool:
+    try:
+        encode(message).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse(text: str, max_object_bytes: int) -> Command:
     """Turn one text frame into a command, or raise :class:`ProtocolError`."""
     try:
         message = loads(text)
     except (ValueError, RecursionError) as error:
         raise ProtocolError("bad_json", f"not valid JSON: {error}") from None
+    if "\\u" in text and not _utf8_safe(message):
+        raise ProtocolError("bad_json", "not valid JSON: a \\u escape spells a lone surrogate, which UTF-8 cannot carry")
     if not isinstance(message, dict):
         raise ProtocolError("bad_message", "a message must be a JSON object")
     req = message.get("req")
@@ -175,7 +195,7 @@ def parse(text: str, max_object_bytes: int) -> Command:
 
 
 def ack(req: str | None) -> str:
-    return encode({"op": "ack", "req": req} if req is not None else {"op": "ack"})
+    return f'{{"op":"ack","req":{_ENCODER.encode(req)}}}' if req is not None else '{"op":"ack"}'
 
 
 def error(err: ProtocolError) -> str:
@@ -186,7 +206,7 @@ def error(err: ProtocolError) -> str:
 
 
 def pong(req: str | None) -> str:
-    return encode({"op": "pong", "req": req} if req is not None else {"op": "pong"})
+    return f'{{"op":"pong","req":{_ENCODER.encode(req)}}}' if req is not None else '{"op":"pong"}'
 
 
 def upsert(object_json: str) -> str:
