@@ -12,7 +12,7 @@ from botocore.exceptions import ClientError
 
 from canvas_sync.model import ObjectState
 from canvas_sync.state import DirtyObject
-from canvas_sync.store import INDEX_SAVED_AT, TTL_ATTRIBUTE, DynamoStore, make_client
+from canvas_sync.store import HEAD, HEAD_WRITER_MAX_AGE_MS, INDEX_SAVED_AT, TTL_ATTRIBUTE, DynamoStore, make_client
 
 
 @pytest.fixture(params=["moto", "dynamodb_local"])
@@ -155,3 +155,72 @@ def test_get_many_reads_the_given_keys(store: DynamoStore) -> None:
     keys = [("p1", f"o{i:03}") for i in range(0, 120, 1)] + [("p1", "missing")]
     got = store.get_many(keys)
     assert sorted(r.state.id for r in got) == [f"o{i:03}" for i in range(120)]
+
+
+def test_a_save_pass_marks_each_saved_project_in_its_head(store: DynamoStore) -> None:
+    assert store.heads(["p1"]) == {"p1": {}}
+    first = store.write(dirty(30) + dirty(2, project="p2"), saved_at_ms=1_000)
+    assert first.heads == 2
+    heads = store.heads(["p1", "p2", "p3"])
+    assert set(heads["p1"]) == {"r1"} and heads["p1"] == heads["p2"] and heads["p3"] == {}
+    store.write(dirty(1), saved_at_ms=1_000)  # same milliseconds, still a new token
+    again = store.heads(["p1", "p2"])
+    assert again["p1"]["r1"] != heads["p1"]["r1"] and again["p2"] == heads["p2"]
+    other = DynamoStore(store.client, store.table, "r2", concurrency=1)
+    other.write(dirty(1), saved_at_ms=2_000)
+    assert set(store.heads(["p1"])["p1"]) == {"r1", "r2"}  # one attribute per replica, none overwritten
+    other.close()
+    # the head is not an object: not loaded, not in the change feed
+    assert len(store.load_project("p1")) == 30
+    assert all(c.state.id != HEAD for c in store.changes_since("p1", 0))
+
+
+def test_heads_are_touched_only_after_the_objects_are_written(store: DynamoStore) -> None:
+    store.client = FlakyClient(store.client, ["error"] * 6)
+    report = store.write(dirty(3), saved_at_ms=1)
+    assert report.failed and report.heads == 0
+    assert store.heads(["p1"]) == {"p1": {}}  # a reader is not sent looking for items not there
+
+
+class FailingUpdates:
+    """Wraps a real client: the first ``n`` UpdateItem calls fail."""
+
+    def __init__(self, client: Any, n: int) -> None:
+        self.client, self.n = client, n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def update_item(self, **kwargs: Any) -> Any:
+        if self.n:
+            self.n -= 1
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "injected"}}, "UpdateItem")
+        return self.client.update_item(**kwargs)
+
+
+def test_a_failed_head_update_is_owed_and_retried(store: DynamoStore) -> None:
+    store.client = FailingUpdates(store.client, 1)
+    report = store.write(dirty(2), saved_at_ms=1)
+    assert not report.failed and report.heads == 0 and store.heads_owed
+    assert store.heads(["p1"]) == {"p1": {}}
+    assert store.touch_heads(set(), 2) == 1 and not store.heads_owed
+    assert set(store.heads(["p1"])["p1"]) == {"r1"}
+
+
+def test_replicas_gone_for_long_are_dropped_from_heads(store: DynamoStore) -> None:
+    now = int(time.time() * 1000)
+    store.client.put_item(TableName=store.table, Item={
+        "project_id": {"S": "p1"}, "object_id": {"S": HEAD},
+        "w_old-pod": {"S": f"{now - HEAD_WRITER_MAX_AGE_MS - 1000}.1"}, "w_recent-pod": {"S": f"{now - 1000}.1"},
+    })
+    store.write(dirty(1), saved_at_ms=now)
+    assert set(store.heads(["p1"])["p1"]) == {"r1", "recent-pod"}
+
+
+def test_heads_of_many_projects_take_one_request_per_hundred(store: DynamoStore) -> None:
+    store.write([o for p in range(150) for o in dirty(1, project=f"p{p}")], saved_at_ms=1)
+    calls: list[str] = []
+    store.client.meta.events.register("before-call.dynamodb.BatchGetItem", lambda **kw: calls.append("get"))
+    heads = store.heads([f"p{p}" for p in range(150)] + ["none"])
+    assert len(calls) == 2
+    assert all(set(heads[f"p{p}"]) == {"r1"} for p in range(150)) and heads["none"] == {}

@@ -91,9 +91,9 @@ class AutosaveWorker:
         return backoff * random.uniform(0.5, 1.0)
 
     def _flush_until(self, deadline: float) -> None:
-        while self.state.dirty_counts()[1] and time.monotonic() < deadline:
+        while (self.state.dirty_counts()[1] or self.store.heads_owed) and time.monotonic() < deadline:
             report = self.run_pass()
-            if report is not None and report.failed:
+            if (report is not None and report.failed) or self.store.heads_owed:
                 time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
     # --- one pass -----------------------------------------------------------------------
@@ -102,6 +102,8 @@ class AutosaveWorker:
         """Take the dirty objects and save them; None when there was nothing to save."""
         taken = self.state.take_dirty()
         if not taken:
+            if self.store.heads_owed:  # objects saved earlier, their head update failed
+                self._count_heads(self.store.touch_heads(set(), self.clock.now()[0]))
             return None
         start = time.perf_counter()
         try:
@@ -110,6 +112,7 @@ class AutosaveWorker:
             log.exception("autosave pass crashed")
             report = WriteReport(failed=list(taken), errors=[f"{type(error).__name__}: {error}"])
         self.state.finish_save(taken, report.failed)
+        self._count_heads(report.heads)
         seconds = time.perf_counter() - start
         if report.failed:
             self.consecutive_failures += 1
@@ -137,6 +140,10 @@ class AutosaveWorker:
             },
         )
         return report
+
+    def _count_heads(self, n: int) -> None:
+        if self.metrics and n:
+            self.metrics.heads_written.inc(n)
 
     def status(self) -> dict[str, Any]:
         projects, objects = self.state.dirty_counts()

@@ -32,6 +32,9 @@ class Metrics:
         self.dirty_objects = Gauge("canvas_dirty_objects", "Objects changed in memory and not yet saved", registry=r)
         self.batches = Counter("canvas_autosave_batches", "BatchWriteItem calls, by outcome", ["outcome"], registry=r)
         self.objects_written = Counter("canvas_autosave_objects_written", "Items written to DynamoDB", registry=r)
+        self.heads_written = Counter(
+            "canvas_autosave_heads_written", "Per-project #head change markers updated after a save pass", registry=r
+        )
         self.batch_seconds = Histogram(
             "canvas_autosave_batch_duration_seconds", "Duration of one BatchWriteItem call", buckets=BATCH_BUCKETS, registry=r
         )
@@ -42,7 +45,7 @@ class Metrics:
             "canvas_autosave_last_success_timestamp_seconds", "Unix time of the last pass that saved everything it took", registry=r
         )
         self.sync_pulls = Counter(
-            "canvas_sync_pulls", "Change-feed queries (feed) and full re-reads (reconcile), by outcome", ["kind", "outcome"], registry=r
+            "canvas_sync_pulls", "Head reads (heads, one per pass), change-feed queries (feed) and full re-reads (reconcile), by outcome", ["kind", "outcome"], registry=r
         )
         self.sync_merged = Counter("canvas_sync_objects_merged", "Objects whose state changed by merging what another save wrote", registry=r)
         self.sync_repairs = Counter("canvas_sync_repairs", "Objects marked dirty because the table was behind memory (anti-entropy)", registry=r)
@@ -56,7 +59,7 @@ class Metrics:
         for outcome in ("success", "error"):
             self.batches.labels(outcome)
             self.project_loads.labels(outcome)
-            for kind in ("feed", "reconcile"):
+            for kind in ("heads", "feed", "reconcile"):
                 self.sync_pulls.labels(kind, outcome)
 
     def observe_batch(self, outcome: str, seconds: float, written: int) -> None:

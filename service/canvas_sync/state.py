@@ -39,6 +39,10 @@ class Project:
     sync_watermark_ms: int = 0
     """Largest ``saved_at`` pulled from the change feed (or the load's start)."""
     last_reconcile: float = field(default_factory=time.monotonic)
+    other_heads: dict[str, str] | None = None
+    """Other replicas' tokens in the project's ``#head`` as last read; None before the first read (see sync.py)."""
+    feed_until: float = 0.0
+    """Monotonic time until which the change feed is queried every pass."""
 
     def set_object(self, state: ObjectState) -> str | None:
         """Store a state and refresh its view; returns the new view JSON (None if deleted)."""

@@ -10,6 +10,13 @@ One item per object (tombstones included), keyed ``(project_id, object_id)``:
 - ``saved_by`` (S): the replica that wrote the item.
 - ``expires_at`` (N, tombstones only): DynamoDB TTL, so deleted objects eventually go.
 
+One more item per project, ``(project_id, "#head")``: after a save pass has written a
+project's objects, the replica sets its own attribute ``w_<replica id>`` there to a token
+new for every pass. A replica holding the project reads the heads of all its projects
+with BatchGetItem (100 a request) and queries the change feed only of projects another
+replica saved lately, so an idle project costs a hundredth of a request per sync pass
+instead of one Query. The head has no ``saved_at``, so it stays out of the index.
+
 The store is called from worker threads only; boto3 clients are thread-safe.
 """
 
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +45,11 @@ BATCH_LIMIT = 25
 """BatchWriteItem takes at most 25 put/delete requests."""
 INDEX_SAVED_AT = "by_saved_at"
 TTL_ATTRIBUTE = "expires_at"
+HEAD = "#head"
+"""Sort key of the per-project change marker (sort keys starting with # are not objects)."""
+WRITER_PREFIX = "w_"
+HEAD_WRITER_MAX_AGE_MS = 7 * 24 * 3600 * 1000
+"""A replica that has not saved a project for this long is dropped from its head."""
 
 BatchObserver = Callable[[str, float, int], None]
 """Called after every BatchWriteItem call with (outcome, seconds, items written)."""
@@ -82,6 +95,8 @@ class WriteReport:
 
     written: int = 0
     batches: int = 0
+    heads: int = 0
+    """Projects whose ``#head`` was updated after their objects were written."""
     failed: list[DirtyObject] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -103,6 +118,9 @@ class DynamoStore:
         self.tombstone_ttl = tombstone_ttl
         self.observer: BatchObserver = lambda outcome, seconds, written: None
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="canvas-save")
+        self._heads_owed: set[str] = set()  # saved projects whose head update failed
+        self._head_seq = 0
+        self._heads_lock = threading.Lock()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -190,7 +208,69 @@ class DynamoStore:
             report.failed.extend(failed)
             if err:
                 report.errors.append(err)
+        saved = {o.project for o in objects} - {o.project for o in report.failed}
+        report.heads = self.touch_heads(saved, saved_at_ms)
         return report
+
+    # --- change markers -----------------------------------------------------------------
+
+    @property
+    def heads_owed(self) -> bool:
+        """True when a head update failed and waits for the next pass."""
+        return bool(self._heads_owed)
+
+    def touch_heads(self, projects: set[str], saved_at_ms: int) -> int:
+        """Mark projects as saved by this replica, after their objects are in the table.
+
+        Runs after the batches, never beside them: a reader that sees the new token can
+        rely on the objects being there. Failures are kept and retried with the next call.
+        """
+        with self._heads_lock:
+            todo = sorted(projects | self._heads_owed)
+            self._heads_owed = set()
+            self._head_seq += 1
+            token = f"{saved_at_ms}.{self._head_seq}"
+        done = 0
+        for project, ok in zip(todo, self._pool.map(lambda p: self._touch_head(p, token, saved_at_ms), todo)):
+            if ok:
+                done += 1
+            else:
+                with self._heads_lock:
+                    self._heads_owed.add(project)
+        return done
+
+    def _touch_head(self, project: str, token: str, now_ms: int) -> bool:
+        key = {"project_id": {"S": project}, "object_id": {"S": HEAD}}
+        try:
+            head = self.client.update_item(
+                TableName=self.table,
+                Key=key,
+                UpdateExpression="SET #me = :t",
+                ExpressionAttributeNames={"#me": WRITER_PREFIX + self.replica_id},
+                ExpressionAttributeValues={":t": {"S": token}},
+                ReturnValues="ALL_NEW",
+            )["Attributes"]
+            gone = [name for name, value in head.items()
+                    if name.startswith(WRITER_PREFIX) and now_ms - _token_ms(value.get("S", "")) > HEAD_WRITER_MAX_AGE_MS]
+            if gone:  # replicas long gone (pods come and go): keep the item small
+                names = {f"#g{i}": name for i, name in enumerate(gone)}
+                self.client.update_item(TableName=self.table, Key=key, UpdateExpression="REMOVE " + ", ".join(names),
+                                        ExpressionAttributeNames=names)
+        except StoreError as error:
+            log.warning("head update failed; retried with the next pass",
+                        extra={"event": "head_error", "project": project, "error": _describe(error)})
+            return False
+        return True
+
+    def heads(self, project_ids: list[str]) -> dict[str, dict[str, str]]:
+        """Each project's head: replica id -> token of its latest save (consistent reads)."""
+        out: dict[str, dict[str, str]] = {p: {} for p in project_ids}
+        for item in self._batch_get([(p, HEAD) for p in project_ids]):
+            out[item["project_id"]["S"]] = {
+                name[len(WRITER_PREFIX):]: value["S"] for name, value in item.items()
+                if name.startswith(WRITER_PREFIX) and "S" in value
+            }
+        return out
 
     def _write_chunk(self, chunk: list[DirtyObject], saved_at_ms: int) -> tuple[int, int, list[DirtyObject], str | None]:
         pending = {(o.project, o.state.id): (o, self.item(o, saved_at_ms)) for o in chunk}
@@ -261,7 +341,10 @@ class DynamoStore:
 
     def get_many(self, keys: list[tuple[str, str]]) -> list[Saved]:
         """Consistent reads of the given (project, object) keys, 100 a request."""
-        out: list[Saved] = []
+        return list(self._records(self._batch_get(keys)))
+
+    def _batch_get(self, keys: list[tuple[str, str]]) -> Iterator[dict[str, Any]]:
+        """BatchGetItem, 100 keys a request, UnprocessedKeys retried with backoff."""
         for i in range(0, len(keys), 100):
             pending: dict[str, Any] = {
                 self.table: {
@@ -269,11 +352,12 @@ class DynamoStore:
                     "ConsistentRead": True,
                 }
             }
+            items: list[dict[str, Any]] = []
 
             def attempt() -> dict[str, Any]:
                 nonlocal pending
                 response = self.client.batch_get_item(RequestItems=pending)
-                out.extend(self._records(iter(response.get("Responses", {}).get(self.table, []))))
+                items.extend(response.get("Responses", {}).get(self.table, []))
                 pending = response.get("UnprocessedKeys") or {}
                 return pending
 
@@ -283,7 +367,7 @@ class DynamoStore:
                 stop=stop_after_attempt(self.unprocessed_attempts),
                 reraise=True,
             )(attempt)
-        return out
+            yield from items
 
     def _records(self, items: Iterator[dict[str, Any]]) -> Iterator[Saved]:
         now = time.time()
@@ -300,6 +384,13 @@ class DynamoStore:
                 int(item["saved_at"]["N"]),
                 item.get("saved_by", {}).get("S", ""),
             )
+
+
+def _token_ms(token: str) -> int:
+    try:
+        return int(token.split(".", 1)[0])
+    except ValueError:
+        return 0
 
 
 def _describe(error: Exception) -> str:

@@ -1,14 +1,20 @@
 """Pulling other replicas' saved changes: the change feed, reconcile, and shutdown repair.
 
-Every ``CANVAS_SYNC_INTERVAL`` each held project asks the ``by_saved_at`` index for items
-saved after its watermark minus an overlap window (the index is eventually consistent,
-clocks are skewed and saves take time, so a window is re-read rather than trusting an
-exact cursor). An idle project costs one empty query a pass. Every
-``CANVAS_RECONCILE_INTERVAL`` a project is re-read whole as a safety net.
+Every ``CANVAS_SYNC_INTERVAL`` this replica reads the ``#head`` items of all the projects
+it holds (BatchGetItem, 100 a request). A replica writes its token into a project's head
+after each save pass that wrote the project's objects, so a token from another replica
+that changed since the last pass means new items. Such a project, and one just loaded,
+then asks the ``by_saved_at`` index for items saved after its watermark minus an overlap
+window, every pass for ``CANVAS_SYNC_OVERLAP`` seconds (the index is eventually
+consistent, clocks are skewed, so a window is re-read rather than trusting an exact
+cursor). A project nobody else saves costs no query at all. Every
+``CANVAS_RECONCILE_INTERVAL`` a project is re-read whole as a safety net, and if the
+heads cannot be read, every held project is queried as before.
 
-Items this replica saved itself are merged too: if one of our batches overwrote a newer
-item (BatchWriteItem takes no conditions), merging our own item back shows the table
-behind memory, and the object is marked dirty again (anti-entropy, in state.py).
+Items this replica saved itself come back through the feed too when the project is
+being pulled: if one of our batches overwrote a newer item (BatchWriteItem takes no
+conditions), the replica whose write was lost sees our token, merges our item, finds the
+table behind its memory and marks the object dirty again (anti-entropy, in state.py).
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ class SyncWorker:
         self.last_pull_at: float | None = None
         self.last_error: str | None = None
         self._limit = asyncio.Semaphore(concurrency)
+        self._heads_ok = True
 
     async def run(self) -> None:
         while True:
@@ -62,18 +69,44 @@ class SyncWorker:
 
     async def pass_once(self) -> None:
         projects = list(self.state.projects.values())
-        results = await asyncio.gather(*(self._pull(p) for p in projects), return_exceptions=True)
+        now = time.monotonic()
+        due = [p for p in projects if now - p.last_reconcile >= self.reconcile_interval]
+        rest = [p for p in projects if now - p.last_reconcile < self.reconcile_interval]
+        feed = await self._changed(rest, now)
+        results = await asyncio.gather(*(self._pull(p, full=True) for p in due),
+                                       *(self._pull(p, full=False) for p in feed), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             self.last_error = f"{type(errors[0]).__name__}: {errors[0]}"
             log.warning("sync pass failed", extra={"event": "sync_error", "projects": len(errors), "error": self.last_error})
-        elif projects:
+        elif projects and self._heads_ok:
             self.last_error = None
         self.last_pull_at = time.time()
 
-    async def _pull(self, project: Project) -> None:
+    async def _changed(self, projects: list[Project], now: float) -> list[Project]:
+        """The projects whose change feed to query this pass, from their heads."""
+        if not projects:
+            return []
+        try:
+            heads = await asyncio.to_thread(self.store.heads, [p.id for p in projects])
+        except Exception as error:  # cannot tell which changed: query them all
+            self.metrics.sync_pulls.labels("heads", "error").inc()
+            self._heads_ok = False
+            self.last_error = f"{type(error).__name__}: {error}"
+            log.warning("reading heads failed; querying every feed", extra={"event": "sync_error", "error": self.last_error})
+            return projects
+        self.metrics.sync_pulls.labels("heads", "success").inc()
+        self._heads_ok = True
+        me = self.clock.replica_id
+        for project in projects:
+            others = {writer: token for writer, token in heads.get(project.id, {}).items() if writer != me}
+            if others != project.other_heads:  # also the first read after a load
+                project.other_heads = others
+                project.feed_until = now + self.overlap_ms / 1000
+        return [p for p in projects if now < p.feed_until]
+
+    async def _pull(self, project: Project, full: bool) -> None:
         async with self._limit:
-            full = time.monotonic() - project.last_reconcile >= self.reconcile_interval
             kind = "reconcile" if full else "feed"
             try:
                 if full:
