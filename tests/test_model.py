@@ -109,3 +109,31 @@ def test_clock_ties_broken_by_replica_id() -> None:
     a = HybridClock("a", wall_ms=lambda: 1000).now()
     b = HybridClock("b", wall_ms=lambda: 1000).now()
     assert a[:2] == b[:2] and b > a
+
+
+@settings(max_examples=300)
+@given(states(), st.dictionaries(st.sampled_from(["x", "fill", "type"]), values, min_size=1), stamps)
+def test_the_compact_form_holds_exactly_the_fields_it_was_given(
+    state: ObjectState, changes: dict[str, object], stamp: tuple[int, int, str]
+) -> None:
+    rebuilt = ObjectState(state.id, state.alive, state.type, state.props)
+    assert rebuilt == state and rebuilt.props == state.props and rebuilt.type == state.type
+    assert ObjectState.from_doc(state.id, state.to_doc()) == state
+    # an update is the same state as building it field by field
+    expected_type = (changes["type"], stamp) if "type" in changes else state.type
+    expected_props = {**state.props, **{k: (v, stamp) for k, v in changes.items() if k != "type"}}
+    assert state.updated(changes, stamp) == ObjectState(state.id, state.alive, expected_type, expected_props)
+
+
+def test_a_created_object_keeps_no_stamp_per_field() -> None:
+    created = ObjectState.created("o", "rect", {"x": 1, "y": 2}, (5, 0, "a"))
+    assert created == ObjectState("o", (True, (5, 0, "a")), ("rect", (5, 0, "a")), {"x": (1, (5, 0, "a")), "y": (2, (5, 0, "a"))})
+    assert created._stamps is None  # the memory saving this form exists for
+    moved = created.updated({"x": 3}, (6, 0, "a"))
+    assert moved._stamps == {"x": (6, 0, "a")} and moved.props["y"] == (2, (5, 0, "a"))
+    try:
+        created.id = "other"  # type: ignore[misc]
+    except AttributeError:
+        pass
+    else:
+        raise AssertionError("ObjectState must be immutable")

@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 Stamp = tuple[int, int, str]
@@ -84,43 +83,112 @@ def _newer(a: Field, b: Field) -> Field:
     return a if _canonical(a[0]) >= _canonical(b[0]) else b
 
 
-@dataclass(frozen=True, slots=True)
+_TYPE = "#type"
+"""Key of the type field's stamp in ``ObjectState._stamps`` (no property name starts with #)."""
+
+
 class ObjectState:
     """One object with a stamp per field, as held in memory and saved to the table.
 
     Immutable: an edit makes a new state, so a reference taken for saving is a snapshot.
+
+    Logically every field is a ``(value, stamp)`` pair (``alive``, ``type``, ``props``).
+    Stored compactly, because a replica holds every object of its projects: most fields
+    carry the stamp of the object's create (or delete), so only stamps that differ from
+    it are kept. A created object holds its values and no per-field stamps at all, about
+    450 bytes less than a tuple per field.
     """
 
+    __slots__ = ("id", "_live", "_base", "_type", "_values", "_stamps")
+    __hash__ = None  # type: ignore[assignment]
+
     id: str
-    alive: Field
-    type: Field
-    props: dict[str, Field] = field(default_factory=dict)
+    _live: Any
+    _base: Stamp
+    _type: Any
+    _values: dict[str, Any]
+    _stamps: dict[str, Stamp] | None
+
+    def __init__(self, id: str, alive: Field, type: Field, props: dict[str, Field] | None = None) -> None:  # noqa: A002
+        base = alive[1]
+        stamps = {name: stamp for name, (_, stamp) in (props or {}).items() if stamp != base}
+        if type[1] != base:
+            stamps[_TYPE] = type[1]
+        self._init(id, alive[0], base, type[0], {name: value for name, (value, _) in (props or {}).items()}, stamps or None)
+
+    def _init(self, id: str, live: Any, base: Stamp, type_: Any, values: dict[str, Any], stamps: dict[str, Stamp] | None) -> None:  # noqa: A002
+        for name, value in (("id", id), ("_live", live), ("_base", base), ("_type", type_), ("_values", values), ("_stamps", stamps)):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("ObjectState is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ObjectState):
+            return NotImplemented
+        return (self.id, self._live, self._base, self._type, self._values, self._stamps) == (
+            other.id, other._live, other._base, other._type, other._values, other._stamps)
+
+    def __repr__(self) -> str:
+        return f"ObjectState({self.id!r}, {self.alive!r}, {self.type!r}, {self.props!r})"
 
     @classmethod
     def created(cls, object_id: str, type_: str, props: dict[str, Any], stamp: Stamp) -> ObjectState:
-        return cls(object_id, (True, stamp), (type_, stamp), {k: (v, stamp) for k, v in props.items()})
+        state = cls.__new__(cls)
+        state._init(object_id, True, stamp, type_, dict(props), None)
+        return state
+
+    def updated(self, changes: dict[str, Any], stamp: Stamp) -> ObjectState:
+        """A client's update: each changed property (``type`` included) gets ``stamp``."""
+        values = dict(self._values)
+        stamps = dict(self._stamps) if self._stamps else {}
+        type_ = self._type
+        for name, value in changes.items():
+            if name == "type":
+                type_, name = value, _TYPE
+            else:
+                values[name] = value
+            if stamp != self._base:  # keep the form __init__ makes, so equal states compare equal
+                stamps[name] = stamp
+            else:
+                stamps.pop(name, None)
+        state = ObjectState.__new__(ObjectState)
+        state._init(self.id, self._live, self._base, type_, values, stamps or None)
+        return state
+
+    @property
+    def alive(self) -> Field:
+        return self._live, self._base
+
+    @property
+    def type(self) -> Field:
+        return self._type, (self._stamps or {}).get(_TYPE, self._base)
+
+    @property
+    def props(self) -> dict[str, Field]:
+        stamps, base = self._stamps or {}, self._base
+        return {name: (value, stamps.get(name, base)) for name, value in self._values.items()}
 
     @property
     def is_alive(self) -> bool:
-        return bool(self.alive[0])
+        return bool(self._live)
 
     def latest_stamp(self) -> Stamp:
-        stamps = [self.alive[1], self.type[1], *(s for _, s in self.props.values())]
-        return max(stamps)
+        return max((self._base, *(self._stamps or {}).values()))
 
     def view(self) -> dict[str, Any] | None:
         """What clients see: id, type and the visible properties; ``None`` when deleted."""
-        if not self.is_alive:
+        if not self._live:
             return None
-        out = {k: v for k, (v, _) in self.props.items() if v is not None}
+        out = {k: v for k, v in self._values.items() if v is not None}
         out["id"] = self.id
-        out["type"] = self.type[0]
+        out["type"] = self._type
         return out
 
     def pruned(self) -> ObjectState:
         """Drop properties older than the last create/delete: they can never show again."""
-        floor = self.alive[1]
-        if all(s >= floor for _, s in self.props.values()):
+        floor = self._base
+        if not self._stamps or all(s >= floor for name, s in self._stamps.items() if name != _TYPE):
             return self
         return ObjectState(self.id, self.alive, self.type, {k: f for k, f in self.props.items() if f[1] >= floor})
 

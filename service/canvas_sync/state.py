@@ -176,15 +176,7 @@ class CanvasState:
         text = protocol.encode(view)  # the new view: checked for size, then kept and sent as is
         if len(text.encode()) > self.max_object_bytes:
             raise ProtocolError("too_large", f"object would be larger than {self.max_object_bytes} bytes", cmd.req)
-        stamp = self.clock.now()
-        props = dict(state.props)
-        type_ = state.type
-        for name, value in cmd.props.items():
-            if name == "type":
-                type_ = (value, stamp)
-            else:
-                props[name] = (value, stamp)
-        project.objects[cmd.id] = ObjectState(state.id, state.alive, type_, props)
+        project.objects[cmd.id] = state.updated(cmd.props, self.clock.now())
         project.views[cmd.id] = text
         return protocol.upsert(text)
 
