@@ -289,3 +289,14 @@ def test_probe_command_pings_a_replica(replica: Replica) -> None:
     bad = subprocess.run([sys.executable, "-m", "canvas_sync", "probe", replica.ws_url("-bad")],
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode == 1 and "HTTP 400" in bad.stderr
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_websocket_compression_can_be_turned_off(replicas: Any, enabled: bool) -> None:
+    replica = replicas(f"deflate-{enabled}", websocket_compression=enabled)
+    with client(replica, compression="deflate") as ws:  # the client offers permessage-deflate
+        recv(ws)
+        negotiated = ws.response.headers.get("sec-websocket-extensions") or ""
+        assert ("permessage-deflate" in negotiated) is enabled
+        big = {"op": "create", "object": {"id": "big", "type": "t", "text": "abc" * 1000}}
+        assert call(ws, big)["op"] == "ack"  # works either way

@@ -45,6 +45,7 @@ def process(cmd: list[str], port: int, env: dict[str, str] | None = None, ready:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{cmd} did not start")
             time.sleep(0.1)
+        process.last_pid = proc.pid  # type: ignore[attr-defined]
         yield proc
     finally:
         proc.terminate()
@@ -98,6 +99,12 @@ def wait_clean(port: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while metrics(port)["canvas_dirty_objects"] and time.monotonic() < deadline:
         time.sleep(0.1)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_bytes(pid: int) -> int:

@@ -114,7 +114,8 @@ def main() -> int:
                 seconds = converge_seconds(ports, project)
                 times.append(seconds)
                 print(f"round {r}: converged {seconds:.2f}s after the last edit", flush=True)
-            written = sum(counter(p, "canvas_autosave_objects_written_total") for p in ports)
+            written = sum(counter(p, "canvas_autosave_objects_written_total")
+                          + counter(p, "canvas_autosave_heads_written_total") for p in ports)  # items + #head updates
             repairs = sum(counter(p, "canvas_sync_repairs_total") for p in ports)
             lag: dict[float, float] = {}
             for port in ports:

@@ -202,16 +202,26 @@ class ObjectState:
 
     @classmethod
     def from_doc(cls, object_id: str, doc: dict[str, Any]) -> ObjectState:
-        def fld(pair: list[Any]) -> Field:
-            value, stamp = pair
-            return value, (int(stamp[0]), int(stamp[1]), str(stamp[2]))
+        """The inverse of :meth:`to_doc`, straight into the compact form (loads read thousands)."""
+        live, base_list = doc["alive"]
+        base = _stamp(base_list)
+        stamps: dict[str, Stamp] = {}
+        type_, type_stamp = doc["type"]
+        if type_stamp != base_list:
+            stamps[_TYPE] = _stamp(type_stamp)
+        values: dict[str, Any] = {}
+        for name, (value, stamp) in doc.get("props", {}).items():
+            name = sys.intern(name)
+            values[name] = value
+            if stamp != base_list:
+                stamps[name] = _stamp(stamp)
+        state = cls.__new__(cls)
+        state._init(object_id, live, base, type_, values, {k: v for k, v in stamps.items() if v != base} or None)
+        return state
 
-        return cls(
-            object_id,
-            fld(doc["alive"]),
-            fld(doc["type"]),
-            {sys.intern(k): fld(v) for k, v in doc.get("props", {}).items()},
-        )
+
+def _stamp(raw: list[Any]) -> Stamp:
+    return int(raw[0]), int(raw[1]), str(raw[2])
 
 
 def merge(a: ObjectState, b: ObjectState) -> ObjectState:

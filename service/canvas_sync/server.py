@@ -13,11 +13,27 @@ import signal
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HyperConfig
+from hypercorn.protocol import ws_stream
+from wsproto.extensions import PerMessageDeflate
 
 from .app import CanvasService, create_app
 from .config import Settings
 
 log = logging.getLogger(__name__)
+
+
+class _DeclineDeflate(PerMessageDeflate):
+    """permessage-deflate that turns every offer down (RFC 7692 lets a server decline)."""
+
+    def accept(self, offer: str) -> None:  # type: ignore[override]
+        return None
+
+
+def set_websocket_compression(enabled: bool) -> None:
+    """hypercorn offers permessage-deflate to every client and has no setting for it, so
+    the extension it builds per handshake is swapped here (hypercorn >=0.17, checked by
+    tests/test_app.py)."""
+    ws_stream.PerMessageDeflate = PerMessageDeflate if enabled else _DeclineDeflate  # type: ignore[misc]
 
 
 def hypercorn_config(settings: Settings) -> HyperConfig:
@@ -37,6 +53,7 @@ async def run(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT; 0 when every dirty object was saved, else 1."""
     service = CanvasService(settings)
     app = create_app(service)
+    set_websocket_compression(settings.websocket_compression)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
