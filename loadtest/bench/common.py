@@ -69,6 +69,7 @@ def replica(endpoint: str, name: str | None = None, **settings: object) -> Itera
     cmd = [sys.executable, "-m", "canvas_sync", "serve", "--host", "127.0.0.1", "--port", str(port)]
     with process(cmd, port, replica_env(endpoint, name or f"bench-{port}", **settings)) as proc:
         replica.pid = proc.pid  # type: ignore[attr-defined]
+        replica.port = port  # type: ignore[attr-defined]
         yield port
 
 
