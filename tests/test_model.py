@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -118,7 +120,10 @@ def test_the_compact_form_holds_exactly_the_fields_it_was_given(
 ) -> None:
     rebuilt = ObjectState(state.id, state.alive, state.type, state.props)
     assert rebuilt == state and rebuilt.props == state.props and rebuilt.type == state.type
-    assert ObjectState.from_doc(state.id, state.to_doc()) == state
+    assert ObjectState.from_doc(state.id, json.loads(json.dumps(state.to_doc()))) == state
+    first_layout = {"alive": [state.alive[0], list(state.alive[1])], "type": [state.type[0], list(state.type[1])],
+                    "props": {k: [v, list(s)] for k, (v, s) in state.props.items()}}
+    assert ObjectState.from_doc(state.id, json.loads(json.dumps(first_layout))) == state  # items saved before
     # an update is the same state as building it field by field
     expected_type = (changes["type"], stamp) if "type" in changes else state.type
     expected_props = {**state.props, **{k: (v, stamp) for k, v in changes.items() if k != "type"}}
@@ -137,3 +142,8 @@ def test_a_created_object_keeps_no_stamp_per_field() -> None:
         pass
     else:
         raise AssertionError("ObjectState must be immutable")
+
+
+def test_a_created_object_is_stored_without_a_stamp_per_field() -> None:
+    doc = ObjectState.created("o", "rect", {"x": 1, "fill": "red"}, (5, 0, "a")).to_doc()
+    assert doc == {"alive": True, "stamp": [5, 0, "a"], "type": "rect", "props": {"x": 1, "fill": "red"}}

@@ -193,16 +193,34 @@ class ObjectState:
         return ObjectState(self.id, self.alive, self.type, {k: f for k, f in self.props.items() if f[1] >= floor})
 
     def to_doc(self) -> dict[str, Any]:
-        """Plain JSON-able form, used for storage."""
-        return {
-            "alive": [self.alive[0], list(self.alive[1])],
-            "type": [self.type[0], list(self.type[1])],
-            "props": {k: [v, list(s)] for k, (v, s) in self.props.items()},
-        }
+        """Plain JSON-able form, used for storage: the compact form, as held in memory.
+
+        ``{"alive": true, "stamp": [ms, counter, replica], "type": "rect", "props": {...},
+        "stamps": {"x": [...], "#type": [...]}}``; ``stamps`` holds only the fields whose
+        stamp differs from ``stamp`` and is left out when empty. Half the size of a pair
+        per field, so items cost fewer write and read units and load faster.
+        """
+        doc: dict[str, Any] = {"alive": self._live, "stamp": list(self._base), "type": self._type, "props": self._values}
+        if self._stamps:
+            doc["stamps"] = {name: list(stamp) for name, stamp in self._stamps.items()}
+        return doc
 
     @classmethod
     def from_doc(cls, object_id: str, doc: dict[str, Any]) -> ObjectState:
-        """The inverse of :meth:`to_doc`, straight into the compact form (loads read thousands)."""
+        """The inverse of :meth:`to_doc`; also reads the first layout, a pair per field."""
+        if "stamp" not in doc:
+            return cls._from_pairs_doc(object_id, doc)
+        base = _stamp(doc["stamp"])
+        raw = doc.get("stamps")
+        stamps = {name: stamp for name, value in raw.items() if (stamp := _stamp(value)) != base} if raw else None
+        state = cls.__new__(cls)
+        state._init(object_id, doc["alive"], base, doc["type"],
+                    {sys.intern(name): value for name, value in doc.get("props", {}).items()}, stamps or None)
+        return state
+
+    @classmethod
+    def _from_pairs_doc(cls, object_id: str, doc: dict[str, Any]) -> ObjectState:
+        """``{"alive": [v, stamp], "type": [v, stamp], "props": {name: [v, stamp]}}``."""
         live, base_list = doc["alive"]
         base = _stamp(base_list)
         stamps: dict[str, Stamp] = {}

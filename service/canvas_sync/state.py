@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import protocol
-from .model import HybridClock, ObjectState, merge
+from .model import ZERO, HybridClock, ObjectState, merge
 from .protocol import Create, Delete, ProtocolError, Update
 
 
@@ -106,9 +106,11 @@ class CanvasState:
             if existing is not None:
                 return existing
             project = Project(project_id, sync_watermark_ms=watermark_ms)
+            latest = ZERO
             for state in states:
-                self.clock.observe(state.latest_stamp())
+                latest = max(latest, state.latest_stamp())
                 project.set_object(state)
+            self.clock.observe(latest)
             self.projects[project_id] = project
             return project
 
