@@ -136,3 +136,26 @@ def test_stop_while_dynamodb_fails_gives_up_at_the_deadline_and_keeps_the_data(d
     assert worker.stop(timeout=1.0) is False
     assert time.monotonic() - start < 3
     assert state.dirty_counts() == (1, 1)  # still in memory, not dropped
+
+
+def test_contended_objects_are_merged_with_the_table_copy_before_writing(ddb_store: DynamoStore) -> None:
+    state, worker = make(ddb_store)
+    other_clock = HybridClock("b")
+    other_state = CanvasState(other_clock, 10_000, 16_384)
+    other = AutosaveWorker(other_state, DynamoStore(ddb_store.client, ddb_store.table, "b"), other_clock, interval=60)
+    for p in ("calm", "busy"):
+        project = state.install(p, [])
+        state.apply(project, Create(None, "o", "rect", {"x": 0}))
+        worker.run_pass()
+        theirs = other_state.install(p, ddb_store.load_project(p))
+        other_state.apply(theirs, Update(None, "o", {"y": 7}))  # another replica adds y and saves it
+        other.run_pass()
+        state.apply(project, Update(None, "o", {"x": 1}))  # before this replica has pulled it
+    state.get("busy").feed_until = time.monotonic() + 10  # what sync sets when b's token changes
+    reads: list[str] = []
+    ddb_store.client.meta.events.register("before-call.dynamodb.BatchGetItem", lambda **kw: reads.append("get"))
+    worker.run_pass()
+    assert saved(ddb_store, "busy")["o"] == {"id": "o", "type": "rect", "x": 1, "y": 7}  # the union
+    assert saved(ddb_store, "calm")["o"] == {"id": "o", "type": "rect", "x": 1}  # clobbered: anti-entropy's job
+    assert reads == ["get"]  # only the contended project was read
+    other.store.close()

@@ -5,6 +5,12 @@ takes the dirty set (one short lock), writes it outside the lock, and puts back 
 failed. Passes never overlap: the final flush on shutdown runs on this same thread.
 While DynamoDB fails, the pause between passes grows (with jitter) up to a bound, and
 the unsaved objects simply stay dirty in memory.
+
+BatchWriteItem takes no conditions, so a write can overwrite what another replica saved
+a moment ago. For projects another replica saved lately (its token in the project's
+``#head`` changed within the sync overlap window), a pass first reads the table's copy
+of the objects it is about to write (consistent BatchGetItem) and writes the merge of
+both: the union, not a clobber that the other replica would have to repair.
 """
 
 from __future__ import annotations
@@ -16,8 +22,8 @@ import time
 from typing import Any
 
 from .metrics import Metrics
-from .model import HybridClock
-from .state import CanvasState
+from .model import HybridClock, merge
+from .state import CanvasState, DirtyObject
 from .store import DynamoStore, WriteReport
 
 log = logging.getLogger(__name__)
@@ -107,7 +113,7 @@ class AutosaveWorker:
             return None
         start = time.perf_counter()
         try:
-            report = self.store.write(taken, saved_at_ms=self.clock.now()[0])
+            report = self.store.write(self._merged_with_table(taken), saved_at_ms=self.clock.now()[0])
         except Exception as error:  # never let the thread die with objects taken
             log.exception("autosave pass crashed")
             report = WriteReport(failed=list(taken), errors=[f"{type(error).__name__}: {error}"])
@@ -140,6 +146,32 @@ class AutosaveWorker:
             },
         )
         return report
+
+    def _merged_with_table(self, taken: list[DirtyObject]) -> list[DirtyObject]:
+        """Objects of contended projects merged with the table's copy, the rest as taken.
+
+        Memory catches up through the change feed, which is running for those projects.
+        If the read fails, the objects are written as they are: anti-entropy still repairs.
+        """
+        now = time.monotonic()
+        contended = {pid for pid in {o.project for o in taken}
+                     if (project := self.state.get(pid)) is not None and project.feed_until > now}
+        keys = [(o.project, o.state.id) for o in taken if o.project in contended]
+        if not keys:
+            return taken
+        try:
+            table = {(r.project, r.state.id): r.state for r in self.store.get_many(keys)}
+        except Exception as error:
+            self._count_read("error")
+            log.warning("read before save failed; writing memory's copy", extra={"event": "read_before_save_error", "error": str(error)})
+            return taken
+        self._count_read("success")
+        return [DirtyObject(o.project, merge(o.state, table[(o.project, o.state.id)]))
+                if (o.project, o.state.id) in table else o for o in taken]
+
+    def _count_read(self, outcome: str) -> None:
+        if self.metrics:
+            self.metrics.sync_pulls.labels("before_save", outcome).inc()
 
     def _count_heads(self, n: int) -> None:
         if self.metrics and n:

@@ -45,7 +45,10 @@ class Metrics:
             "canvas_autosave_last_success_timestamp_seconds", "Unix time of the last pass that saved everything it took", registry=r
         )
         self.sync_pulls = Counter(
-            "canvas_sync_pulls", "Head reads (heads, one per pass), change-feed queries (feed) and full re-reads (reconcile), by outcome", ["kind", "outcome"], registry=r
+            "canvas_sync_pulls",
+            "Reads of other replicas' saves, by kind (heads: one per pass; feed; reconcile; before_save: "
+            "contended objects read before writing them) and outcome",
+            ["kind", "outcome"], registry=r,
         )
         self.sync_merged = Counter("canvas_sync_objects_merged", "Objects whose state changed by merging what another save wrote", registry=r)
         self.sync_repairs = Counter("canvas_sync_repairs", "Objects marked dirty because the table was behind memory (anti-entropy)", registry=r)
@@ -59,7 +62,7 @@ class Metrics:
         for outcome in ("success", "error"):
             self.batches.labels(outcome)
             self.project_loads.labels(outcome)
-            for kind in ("heads", "feed", "reconcile"):
+            for kind in ("heads", "feed", "reconcile", "before_save"):
                 self.sync_pulls.labels(kind, outcome)
 
     def observe_batch(self, outcome: str, seconds: float, written: int) -> None:
