@@ -117,8 +117,13 @@ class ObjectState:
         self._init(id, alive[0], base, type[0], {name: value for name, (value, _) in (props or {}).items()}, stamps or None)
 
     def _init(self, id: str, live: Any, base: Stamp, type_: Any, values: dict[str, Any], stamps: dict[str, Stamp] | None) -> None:  # noqa: A002
-        for name, value in (("id", id), ("_live", live), ("_base", base), ("_type", type_), ("_values", values), ("_stamps", stamps)):
-            object.__setattr__(self, name, value)
+        set_ = object.__setattr__  # the class refuses plain assignment; an update makes one of these
+        set_(self, "id", id)
+        set_(self, "_live", live)
+        set_(self, "_base", base)
+        set_(self, "_type", type_)
+        set_(self, "_values", values)
+        set_(self, "_stamps", stamps)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("ObjectState is immutable")
