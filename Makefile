@@ -27,7 +27,7 @@ test: $(VENV)/.installed
 	-$(PY) -m canvas_sync.dynamodb_local fetch
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## bench: every benchmark beside its baseline, against DynamoDB Local (about 6 minutes);
+## bench: every benchmark beside its baseline, against DynamoDB Local (about 8 minutes);
 ## prints the tables and writes docs/bench/RESULTS.md, results.json and PNG plots
 bench: $(VENV)/.installed dynamodb-local
 	$(PY) -m pip install -q -e '.[bench]'

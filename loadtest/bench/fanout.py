@@ -58,17 +58,26 @@ async def _run(base: str, seconds: float) -> dict[str, float]:
             "delivered_ratio": round(len(latencies) / max(1, sent * READERS), 4)}
 
 
+REPEATS = 3
+
+
 def run(endpoint: str, seconds: float) -> dict[str, Any]:
-    with baseline("baseline_quart.py") as quart_port:
-        bare = uvloop.run(_run(f"ws://127.0.0.1:{quart_port}/relay/fan-{time.time_ns()}", seconds))
-    with replica(endpoint) as port:
-        ours = uvloop.run(_run(f"ws://127.0.0.1:{port}/ws/fan-{time.time_ns()}", seconds))
-    return {"readers": READERS, "bare_quart_relay": bare, "ours": ours,
-            "ratio": round(ours["deliveries_per_s"] / bare["deliveries_per_s"], 3)}
+    """Medians of REPEATS interleaved runs each, every run on a fresh server."""
+    bare_runs, ours_runs = [], []
+    for _ in range(REPEATS):
+        with baseline("baseline_quart.py") as quart_port:
+            bare_runs.append(uvloop.run(_run(f"ws://127.0.0.1:{quart_port}/relay/fan-{time.time_ns()}", seconds)))
+        with replica(endpoint) as port:
+            ours_runs.append(uvloop.run(_run(f"ws://127.0.0.1:{port}/ws/fan-{time.time_ns()}", seconds)))
+    bare, ours = (sorted(runs, key=lambda r: r["deliveries_per_s"])[len(runs) // 2] for runs in (bare_runs, ours_runs))
+    return {"readers": READERS, "repeats": REPEATS, "bare_quart_relay": bare, "ours": ours,
+            "ratio": round(ours["deliveries_per_s"] / bare["deliveries_per_s"], 3),
+            "runs_bare_per_s": [r["deliveries_per_s"] for r in bare_runs],
+            "runs_ours_per_s": [r["deliveries_per_s"] for r in ours_runs]}
 
 
 def markdown(r: dict[str, Any]) -> str:
     rows = [[label, m["updates"], m["deliveries_per_s"], m["p50_ms"], m["p99_ms"], m["delivered_ratio"]]
             for label, m in (("bare Quart relay", r["bare_quart_relay"]), ("canvas-sync", r["ours"]))]
-    return table(f"2. Fan-out: 1 writer, {r['readers']} readers on one project (ratio {r['ratio']})",
+    return table(f"2. Fan-out: 1 writer, {r['readers']} readers on one project (ratio {r['ratio']}; median of {r['repeats']} runs each)",
                  ["server", "updates sent", "deliveries/s", "p50 delivery ms", "p99 delivery ms", "delivered"], rows)

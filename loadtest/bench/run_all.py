@@ -1,7 +1,7 @@
 """``make bench``: every benchmark, each beside a baseline measured in the same run.
 
 Writes ``docs/bench/results.json``, ``docs/bench/RESULTS.md`` (the tables) and PNG plots.
-Takes about 6 minutes on a 2-core machine. On such a machine the load generator shares
+Takes about 8 minutes on a 2-core machine. On such a machine the load generator shares
 the CPUs with the servers, so absolute figures flatten early (scaling most of all);
 the scripts run unchanged on a bigger machine.
 """
