@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
 
 from canvas_sync.model import HybridClock, ObjectState
 from canvas_sync.protocol import Create, Delete, ProtocolError, Update
-from canvas_sync.state import CanvasState, Project
+from canvas_sync.state import CanvasState, Project, gc_paused
 
 
 @pytest.fixture
@@ -171,3 +172,20 @@ def test_merging_into_an_evicted_project_changes_nothing(canvas: CanvasState, pr
     result = canvas.merge_remote(project, [late])  # a pull that was in flight during the eviction
     assert result.changed == [] and canvas.dirty_counts() == (0, 0)
     assert canvas.take_dirty() == []
+
+
+def test_gc_pause_is_shared_by_nested_loads_and_restores_the_previous_setting() -> None:
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the outer load is still running
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # it was off before: it stays off
+    finally:
+        gc.enable()

@@ -21,7 +21,7 @@ from .connection import GOING_AWAY, Connection
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .model import HybridClock
 from .protocol import Create, Delete, Ping, ProtocolError, Update
-from .state import CanvasState, Project
+from .state import CanvasState, Project, gc_paused
 from .store import DynamoStore, StoreError, make_client
 from .sync import SyncWorker
 
@@ -164,8 +164,12 @@ class CanvasService:
     async def _load(self, project_id: str) -> Project:
         start = time.perf_counter()
         watermark = self.clock.wall_ms()  # the change feed takes over from here
+        def read_and_install() -> Project:  # in a thread: a big project never blocks the loop
+            with gc_paused():
+                return self.state.install(project_id, self.store.load_project(project_id), watermark_ms=watermark)
+
         try:
-            states = await asyncio.to_thread(self.store.load_project, project_id)
+            project = await asyncio.to_thread(read_and_install)
         except StoreError:
             self.metrics.project_loads.labels("error").inc()
             log.exception("project load failed", extra={"event": "load_failed", "project": project_id})
@@ -173,8 +177,8 @@ class CanvasService:
         seconds = time.perf_counter() - start
         self.metrics.project_loads.labels("success").inc()
         self.metrics.project_load_seconds.observe(seconds)
-        log.info("project loaded", extra={"event": "loaded", "project": project_id, "objects": len(states), "ms": round(seconds * 1000, 1)})
-        return self.state.install(project_id, states, watermark_ms=watermark)
+        log.info("project loaded", extra={"event": "loaded", "project": project_id, "objects": len(project.objects), "ms": round(seconds * 1000, 1)})
+        return project
 
     # --- one client message ------------------------------------------------------------
 

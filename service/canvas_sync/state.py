@@ -10,15 +10,45 @@ and a project of 10,000 objects with one edit writes one item.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import protocol
 from .model import ZERO, HybridClock, ObjectState, merge
 from .protocol import Create, Delete, ProtocolError, Update
+
+
+_gc_lock = threading.Lock()
+_gc_pausers = 0
+_gc_was_enabled = False
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a project loads.
+
+    A load allocates a few containers per object, all of them kept; the collector would
+    run over them again and again (about a fifth of a 10,000-object load). Reference
+    counting still frees everything meanwhile. Nested and concurrent loads share one pause.
+    """
+    global _gc_pausers, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pausers == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pausers += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 class Subscriber(Protocol):
@@ -100,19 +130,19 @@ class CanvasState:
         return self.projects.get(project_id)
 
     def install(self, project_id: str, states: Iterable[ObjectState], watermark_ms: int = 0) -> Project:
-        """Hold a project loaded from the table (first load wins if raced)."""
+        """Hold a project loaded from the table (first load wins if raced).
+
+        The project and its views are built before taking the lock (nobody sees it yet),
+        so a big load run in a thread never holds up the loop's edits.
+        """
+        project = Project(project_id, sync_watermark_ms=watermark_ms)
+        latest = ZERO
+        for state in states:
+            latest = max(latest, state.latest_stamp())
+            project.set_object(state)
+        self.clock.observe(latest)
         with self.lock:
-            existing = self.projects.get(project_id)
-            if existing is not None:
-                return existing
-            project = Project(project_id, sync_watermark_ms=watermark_ms)
-            latest = ZERO
-            for state in states:
-                latest = max(latest, state.latest_stamp())
-                project.set_object(state)
-            self.clock.observe(latest)
-            self.projects[project_id] = project
-            return project
+            return self.projects.setdefault(project_id, project)
 
     def evict_idle(self, idle_seconds: float, now: float | None = None) -> list[str]:
         """Drop projects with no connections, nothing unsaved and no recent activity."""
