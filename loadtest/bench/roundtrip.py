@@ -14,7 +14,7 @@ from websockets.asyncio.client import connect
 from common import baseline, cpu_seconds, pct, process, replica, table
 
 CLIENTS = (8, 32, 128)
-REPEATS = 5
+REPEATS = 3
 """Runs of bare Quart and of canvas-sync per client count, interleaved; the median is reported."""
 
 
