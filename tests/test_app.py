@@ -212,7 +212,10 @@ def test_metrics_named_in_the_contract(replica: Replica) -> None:
         return float(match.group(1))
 
     deadline = time.monotonic() + 5
-    while value('canvas_autosave_batches_total{outcome="success"}') < 1 and time.monotonic() < deadline:
+    # a pass counts its batches as they return and sets the timestamp when it ends
+    # (after the #head update), so wait for both
+    while (value('canvas_autosave_batches_total{outcome="success"}') < 1
+           or value("canvas_autosave_last_success_timestamp_seconds") == 0) and time.monotonic() < deadline:
         time.sleep(0.1)
         text = http_text(f"{replica.url}/metrics")
     # the create and the update may land in one pass or in two

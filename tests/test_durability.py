@@ -68,6 +68,8 @@ def test_dirty_lifecycle_and_no_writes_when_idle(replicas: Any) -> None:
     assert status()["dirty_objects"] == 3
     wait_until(lambda: status()["dirty_objects"] == 0, timeout=5)
     assert status()["last_save_at"] is not None
+    # the pass logs its line just after the objects stop counting as dirty
+    wait_until(lambda: sum(p["written"] for p in replica.log_events("autosave_pass")) == 3, timeout=5)
     batches = metric(replica, 'canvas_autosave_batches_total{outcome="success"}')
     passes = len(replica.log_events("autosave_pass"))
     time.sleep(2.0)  # four idle intervals
