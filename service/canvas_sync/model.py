@@ -226,21 +226,11 @@ class ObjectState:
     @classmethod
     def _from_pairs_doc(cls, object_id: str, doc: dict[str, Any]) -> ObjectState:
         """``{"alive": [v, stamp], "type": [v, stamp], "props": {name: [v, stamp]}}``."""
-        live, base_list = doc["alive"]
-        base = _stamp(base_list)
-        stamps: dict[str, Stamp] = {}
-        type_, type_stamp = doc["type"]
-        if type_stamp != base_list:
-            stamps[_TYPE] = _stamp(type_stamp)
-        values: dict[str, Any] = {}
-        for name, (value, stamp) in doc.get("props", {}).items():
-            name = sys.intern(name)
-            values[name] = value
-            if stamp != base_list:
-                stamps[name] = _stamp(stamp)
-        state = cls.__new__(cls)
-        state._init(object_id, live, base, type_, values, {k: v for k, v in stamps.items() if v != base} or None)
-        return state
+        def fld(pair: list[Any]) -> Field:
+            return pair[0], _stamp(pair[1])
+
+        return cls(object_id, fld(doc["alive"]), fld(doc["type"]),
+                   {sys.intern(k): fld(v) for k, v in doc.get("props", {}).items()})
 
 
 def _stamp(raw: list[Any]) -> Stamp:

@@ -69,8 +69,8 @@ class Project:
     sync_watermark_ms: int = 0
     """Largest ``saved_at`` pulled from the change feed (or the load's start)."""
     last_reconcile: float = field(default_factory=time.monotonic)
-    other_heads: dict[str, str] | None = None
-    """Other replicas' tokens in the project's ``#head`` as last read; None before the first read (see sync.py)."""
+    other_heads: dict[str, str] = field(default_factory=dict)
+    """Other replicas' tokens in the project's ``#head`` as last read (see sync.py)."""
     feed_until: float = 0.0
     """Monotonic time until which the change feed is queried every pass."""
 

@@ -4,10 +4,10 @@ Every ``CANVAS_SYNC_INTERVAL`` this replica reads the ``#head`` items of all the
 it holds (BatchGetItem, 100 a request). A replica writes its token into a project's head
 after each save pass that wrote the project's objects, so a token from another replica
 that changed since the last pass (or any such token, on the first read after a load)
-means new items. Such a project then asks the ``by_saved_at`` index for items saved after its watermark minus an overlap
-window, every pass for ``CANVAS_SYNC_OVERLAP`` seconds (the index is eventually
-consistent, clocks are skewed, so a window is re-read rather than trusting an exact
-cursor). A project nobody else saves costs no query at all. Every
+means new items. Such a project then asks the ``by_saved_at`` index for items saved
+after its watermark minus an overlap window, every pass for ``CANVAS_SYNC_OVERLAP``
+seconds (the index is eventually consistent, clocks are skewed, so a window is re-read
+rather than trusting an exact cursor). A project nobody else saves costs no query at all. Every
 ``CANVAS_RECONCILE_INTERVAL`` a project is re-read whole as a safety net, and if the
 heads cannot be read, every held project is queried as before.
 
@@ -100,9 +100,9 @@ class SyncWorker:
         me = self.clock.replica_id
         for project in projects:
             others = {writer: token for writer, token in heads.get(project.id, {}).items() if writer != me}
-            # After a load, any other replica's token counts as new: it may stand for a
-            # save that landed between the load's read and this one.
-            if others != (project.other_heads if project.other_heads is not None else {}):
+            # After a load (nothing read yet), any other replica's token counts as new:
+            # it may stand for a save that landed between the load's read and this one.
+            if others != project.other_heads:
                 project.feed_until = now + self.overlap_ms / 1000
             project.other_heads = others
         return [p for p in projects if now < p.feed_until]
