@@ -192,7 +192,8 @@ def test_http_endpoints(replica: Replica) -> None:
     assert http_json(f"{replica.url}/projects/p9/status")[1]["loaded"] is True
     status, health = http_json(f"{replica.url}/health")
     assert status == 200 and health["replica"] == "replica-a" and health["status"] == "ok"
-    assert set(health["autosave"]) == {"interval_s", "worker_alive", "dirty_projects", "dirty_objects", "last_save_at", "last_error"}
+    assert set(health["autosave"]) == {"interval_s", "worker_alive", "dirty_projects", "dirty_objects", "last_save_at", "last_error",
+                                      "quarantined"}
     assert health["autosave"]["worker_alive"] is True
 
 

@@ -1,4 +1,4 @@
-"""The auto-save worker against AWS DynamoDB Local, with injected faults."""
+"""The auto-save worker against AWS DynamoDB Local (and the in-memory store), with injected faults."""
 
 from __future__ import annotations
 
@@ -10,22 +10,27 @@ from typing import Any
 import pytest
 
 from canvas_sync.autosave import AutosaveWorker
-from canvas_sync.model import HybridClock
-from canvas_sync.protocol import Create, Update
-from canvas_sync.state import CanvasState
-from canvas_sync.store import DynamoStore
+from canvas_sync.metrics import Metrics
+from canvas_sync.model import HybridClock, ObjectState
+from canvas_sync.protocol import Create, Delete, ProtocolError, Update
+from canvas_sync.state import CanvasState, Project
+from canvas_sync.store import DynamoStore, MemoryStore, Store
 from test_store import FlakyClient
 
 pytestmark = pytest.mark.dynamodb_local
 
 
-def make(store: DynamoStore, interval: float = 60.0) -> tuple[CanvasState, AutosaveWorker]:
+def make(store: Store, interval: float = 60.0, metrics: Metrics | None = None) -> tuple[CanvasState, AutosaveWorker]:
     clock = HybridClock("a")
-    state = CanvasState(clock, 10_000, 16_384)
-    return state, AutosaveWorker(state, store, clock, interval=interval, max_backoff=0.2)
+    state = CanvasState(clock)
+    return state, AutosaveWorker(state.dirty, store, clock, interval=interval, max_backoff=0.2, metrics=metrics)
 
 
-def saved(store: DynamoStore, project: str = "p1") -> dict[str, dict[str, Any] | None]:
+def hold(state: CanvasState, project_id: str = "p1", store: Store | None = None) -> Project:
+    return state.install(state.build(project_id, store.load_project(project_id) if store else []))
+
+
+def saved(store: Store, project: str = "p1") -> dict[str, dict[str, Any] | None]:
     return {s.id: s.view() for s in store.load_project(project)}
 
 
@@ -33,21 +38,21 @@ def test_fifty_objects_go_out_in_batches_of_at_most_25(ddb_store: DynamoStore) -
     calls: list[int] = []
     ddb_store.observer = lambda outcome, seconds, written: calls.append(written)
     state, worker = make(ddb_store)
-    project = state.install("p1", [])
+    project = hold(state)
     for i in range(50):
         state.apply(project, Create(None, f"o{i}", "rect", {"i": i}))
     report = worker.run_pass()
     assert report is not None and report.written == 50 and report.batches == 2
     assert calls == [25, 25]
     assert len(saved(ddb_store)) == 50
-    assert state.dirty_counts() == (0, 0) and project.last_save_at is not None
+    assert state.dirty.counts() == (0, 0) and state.dirty.last_save("p1") is not None
 
 
 def test_no_write_when_nothing_changed(ddb_store: DynamoStore) -> None:
     calls: list[int] = []
     ddb_store.observer = lambda outcome, seconds, written: calls.append(written)
     state, worker = make(ddb_store, interval=0.05)
-    state.install("p1", [])
+    hold(state)
     worker.start()
     time.sleep(0.5)  # about ten intervals
     assert worker.stop(timeout=1)
@@ -57,7 +62,7 @@ def test_no_write_when_nothing_changed(ddb_store: DynamoStore) -> None:
 
 def test_one_pass_logs_one_structured_line(ddb_store: DynamoStore, caplog: pytest.LogCaptureFixture) -> None:
     state, worker = make(ddb_store)
-    project = state.install("p1", [])
+    project = hold(state)
     state.apply(project, Create(None, "r1", "rect", {}))
     state.apply(project, Create(None, "r2", "rect", {}))
     with caplog.at_level(logging.INFO, logger="canvas_sync.autosave"):
@@ -71,15 +76,15 @@ def test_failed_and_partial_batches_are_retried_and_nothing_is_lost(ddb_store: D
     real = ddb_store.client
     ddb_store.client = FlakyClient(real, ["error", "half", "half"])
     state, worker = make(ddb_store)
-    project = state.install("p1", [])
+    project = hold(state)
     for i in range(20):
         state.apply(project, Create(None, f"o{i}", "rect", {"i": i}))
     first = worker.run_pass()
     assert first is not None and len(first.failed) == 20 and worker.last_error
-    assert state.dirty_counts() == (1, 20)  # all put back
+    assert state.dirty.counts() == (1, 20)  # all put back
     second = worker.run_pass()  # two partial answers, then the rest
     assert second is not None and not second.failed and second.written == 20
-    assert worker.last_error is None and state.dirty_counts() == (0, 0)
+    assert worker.last_error is None and state.dirty.counts() == (0, 0)
     assert len(saved(ddb_store)) == 20
 
 
@@ -102,7 +107,7 @@ class BlockingClient:
 def test_edit_during_a_save_is_not_lost_or_cleared(ddb_store: DynamoStore) -> None:
     ddb_store.client = blocking = BlockingClient(ddb_store.client)
     state, worker = make(ddb_store)
-    project = state.install("p1", [])
+    project = hold(state)
     state.apply(project, Create(None, "r1", "rect", {"x": 0}))
     saver = threading.Thread(target=worker.run_pass)
     saver.start()
@@ -111,7 +116,7 @@ def test_edit_during_a_save_is_not_lost_or_cleared(ddb_store: DynamoStore) -> No
     blocking.release.set()
     saver.join(5)
     assert saved(ddb_store)["r1"] == {"id": "r1", "type": "rect", "x": 0}
-    assert state.dirty_counts() == (1, 1)  # the newer edit is still dirty
+    assert state.dirty.counts() == (1, 1)  # the newer edit is still dirty
     worker.run_pass()
     assert saved(ddb_store)["r1"] == {"id": "r1", "type": "rect", "x": 1}
 
@@ -119,7 +124,7 @@ def test_edit_during_a_save_is_not_lost_or_cleared(ddb_store: DynamoStore) -> No
 def test_stop_flushes_everything_first(ddb_store: DynamoStore) -> None:
     state, worker = make(ddb_store, interval=3600)
     worker.start()
-    project = state.install("p1", [])
+    project = hold(state)
     for i in range(40):
         state.apply(project, Create(None, f"o{i}", "rect", {}))
     assert worker.stop(timeout=10)
@@ -130,28 +135,28 @@ def test_stop_while_dynamodb_fails_gives_up_at_the_deadline_and_keeps_the_data(d
     ddb_store.client = FlakyClient(ddb_store.client, ["error"] * 1000)
     state, worker = make(ddb_store, interval=3600)
     worker.start()
-    project = state.install("p1", [])
+    project = hold(state)
     state.apply(project, Create(None, "r1", "rect", {}))
     start = time.monotonic()
     assert worker.stop(timeout=1.0) is False
     assert time.monotonic() - start < 3
-    assert state.dirty_counts() == (1, 1)  # still in memory, not dropped
+    assert state.dirty.counts() == (1, 1)  # still in memory, not dropped
 
 
 def test_contended_objects_are_merged_with_the_table_copy_before_writing(ddb_store: DynamoStore) -> None:
     state, worker = make(ddb_store)
     other_clock = HybridClock("b")
-    other_state = CanvasState(other_clock, 10_000, 16_384)
-    other = AutosaveWorker(other_state, DynamoStore(ddb_store.client, ddb_store.table, "b"), other_clock, interval=60)
+    other_state = CanvasState(other_clock)
+    other = AutosaveWorker(other_state.dirty, DynamoStore(ddb_store.client, ddb_store.table, "b"), other_clock, interval=60)
     for p in ("calm", "busy"):
-        project = state.install(p, [])
+        project = hold(state, p)
         state.apply(project, Create(None, "o", "rect", {"x": 0}))
         worker.run_pass()
-        theirs = other_state.install(p, ddb_store.load_project(p))
+        theirs = hold(other_state, p, ddb_store)
         other_state.apply(theirs, Update(None, "o", {"y": 7}))  # another replica adds y and saves it
         other.run_pass()
         state.apply(project, Update(None, "o", {"x": 1}))  # before this replica has pulled it
-    state.get("busy").feed_until = time.monotonic() + 10  # what sync sets when b's token changes
+    worker.contended = lambda: frozenset({"busy"})  # what sync publishes when b's token changes
     reads: list[str] = []
     ddb_store.client.meta.events.register("before-call.dynamodb.BatchGetItem", lambda **kw: reads.append("get"))
     worker.run_pass()
@@ -159,3 +164,45 @@ def test_contended_objects_are_merged_with_the_table_copy_before_writing(ddb_sto
     assert saved(ddb_store, "calm")["o"] == {"id": "o", "type": "rect", "x": 1}  # clobbered: anti-entropy's job
     assert reads == ["get"]  # only the contended project was read
     other.store.close()
+
+
+def poisoned(object_id: str) -> ObjectState:
+    """An object whose stored form is past DynamoDB's 400 KB item limit, as no client edit can make
+    any more (a forged item, or a limit raised by hand): 5,000 removed properties."""
+    stamp = (int(time.time() * 1000), 0, "a")
+    removed = {f"p{i:05}" + "x" * 58: (None, (stamp[0] + 1, i, "a")) for i in range(5000)}
+    return ObjectState(object_id, (True, stamp), ("rect", stamp), removed)
+
+
+@pytest.mark.parametrize("backend", ["memory", "dynamodb_local"])
+def test_one_object_the_store_refuses_never_holds_back_its_neighbours(
+    backend: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    store: Store = MemoryStore("a") if backend == "memory" else request.getfixturevalue("ddb_store")
+    metrics = Metrics()
+    state, worker = make(store, metrics=metrics)
+    project = hold(state)
+    for i in range(24):
+        state.apply(project, Create(None, f"n{i:02}", "rect", {"i": i}))
+    bad = poisoned("bad")
+    project.set_object(bad)
+    state.dirty.mark("p1", bad)
+    with caplog.at_level(logging.ERROR, logger="canvas_sync.autosave"):
+        report = worker.run_pass()
+    assert report is not None and report.written == 24 and not report.failed
+    assert sorted(saved(store)) == [f"n{i:02}" for i in range(24)]  # all 24 neighbours landed
+    assert [(o.state.id, "Item size" in why) for o, why in report.refused] == [("bad", True)]
+    assert state.dirty.counts() == (0, 0) and worker.last_error is None  # no backoff for everyone
+    (entry,) = worker.status()["quarantined"]
+    assert (entry["project"], entry["object"]) == ("p1", "bad")
+    assert metrics.quarantined._value.get() == 0  # bound by the service; the counter below is the worker's
+    assert metrics.refused._value.get() == 1
+    assert [r.event for r in caplog.records if getattr(r, "event", None)] == ["quarantined"]
+    assert "bad" in project.objects and state.dirty.holds("p1")  # kept in memory, never evicted
+    assert worker.run_pass() is None  # not retried on every pass
+    with pytest.raises(ProtocolError) as info:
+        state.apply(project, Update(None, "bad", {"x": 1}))  # a client cannot make it bigger still
+    assert info.value.code == "too_large"
+    state.apply(project, Delete(None, "bad"))  # but can delete it: a small tombstone, saved
+    again = worker.run_pass()
+    assert again is not None and again.written == 1 and not again.refused and worker.status()["quarantined"] == []

@@ -32,9 +32,10 @@ def settled(replica: Replica, project: str) -> bool:
     return http_json(f"{replica.url}/projects/{project}/status")[1]["dirty_objects"] == 0
 
 
-def feed_pulls(replica: Replica) -> float:
+def sync_passes(replica: Replica) -> float:
+    """Sync passes so far: each reads the heads once."""
     text = urllib.request.urlopen(f"{replica.url}/metrics", timeout=5).read().decode()
-    line = next(x for x in text.splitlines() if x.startswith('canvas_sync_pulls_total{kind="feed",outcome="success"}'))
+    line = next(x for x in text.splitlines() if x.startswith('canvas_sync_pulls_total{kind="heads",outcome="success"}'))
     return float(line.split()[-1])
 
 
@@ -156,8 +157,8 @@ def test_delete_against_concurrent_update_and_a_stale_replica(replicas: Any) -> 
     wait_until(lambda: settled(a, "p"))
     cs = Client(stale, "p")  # loads the live object
     assert [o["id"] for o in cs.seen[0]["objects"]] == ["o"]
-    before = feed_pulls(stale)
-    wait_until(lambda: feed_pulls(stale) > before)  # it just pulled: about 4 s until the next pull
+    before = sync_passes(stale)
+    wait_until(lambda: sync_passes(stale) > before)  # it just pulled: about 4 s until the next pull
     ca.ws.send(json.dumps({"op": "delete", "id": "o"}))
     cb.ws.send(json.dumps({"op": "update", "id": "o", "props": {"x": 1}}))
     time.sleep(AUTOSAVE + SYNC + 0.5)  # the delete is saved and pulled by a and b

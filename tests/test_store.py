@@ -11,8 +11,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from canvas_sync.model import ObjectState
-from canvas_sync.state import DirtyObject
-from canvas_sync.store import HEAD, HEAD_WRITER_MAX_AGE_MS, INDEX_SAVED_AT, TTL_ATTRIBUTE, DynamoStore, make_client
+from canvas_sync.dirty import DirtyObject
+from canvas_sync.store import HEAD, HEAD_WRITER_MAX_AGE_MS, INDEX_SAVED_AT, TTL_ATTRIBUTE, WRITER_PREFIX, DynamoStore, make_client
 
 
 @pytest.fixture(params=["moto", "dynamodb_local"])
@@ -158,16 +158,17 @@ def test_get_many_reads_the_given_keys(store: DynamoStore) -> None:
 
 
 def test_a_save_pass_marks_each_saved_project_in_its_head(store: DynamoStore) -> None:
+    now = int(time.time() * 1000)
     assert store.heads(["p1"]) == {"p1": {}}
-    first = store.write(dirty(30) + dirty(2, project="p2"), saved_at_ms=1_000)
+    first = store.write(dirty(30) + dirty(2, project="p2"), saved_at_ms=now)
     assert first.heads == 2
     heads = store.heads(["p1", "p2", "p3"])
     assert set(heads["p1"]) == {"r1"} and heads["p1"] == heads["p2"] and heads["p3"] == {}
-    store.write(dirty(1), saved_at_ms=1_000)  # same milliseconds, still a new token
+    store.write(dirty(1), saved_at_ms=now)  # same milliseconds, still a new token
     again = store.heads(["p1", "p2"])
     assert again["p1"]["r1"] != heads["p1"]["r1"] and again["p2"] == heads["p2"]
     other = DynamoStore(store.client, store.table, "r2", concurrency=1)
-    other.write(dirty(1), saved_at_ms=2_000)
+    other.write(dirty(1), saved_at_ms=now + 1)
     assert set(store.heads(["p1"])["p1"]) == {"r1", "r2"}  # one attribute per replica, none overwritten
     other.close()
     # the head is not an object: not loaded, not in the change feed
@@ -203,8 +204,41 @@ def test_a_failed_head_update_is_owed_and_retried(store: DynamoStore) -> None:
     report = store.write(dirty(2), saved_at_ms=1)
     assert not report.failed and report.heads == 0 and store.heads_owed
     assert store.heads(["p1"]) == {"p1": {}}
-    assert store.touch_heads(set(), 2) == 1 and not store.heads_owed
+    assert store.announce() == 1 and not store.heads_owed
     assert set(store.heads(["p1"])["p1"]) == {"r1"}
+
+
+def test_a_token_names_the_lowest_saved_at_it_announces(store: DynamoStore) -> None:
+    """Items saved in a pass whose head update failed are announced later with their own saved_at."""
+    store.client = FailingUpdates(store.client, 1)
+    store.write(dirty(1), saved_at_ms=1_000)  # written, not announced
+    store.write(dirty(1, project="p1", extra=1)[:1], saved_at_ms=2_000)
+    token = store.heads(["p1"])["p1"]["r1"]
+    assert token.startswith("1000.")  # a reader queries the feed from the first pass on
+    store.write(dirty(1), saved_at_ms=3_000)
+    assert store.heads(["p1"])["p1"]["r1"].startswith("3000.")
+
+
+def test_pruning_a_head_keeps_a_replica_that_wrote_again(store: DynamoStore) -> None:
+    now = int(time.time() * 1000)
+    old = f"{now - HEAD_WRITER_MAX_AGE_MS - 1000}.1"
+    key = {"project_id": {"S": "p1"}, "object_id": {"S": HEAD}}
+    store.client.put_item(TableName=store.table, Item={**key, "w_pod": {"S": f"{now}.9"}})  # it came back
+    store._prune_head(key, {**key, "w_pod": {"S": old}}, now)  # a stale read still says it is gone
+    assert set(store.heads(["p1"])["p1"]) == {"pod"}
+    store._prune_head(key, {**key, "w_pod": {"S": f"{now}.9"}}, now + HEAD_WRITER_MAX_AGE_MS + 1000)
+    assert store.heads(["p1"])["p1"] == {}
+
+
+def test_an_item_past_the_size_limit_is_refused_alone_and_its_batch_saved(store: DynamoStore) -> None:
+    stamp = (int(time.time() * 1000), 0, "r1")
+    bad = ObjectState("bad", (True, stamp), ("rect", stamp), {f"p{i:05}" + "x" * 58: (None, stamp) for i in range(8000)})
+    objects = dirty(12) + [DirtyObject("p1", bad)] + dirty(12, project="p2")
+    report = store.write(objects, saved_at_ms=1)
+    assert [(o.state.id, "size" in why.lower()) for o, why in report.refused] == [("bad", True)]
+    assert report.written == 24 and not report.failed
+    assert len(store.load_project("p1")) == 12 and len(store.load_project("p2")) == 12
+    assert set(store.heads(["p1", "p2"])) == {"p1", "p2"} and all(store.heads(["p1", "p2"]).values())
 
 
 def test_replicas_gone_for_long_are_dropped_from_heads(store: DynamoStore) -> None:

@@ -1,48 +1,138 @@
-"""The sync worker against DynamoDB Local: heads decide which change feeds are queried."""
+"""Sync: its decisions as plain functions, the worker on the in-memory store, and DynamoDB Local."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from canvas_sync import sync as sync_module
+from canvas_sync.dirty import DirtyObject
 from canvas_sync.dynamodb_local import DynamoDBLocal
 from canvas_sync.metrics import Metrics
 from canvas_sync.model import HybridClock, ObjectState
-from canvas_sync.state import CanvasState, DirtyObject
-from canvas_sync.store import DynamoStore, make_client
-from canvas_sync.sync import SyncWorker
-
-pytestmark = pytest.mark.dynamodb_local
+from canvas_sync.state import CanvasState, Project
+from canvas_sync.store import DynamoStore, MemoryStore, Store, make_client
+from canvas_sync.store.memory import InjectedFault
+from canvas_sync.sync import Backoff, Cursor, SyncWorker, feed_since, note_heads, plan, reconcile_budget
 
 OVERLAP = 0.3
+
+# --- decisions --------------------------------------------------------------------------
+
+
+def test_a_changed_token_opens_a_feed_window_from_the_save_it_announces() -> None:
+    cursor = Cursor(watermark_ms=50_000, last_reconcile=0.0, other_heads={"b": "10000.1"})
+    note_heads(cursor, {"b": "10000.1"}, now=1.0, overlap_s=10)
+    assert cursor.feed_until == 0.0  # nothing new
+    note_heads(cursor, {"b": "20000.2", "c": "30000.1"}, now=2.0, overlap_s=10)
+    assert cursor.feed_until == 12.0 and cursor.feed_from_ms == 20_000
+    assert feed_since(cursor, overlap_ms=10_000) == 19_999  # the slow save is older than the overlap
+    note_heads(cursor, {"b": "20000.2", "c": "40000.2"}, now=5.0, overlap_s=10)
+    assert cursor.feed_from_ms == 20_000 and cursor.feed_until == 15.0  # still within the window: the lowest stays
+    note_heads(cursor, {"b": "45000.3", "c": "40000.2"}, now=20.0, overlap_s=10)
+    assert cursor.feed_from_ms == 45_000  # a new window starts afresh
+    assert feed_since(cursor, overlap_ms=10_000) == 40_000  # the overlap reaches further back this time
+
+
+def test_tokens_unknown_at_load_go_by_the_overlap_alone() -> None:
+    cursor = Cursor(watermark_ms=50_000, last_reconcile=0.0, other_heads=None)
+    note_heads(cursor, {"b": "1000.1"}, now=1.0, overlap_s=10)  # an old token: no query from the dawn of time
+    assert cursor.feed_until == 11.0 and cursor.feed_from_ms is None
+    assert feed_since(cursor, overlap_ms=10_000) == 40_000
+
+
+def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
+    backoff = Backoff()
+    delays = []
+    for _ in range(8):
+        backoff.failed(now=100.0, base=1.0, cap=30.0, rand=1.0)
+        delays.append(round(backoff.retry_at - 100.0, 2))
+    assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    backoff.failed(now=100.0, base=1.0, cap=30.0, rand=0.0)
+    assert backoff.retry_at == 115.0  # jitter: half to all of the delay
+    assert not backoff.ready(114.0) and backoff.ready(115.0)
+    backoff.succeeded()
+    assert backoff.failures == 0 and backoff.ready(0.0)
+
+
+def test_reconciles_are_spread_at_twice_the_steady_rate() -> None:
+    assert reconcile_budget(1000, interval=1.0, reconcile_interval=60.0) == 34
+    assert reconcile_budget(3, interval=1.0, reconcile_interval=60.0) == 1
+
+
+cursors_st = st.dictionaries(
+    st.text("abcdef", min_size=1, max_size=3),
+    st.builds(
+        Cursor,
+        watermark_ms=st.integers(0, 10**6),
+        last_reconcile=st.floats(0, 200),
+        other_heads=st.just({}),
+        feed_until=st.floats(0, 200),
+        feed_from_ms=st.none() | st.integers(0, 10**6),
+        backoff=st.builds(Backoff, failures=st.integers(0, 5), retry_at=st.floats(0, 200)),
+    ),
+    max_size=12,
+)
+
+
+@given(cursors_st, st.floats(0, 200), st.integers(1, 5))
+def test_plan_reads_each_project_at_most_once_and_never_while_it_backs_off(
+    cursors: dict[str, Cursor], now: float, budget: int
+) -> None:
+    todo = plan(cursors, now, overlap_ms=10_000, reconcile_interval=60.0, max_reconciles=budget)
+    feed = [pid for pid, _ in todo.feed]
+    assert len(todo.reconcile) <= budget and not set(todo.reconcile) & set(feed)
+    assert len(set(feed)) == len(feed)
+    for pid in [*todo.reconcile, *feed]:
+        assert cursors[pid].backoff.ready(now)
+    for pid in todo.reconcile:
+        assert now - cursors[pid].last_reconcile >= 60.0
+    waiting = [pid for pid, c in cursors.items() if c.backoff.ready(now) and now - c.last_reconcile >= 60.0]
+    skipped = set(waiting) - set(todo.reconcile)
+    assert all(cursors[a].last_reconcile <= cursors[b].last_reconcile for a in todo.reconcile for b in skipped)
+    for pid, since in todo.feed:
+        assert now < cursors[pid].feed_until and since <= cursors[pid].watermark_ms - 10_000
+        if cursors[pid].feed_from_ms is not None:
+            assert since < cursors[pid].feed_from_ms
+
+
+# --- the worker, on the in-memory store ------------------------------------------------
 
 
 class Node:
     """One replica's state, store and sync worker, in this process."""
 
-    def __init__(self, endpoint: str, table: str, name: str) -> None:
+    def __init__(self, store: Store, name: str, reconcile: float = 3600.0) -> None:
         self.clock = HybridClock(name)
-        self.state = CanvasState(self.clock, 1000, 16384)
-        self.store = DynamoStore(make_client(endpoint), table, replica_id=name, concurrency=2)
+        self.state = CanvasState(self.clock)
+        self.store = store
         self.metrics = Metrics()
-        self.sync = SyncWorker(self.state, self.store, self.clock, self.metrics, interval=0.05,
-                               overlap=OVERLAP, reconcile_interval=3600)
+        self.sync = SyncWorker(self.state, store, self.clock, self.metrics, interval=0.05, overlap=OVERLAP,
+                               reconcile_interval=reconcile, max_backoff=2.0, rand=lambda: 0.5)
         self.queried: list[str] = []
-        real = self.store.changes_since
+        real = store.changes_since
 
         def counted(project: str, after_ms: int) -> Any:
             self.queried.append(project)
             return real(project, after_ms)
 
-        self.store.changes_since = counted  # type: ignore[method-assign]
+        store.changes_since = counted  # type: ignore[method-assign]
 
-    def save(self, project: str, object_id: str, **props: Any) -> None:
+    def hold(self, project: str) -> Project:
+        project_obj = self.state.build(project, self.store.load_project(project), self.clock.wall_ms())
+        project_obj.loaded_heads = self.store.heads([project])[project]
+        return self.state.install(project_obj)
+
+    def save(self, project: str, object_id: str, saved_at_ms: int | None = None, **props: Any) -> None:
         state = ObjectState.created(object_id, "rect", props, self.clock.now())
-        report = self.store.write([DirtyObject(project, state)], saved_at_ms=self.clock.now()[0])
+        report = self.store.write([DirtyObject(project, state)], saved_at_ms=saved_at_ms or self.clock.now()[0])
         assert not report.failed and report.heads == 1
 
     def pass_once(self) -> list[str]:
@@ -53,49 +143,200 @@ class Node:
 
 
 @pytest.fixture
-def nodes(dynamodb_local: DynamoDBLocal, table: str) -> Iterator[tuple[Node, Node]]:
-    a, b = Node(dynamodb_local.endpoint, table, "a"), Node(dynamodb_local.endpoint, table, "b")
-    yield a, b
-    a.store.close()
-    b.store.close()
+def memory_nodes() -> tuple[Node, Node]:
+    a_store = MemoryStore("a")
+    return Node(a_store, "a"), Node(MemoryStore("b", shared=a_store), "b")
 
 
-def test_only_projects_another_replica_saved_are_queried(nodes: tuple[Node, Node]) -> None:
-    a, b = nodes
+def only_other_replicas_saves_are_queried(a: Node, b: Node) -> None:
     b.save("shared", "s0", x=0)
     for p in ("mine", "shared", "idle"):
-        a.state.install(p, [])
+        a.hold(p)
     a.save("mine", "m1", x=1)
-    assert a.pass_once() == ["shared"]  # just loaded and saved by another: queried for the overlap window
-    time.sleep(OVERLAP + 0.05)
-    assert a.pass_once() == []  # own saves and no saves cost no query
+    assert a.pass_once() == []  # b's save was there before the load: in the snapshot already
     a.save("mine", "m2", x=2)
-    assert a.pass_once() == []
+    assert a.pass_once() == []  # own saves and no saves cost no query
 
     b.save("shared", "s1", x=3)
     assert a.pass_once() == ["shared"]
-    assert a.state.get("shared").views["s1"] == '{"id":"s1","type":"rect","x":3}'
+    assert a.state.get("shared").views["s1"] == '{"id":"s1","type":"rect","x":3}'  # type: ignore[union-attr]
     assert a.pass_once() == ["shared"]  # re-read for the overlap window (index lag, skew)
     time.sleep(OVERLAP + 0.05)
     assert a.pass_once() == []
-    heads = a.metrics.sync_pulls.labels("heads", "success")._value.get()
-    assert heads == 6  # one BatchGetItem a pass for all three projects
+    assert a.metrics.sync_pulls.labels("heads", "success")._value.get() == 5  # one read a pass for all three
 
 
-def test_unreadable_heads_fall_back_to_every_feed(nodes: tuple[Node, Node]) -> None:
-    a, b = nodes
-    a.state.install("p1", [])
-    a.state.install("p2", [])
+def test_only_projects_another_replica_saved_are_queried(memory_nodes: tuple[Node, Node]) -> None:
+    only_other_replicas_saves_are_queried(*memory_nodes)
+
+
+def test_a_save_that_lands_late_is_found_through_its_token(memory_nodes: tuple[Node, Node]) -> None:
+    """A batch slowed past the overlap: its items carry an old saved_at, its token says so."""
+    a, b = memory_nodes
+    a.hold("p")
+    late_stamp = b.clock.now()[0]  # b's pass fixes saved_at here...
+    time.sleep(OVERLAP + 0.1)
+    c = Node(MemoryStore("c", shared=a.store), "c")  # type: ignore[arg-type]
+    c.save("p", "c1", x=1)  # ...meanwhile c saves, and a's watermark moves past b's saved_at + overlap
+    assert a.pass_once() == ["p"]
+    assert a.sync.cursors["p"].watermark_ms - late_stamp > OVERLAP * 1000
+    b.save("p", "b1", saved_at_ms=late_stamp, x=2)  # ...and b's batch lands now
     a.pass_once()
-    time.sleep(OVERLAP + 0.05)
-    assert a.pass_once() == []
+    assert "b1" in a.state.get("p").views  # type: ignore[union-attr]
 
-    def broken(project_ids: list[str]) -> Any:
-        raise ConnectionError("injected")
 
-    a.store.heads = broken  # type: ignore[method-assign]
+def test_throttling_backs_off_instead_of_reading_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    """30 simulated seconds of throttling with 100 held projects, all due for a reconcile."""
+    store = MemoryStore("a")
+    other = MemoryStore("b", shared=store)
+    node = Node(store, "a", reconcile=60.0)
+    node.sync.interval, node.sync.max_backoff = 1.0, 30.0
+    for i in range(100):
+        other.write([DirtyObject(f"p{i}", ObjectState.created("o", "rect", {}, (1, 0, "b")))], saved_at_ms=1)
+        node.hold(f"p{i}")
+    now = [1000.0]
+    monkeypatch.setattr(sync_module.time, "monotonic", lambda: now[0])
+    node.pass_once()  # cursors start; reconciles fall due 60 s later
+    now[0] += 61.0
+    throttled = True
+
+    def fault(operation: str) -> None:
+        if throttled:
+            raise InjectedFault("ProvisionedThroughputExceededException")
+
+    store.fault = fault
+    store.calls.clear()
+    for _ in range(30):
+        node.pass_once()
+        now[0] += 1.0
+    reads = len(store.calls)
+    assert node.sync.last_error is not None and "ProvisionedThroughput" in node.sync.last_error
+    # Healthy, this is one heads read a pass (30). Per-project backoff alone still spends the
+    # reconcile budget every pass (126 measured); whole passes back off, so far fewer.
+    assert reads <= 40, store.calls
+    assert node.sync.status()["projects_backing_off"] > 0
+    throttled = False
+    for _ in range(120):  # recovery: every project reconciled within the interval and the cap
+        node.pass_once()
+        now[0] += 1.0
+    assert node.sync.last_error is None and node.sync.status()["projects_backing_off"] == 0
+    assert all(now[0] - c.last_reconcile < 62 for c in node.sync.cursors.values())
+
+
+def test_a_failed_heads_read_backs_off_and_queries_no_feed_blindly(memory_nodes: tuple[Node, Node]) -> None:
+    a, b = memory_nodes
+    a.hold("p1")
+    a.hold("p2")
+    a.pass_once()
+
+    def broken(operation: str) -> None:
+        if operation == "heads":
+            raise InjectedFault("injected")
+
+    a.store.fault = broken  # type: ignore[attr-defined]
     b.save("p2", "o", x=1)
-    assert a.pass_once() == ["p1", "p2"]
-    assert "o" in a.state.get("p2").views
-    assert a.sync.status()["last_error"] == "ConnectionError: injected"
+    assert a.pass_once() == []
+    assert a.sync.status()["last_error"] == "InjectedFault: injected"
     assert a.metrics.sync_pulls.labels("heads", "error")._value.get() == 1
+    assert a.pass_once() == [] and a.metrics.sync_pulls.labels("heads", "error")._value.get() == 1  # backing off
+    a.store.fault = lambda operation: None  # type: ignore[attr-defined]
+    time.sleep(0.1)
+    assert a.pass_once() == ["p2"] and a.sync.last_error is None
+    assert "o" in a.state.get("p2").views  # type: ignore[union-attr]
+
+
+def test_last_error_clears_once_no_project_is_held(memory_nodes: tuple[Node, Node]) -> None:
+    a, _ = memory_nodes
+    a.hold("p1")
+    a.store.fault = lambda operation: (_ for _ in ()).throw(InjectedFault("down"))  # type: ignore[attr-defined]
+    a.pass_once()
+    assert a.sync.last_error
+    assert a.state.evict_idle(0, now=time.monotonic() + 1) == ["p1"]
+    a.pass_once()
+    assert a.sync.last_error is None and a.sync.cursors == {}
+
+
+def test_a_big_merge_gives_the_loop_back_between_chunks(memory_nodes: tuple[Node, Node]) -> None:
+    a, b = memory_nodes
+    project = a.hold("big")
+    stamp = b.clock.now()
+    states = [ObjectState.created(f"o{i:05}", "rect", {"x": i}, stamp) for i in range(5 * sync_module.MERGE_CHUNK)]
+
+    async def run() -> int:
+        turns = 0
+        done = False
+
+        async def ticker() -> None:
+            nonlocal turns
+            while not done:
+                turns += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        turns = 0
+        result = await a.sync.apply(project, states)
+        done = True
+        await task
+        assert len(result.changed) == len(states)
+        return turns
+
+    assert asyncio.run(run()) >= 4  # the ticker ran between every two chunks
+    assert len(project.views) == len(states)
+
+
+# --- the same against DynamoDB Local ---------------------------------------------------
+
+
+@pytest.fixture
+def nodes(dynamodb_local: DynamoDBLocal, table: str) -> Iterator[tuple[Node, Node]]:
+    stores = [DynamoStore(make_client(dynamodb_local.endpoint), table, replica_id=n, concurrency=2) for n in ("a", "b")]
+    yield Node(stores[0], "a"), Node(stores[1], "b")
+    for store in stores:
+        store.close()
+
+
+@pytest.mark.dynamodb_local
+def test_only_projects_another_replica_saved_are_queried_in_dynamodb(nodes: tuple[Node, Node]) -> None:
+    only_other_replicas_saves_are_queried(*nodes)
+
+
+class DelayedBatches:
+    """Holds BatchWriteItem calls until released: a save slowed by throttling and retries."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.inside, self.release = threading.Event(), threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def batch_write_item(self, **kwargs: Any) -> Any:
+        self.inside.set()
+        assert self.release.wait(10)
+        return self.client.batch_write_item(**kwargs)
+
+
+@pytest.mark.dynamodb_local
+def test_a_batch_delayed_past_the_overlap_is_still_pulled(nodes: tuple[Node, Node], dynamodb_local: DynamoDBLocal) -> None:
+    a, b = nodes
+    a.hold("p")
+    a.pass_once()
+    b.store.client = delayed = DelayedBatches(b.store.client)  # type: ignore[attr-defined]
+    saver = threading.Thread(target=b.save, args=("p", "late"), kwargs={"x": 1})
+    saver.start()  # b's pass has fixed its saved_at and waits on its batch
+    assert delayed.inside.wait(5)
+    time.sleep(OVERLAP + 0.2)
+    c_store = DynamoStore(b.store.client.client, b.store.table, replica_id="c")  # type: ignore[attr-defined]
+    c = Node(c_store, "c")
+    c.save("p", "c1", x=2)  # another replica's save moves a's watermark past b's saved_at + overlap
+    wait = time.monotonic() + 5
+    while "c1" not in a.state.get("p").views and time.monotonic() < wait:  # type: ignore[union-attr]
+        a.pass_once()
+    delayed.release.set()
+    saver.join(10)
+    for _ in range(3):  # the feed window; the reconcile is an hour away
+        a.pass_once()
+    assert "late" in a.state.get("p").views  # type: ignore[union-attr]
+    c_store.close()
+

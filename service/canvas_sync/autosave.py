@@ -6,6 +6,10 @@ failed. Passes never overlap: the final flush on shutdown runs on this same thre
 While DynamoDB fails, the pause between passes grows (with jitter) up to a bound, and
 the unsaved objects simply stay dirty in memory.
 
+The thread touches no project: it takes states from the dirty set and hands back what
+failed. An object the store refuses outright (too large for an item) is quarantined:
+kept in memory, logged, counted and listed in ``/health``, and its neighbours are saved.
+
 BatchWriteItem takes no conditions, so a write can overwrite what another replica saved
 a moment ago. For projects another replica saved lately (its token in the project's
 ``#head`` changed within the sync overlap window), a pass first reads the table's copy
@@ -19,12 +23,13 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
+from .dirty import DirtyObject, DirtySet
 from .metrics import Metrics
 from .model import HybridClock, merge
-from .state import CanvasState, DirtyObject
-from .store import DynamoStore, WriteReport
+from .store import Store, WriteReport
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +37,17 @@ log = logging.getLogger(__name__)
 class AutosaveWorker:
     def __init__(
         self,
-        state: CanvasState,
-        store: DynamoStore,
+        dirty: DirtySet,
+        store: Store,
         clock: HybridClock,
         interval: float,
         max_backoff: float = 30.0,
         metrics: Metrics | None = None,
+        contended: Callable[[], frozenset[str]] = frozenset,
     ) -> None:
-        self.state = state
+        """``contended``: projects another replica saved lately (sync publishes them)."""
+        self.dirty = dirty
+        self.contended = contended
         self.store = store
         self.clock = clock
         self.interval = interval
@@ -73,7 +81,7 @@ class AutosaveWorker:
             self._thread.join(timeout + 1.0)
         else:
             self._flush_until(self._deadline)
-        return self.state.dirty_counts()[1] == 0
+        return self.dirty.counts()[1] == 0
 
     def _run(self) -> None:
         delay = self.interval
@@ -97,7 +105,7 @@ class AutosaveWorker:
         return backoff * random.uniform(0.5, 1.0)
 
     def _flush_until(self, deadline: float) -> None:
-        while (self.state.dirty_counts()[1] or self.store.heads_owed) and time.monotonic() < deadline:
+        while (self.dirty.counts()[1] or self.store.heads_owed) and time.monotonic() < deadline:
             report = self.run_pass()
             if (report is not None and report.failed) or self.store.heads_owed:
                 time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
@@ -106,10 +114,10 @@ class AutosaveWorker:
 
     def run_pass(self) -> WriteReport | None:
         """Take the dirty objects and save them; None when there was nothing to save."""
-        taken = self.state.take_dirty()
+        taken = self.dirty.take()
         if not taken:
             if self.store.heads_owed:  # objects saved earlier, their head update failed
-                self._count_heads(self.store.touch_heads(set(), self.clock.now()[0]))
+                self._count_heads(self.store.announce())
             return None
         start = time.perf_counter()
         try:
@@ -117,8 +125,13 @@ class AutosaveWorker:
         except Exception as error:  # never let the thread die with objects taken
             log.exception("autosave pass crashed")
             report = WriteReport(failed=list(taken), errors=[f"{type(error).__name__}: {error}"])
-        self.state.finish_save(taken, report.failed)
+        self.dirty.finish(report.failed, report.refused)
         self._count_heads(report.heads)
+        for item, error in report.refused:
+            log.error("object refused by the store; kept in memory, not retried until it changes",
+                      extra={"event": "quarantined", "project": item.project, "object": item.state.id, "error": error})
+            if self.metrics:
+                self.metrics.refused.inc()
         seconds = time.perf_counter() - start
         if report.failed:
             self.consecutive_failures += 1
@@ -141,6 +154,7 @@ class AutosaveWorker:
                 "written": report.written,
                 "batches": report.batches,
                 "failed": len(report.failed),
+                "refused": len(report.refused),
                 "latency_ms": round(seconds * 1000, 2),
                 "errors": report.errors[:3],
             },
@@ -153,9 +167,7 @@ class AutosaveWorker:
         Memory catches up through the change feed, which is running for those projects.
         If the read fails, the objects are written as they are: anti-entropy still repairs.
         """
-        now = time.monotonic()
-        contended = {pid for pid in {o.project for o in taken}
-                     if (project := self.state.get(pid)) is not None and project.feed_until > now}
+        contended = self.contended()
         keys = [(o.project, o.state.id) for o in taken if o.project in contended]
         if not keys:
             return taken
@@ -163,7 +175,8 @@ class AutosaveWorker:
             table = {(r.project, r.state.id): r.state for r in self.store.get_many(keys)}
         except Exception as error:
             self._count_read("error")
-            log.warning("read before save failed; writing memory's copy", extra={"event": "read_before_save_error", "error": str(error)})
+            log.warning("read before save failed; writing memory's copy",
+                        extra={"event": "read_before_save_error", "error": f"{type(error).__name__}: {error}"})
             return taken
         self._count_read("success")
         return [DirtyObject(o.project, merge(o.state, table[(o.project, o.state.id)]))
@@ -178,7 +191,7 @@ class AutosaveWorker:
             self.metrics.heads_written.inc(n)
 
     def status(self) -> dict[str, Any]:
-        projects, objects = self.state.dirty_counts()
+        projects, objects = self.dirty.counts()
         return {
             "interval_s": self.interval,
             "worker_alive": self.alive,
@@ -186,4 +199,5 @@ class AutosaveWorker:
             "dirty_objects": objects,
             "last_save_at": self.last_save_at,
             "last_error": self.last_error,
+            "quarantined": self.dirty.quarantined(),
         }

@@ -11,10 +11,12 @@ import socket
 from enum import Enum
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CANVAS_"
+MAX_STORED_OBJECT_BYTES = 384 * 1024
+"""DynamoDB's item limit is 400 KB, keys and other attributes included."""
 
 
 class LogLevel(str, Enum):
@@ -57,7 +59,8 @@ class Settings(BaseSettings):
     send_queue_size: int = Field(1024, gt=0)
     """Messages queued for one WebSocket before the client counts as too slow (1013)."""
     rate_limit: float = Field(1000.0, ge=0)
-    """Edits per second one connection may sustain (burst: twice that); 0 turns it off."""
+    """Messages per second one connection may sustain (burst: twice that); 0 turns it off.
+    Every frame counts, malformed ones included."""
     sync_overlap: float = Field(10.0, gt=0)
     """Seconds of the change feed re-read each pull: covers clock skew, slow saves, index lag."""
     reconcile_interval: float = Field(60.0, gt=0)
@@ -66,13 +69,33 @@ class Settings(BaseSettings):
     """Upper bound of the pause between failing auto-save passes."""
     save_concurrency: int = Field(4, gt=0, le=32)
     """BatchWriteItem calls in flight at once during one pass."""
-    tombstone_ttl: float = Field(7 * 24 * 3600.0, gt=0)
-    """Seconds after a delete when DynamoDB may expire the tombstone (TTL attribute)."""
+    tombstone_ttl: float = Field(24 * 3600.0, gt=0)
+    """Seconds a delete is remembered (memory and the table's TTL): a delete is final unless
+    a replica holding the object was cut off from DynamoDB for longer than this."""
+    max_tombstones_per_project: int = Field(10_000, gt=0)
+    """Deleted objects a project remembers at once; beyond it, creating new ids is refused
+    (limit_exceeded) until old deletes pass CANVAS_TOMBSTONE_TTL."""
+    max_stored_object_bytes: int = Field(65_536, gt=0, le=MAX_STORED_OBJECT_BYTES)
+    """What one object may take in the table (its values, removed properties' names and
+    every stamp); at most 384 KiB, below DynamoDB's 400 KB item limit."""
+    max_clock_drift: float = Field(300.0, gt=0)
+    """Seconds ahead of the wall clock a stamp read from the table may move this replica's clock."""
+    sync_max_backoff: float = Field(30.0, gt=0)
+    """Longest pause before retrying a project's (or the heads') failed read."""
     websocket_compression: bool = True
     """Accept permessage-deflate when a client offers it (browsers do): big snapshots shrink
     several-fold, but each such connection keeps a zlib state, about 95 KB resident."""
     clock_offset_ms: int = 0
     """Added to the wall clock; for tests that simulate a replica with a skewed clock."""
+
+    @field_validator("max_stored_object_bytes")
+    @classmethod
+    def _stored_holds_visible(cls, value: int, info: ValidationInfo) -> int:
+        visible = info.data.get("max_object_bytes")
+        if visible is not None and value < visible:
+            raise ValueError(f"must be at least CANVAS_MAX_OBJECT_BYTES ({visible}): "
+                             "what is stored holds the visible object and its stamps")
+        return value
 
 
 def describe_error(error: ValidationError) -> str:

@@ -55,6 +55,17 @@ class Metrics:
         self.sync_lag = Histogram(
             "canvas_sync_lag_seconds", "From a save on another replica to its arrival here", buckets=LAG_BUCKETS, registry=r
         )
+        self.quarantined = Gauge(
+            "canvas_autosave_quarantined_objects",
+            "Objects the store refused outright (too large for an item): kept in memory, listed in /health", registry=r,
+        )
+        self.refused = Counter(
+            "canvas_autosave_refused_objects", "Writes of one object the store refused outright (quarantined)", registry=r
+        )
+        self.clock_clamped = Counter(
+            "canvas_clock_clamped_stamps",
+            "Stamps read from the table further ahead of the wall clock than CANVAS_MAX_CLOCK_DRIFT", registry=r,
+        )
         self.worker_alive = Gauge("canvas_autosave_worker_alive", "1 while the auto-save thread runs", registry=r)
         self.ready = Gauge("canvas_ready", "1 while /readyz answers 200", registry=r)
         for op in ("create", "update", "delete"):
@@ -72,11 +83,12 @@ class Metrics:
             self.objects_written.inc(written)
 
     def bind(self, *, connections: Callable[[], float], projects: Callable[[], float], dirty: Callable[[], float],
-             worker_alive: Callable[[], float], ready: Callable[[], float]) -> None:
+             quarantined: Callable[[], float], worker_alive: Callable[[], float], ready: Callable[[], float]) -> None:
         """Gauges read live values at scrape time instead of being kept in step by hand."""
         self.connections.set_function(connections)
         self.projects_loaded.set_function(projects)
         self.dirty_objects.set_function(dirty)
+        self.quarantined.set_function(quarantined)
         self.worker_alive.set_function(worker_alive)
         self.ready.set_function(ready)
 

@@ -36,7 +36,11 @@ class HybridClock:
     """Hybrid logical clock: never goes backwards and stays ahead of every stamp it saw.
 
     A replica whose wall clock is behind still issues stamps larger than any it has read,
-    so its new writes win over the older writes they replace.
+    so its new writes win over the older writes they replace. What it absorbs is bounded:
+    a stamp more than ``max_drift_ms`` ahead of the wall clock (a replica with a broken
+    clock, a forged item) moves the clock only up to that bound, so one bad stamp cannot
+    drag every replica's stamps, ``saved_at`` and tombstone expiry into the future for
+    good. Merging still compares the stamps as they are, so it stays deterministic.
     """
 
     def __init__(
@@ -44,12 +48,16 @@ class HybridClock:
         replica_id: str,
         wall_ms: Callable[[], int] | None = None,
         offset_ms: int = 0,
+        max_drift_ms: int = 300_000,
+        on_clamp: Callable[[Stamp], None] = lambda stamp: None,
     ) -> None:
         self.replica_id = replica_id
+        self.max_drift_ms = max_drift_ms
+        self.on_clamp = on_clamp
         self._wall = wall_ms or (lambda: time.time_ns() // 1_000_000)
         self._offset = offset_ms
         self._last: tuple[int, int] = (0, 0)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _last: the loop, the load and save threads stamp
 
     def wall_ms(self) -> int:
         return self._wall() + self._offset
@@ -61,11 +69,30 @@ class HybridClock:
             self._last = (wall, 0) if wall > last_ms else (last_ms, last_counter + 1)
             return (*self._last, self.replica_id)
 
-    def observe(self, stamp: Stamp) -> None:
-        """Absorb a stamp read from elsewhere so later stamps sort after it."""
+    def now_after(self, floor: Stamp) -> Stamp:
+        """A stamp for an edit of a field stamped ``floor``: larger than both now and floor.
+
+        A field may carry a stamp beyond what the clock absorbs (see above); a client's
+        edit of it must still win, without moving the clock.
+        """
+        stamp = self.now()
+        return stamp if stamp > floor else (floor[0], floor[1] + 1, self.replica_id)
+
+    def observe(self, stamp: Stamp) -> bool:
+        """Absorb a stamp read from elsewhere so later stamps sort after it.
+
+        Returns True (and calls ``on_clamp``) when the stamp was too far ahead of the wall
+        clock and only the bound was absorbed.
+        """
         with self._lock:
-            if stamp[:2] > self._last:
-                self._last = (stamp[0], stamp[1])
+            limit = self.wall_ms() + self.max_drift_ms
+            clamped = stamp[0] > limit
+            seen = (limit, 0) if clamped else (stamp[0], stamp[1])
+            if seen > self._last:
+                self._last = seen
+        if clamped:
+            self.on_clamp(stamp)
+        return clamped
 
     def peek(self) -> tuple[int, int]:
         with self._lock:
@@ -190,6 +217,24 @@ class ObjectState:
         out["type"] = self._type
         return out
 
+    def stored_size(self) -> int:
+        """Bytes of the stored document (UTF-8): removed properties and stamps included.
+
+        This, not the view, is what a client's edits make us write: removing a property
+        keeps its name and stamp (so it still beats older sets of it).
+        """
+        return len(encode_doc(self).encode())
+
+    def stored_size_bound(self, view_bytes: int) -> int:
+        """An upper bound of :meth:`stored_size`, from the view's size, without encoding.
+
+        Edits check it first and compute the exact size only when the bound is too large.
+        """
+        replica_bytes = len(self._base[2])
+        removed = sum(len(name) + 8 for name, value in self._values.items() if value is None)  # "name":null,
+        stamps = sum(len(name) + _STAMP_BYTES + len(stamp[2]) for name, stamp in (self._stamps or {}).items())
+        return view_bytes + _DOC_BYTES + replica_bytes + removed + stamps
+
     def pruned(self) -> ObjectState:
         """Drop properties older than the last create/delete: they can never show again."""
         floor = self._base
@@ -231,6 +276,18 @@ class ObjectState:
 
         return cls(object_id, fld(doc["alive"]), fld(doc["type"]),
                    {sys.intern(k): fld(v) for k, v in doc.get("props", {}).items()})
+
+
+_STAMP_BYTES = 48
+"""Bytes of one ``"name":[ms,counter,"replica"],`` entry beyond the two names: generous."""
+_DOC_BYTES = 100
+"""Bytes of a document's own keys and punctuation beyond the view and its stamps: generous."""
+_DOC_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_doc(state: ObjectState) -> str:
+    """The stored form of a state as JSON text (see :meth:`ObjectState.to_doc`)."""
+    return _DOC_ENCODER.encode(state.to_doc())
 
 
 def _stamp(raw: list[Any]) -> Stamp:

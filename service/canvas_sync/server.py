@@ -16,7 +16,8 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.protocol import ws_stream
 from wsproto.extensions import PerMessageDeflate
 
-from .app import CanvasService, create_app
+from .app import create_app
+from .service import CanvasService
 from .config import Settings
 
 log = logging.getLogger(__name__)

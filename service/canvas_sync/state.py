@@ -1,11 +1,13 @@
-"""In-memory projects, the edits applied to them, and which objects still need saving.
+"""In-memory projects and the edits applied to them.
 
-The asyncio loop applies edits; the auto-save thread takes dirty objects. Both go through
-one lock, held only for dictionary work (never for I/O or JSON encoding of a whole
-project), so the loop never waits on DynamoDB.
+Everything here belongs to the asyncio loop: projects, their objects and views, their
+connections. Other threads get only what the loop hands them: a cache-miss load builds a
+new project in a thread (nobody sees it yet) and the loop installs it; the auto-save
+thread reads the states the loop put in the :class:`~canvas_sync.dirty.DirtySet`.
 
-Dirty tracking is per object: many edits to one object between two saves cost one write,
-and a project of 10,000 objects with one edit writes one item.
+What a client can make us hold is bounded: live objects and tombstones per project, the
+visible size of an object and the size of what is stored for it (removed properties keep
+their names and stamps, so they count).
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import protocol
+from .dirty import DirtySet
 from .model import ZERO, HybridClock, ObjectState, merge
 from .protocol import Create, Delete, ProtocolError, Update
-
 
 _gc_lock = threading.Lock()
 _gc_pausers = 0
@@ -57,22 +59,20 @@ class Subscriber(Protocol):
 
 @dataclass
 class Project:
-    """One canvas held in memory."""
+    """One canvas held in memory (owned by the loop)."""
 
     id: str
+    loaded_at_ms: int = 0
+    """Wall-clock ms when its load began: the change feed takes over from there."""
+    loaded_heads: dict[str, str] | None = field(default_factory=dict)
+    """The project's head as read just before the load (None: it could not be read)."""
     objects: dict[str, ObjectState] = field(default_factory=dict)
     views: dict[str, str] = field(default_factory=dict)
     """Canonical JSON of each live object, kept current so snapshots cost no encoding."""
+    tombstones: dict[str, int] = field(default_factory=dict)
+    """Deleted objects still remembered: object id -> delete time (ms)."""
     connections: set[Subscriber] = field(default_factory=set)
-    last_save_at: float | None = None
     last_active: float = field(default_factory=time.monotonic)
-    sync_watermark_ms: int = 0
-    """Largest ``saved_at`` pulled from the change feed (or the load's start)."""
-    last_reconcile: float = field(default_factory=time.monotonic)
-    other_heads: dict[str, str] = field(default_factory=dict)
-    """Other replicas' tokens in the project's ``#head`` as last read (see sync.py)."""
-    feed_until: float = 0.0
-    """Monotonic time until which the change feed is queried every pass."""
 
     def set_object(self, state: ObjectState) -> str | None:
         """Store a state and refresh its view; returns the new view JSON (None if deleted)."""
@@ -80,7 +80,9 @@ class Project:
         view = state.view()
         if view is None:
             self.views.pop(state.id, None)
+            self.tombstones[state.id] = state.alive[1][0]
             return None
+        self.tombstones.pop(state.id, None)
         text = protocol.encode(view)
         self.views[state.id] = text
         return text
@@ -104,79 +106,89 @@ class RemoteMerge:
 
 
 @dataclass(frozen=True, slots=True)
-class DirtyObject:
-    """A copy of one object's state taken for saving."""
+class Limits:
+    """What one project may hold; see the README's configuration table."""
 
-    project: str
-    state: ObjectState
+    max_objects: int = 10_000
+    max_object_bytes: int = 16_384
+    max_stored_object_bytes: int = 65_536
+    max_tombstones: int = 10_000
+    tombstone_ttl_ms: int = 24 * 3600 * 1000
 
 
 class CanvasState:
-    """All projects this replica holds, plus the per-object dirty set."""
+    """All projects this replica holds, and the edits and merges applied to them."""
 
-    def __init__(self, clock: HybridClock, max_objects_per_project: int, max_object_bytes: int) -> None:
+    def __init__(self, clock: HybridClock, limits: Limits | None = None, dirty: DirtySet | None = None) -> None:
         self.clock = clock
-        self.max_objects = max_objects_per_project
-        self.max_object_bytes = max_object_bytes
+        self.limits = limits or Limits()
+        self.dirty = dirty or DirtySet()
         self.projects: dict[str, Project] = {}
-        self._dirty: dict[str, set[str]] = {}
-        self._saving: dict[str, set[str]] = {}
-        """Objects taken by the save in progress: not yet durable, so still counted dirty."""
-        self.lock = threading.Lock()
 
     # --- holding projects -------------------------------------------------------------
 
     def get(self, project_id: str) -> Project | None:
         return self.projects.get(project_id)
 
-    def install(self, project_id: str, states: Iterable[ObjectState], watermark_ms: int = 0) -> Project:
-        """Hold a project loaded from the table (first load wins if raced).
+    def build(self, project_id: str, states: Iterable[ObjectState], loaded_at_ms: int = 0) -> Project:
+        """A project from the states a load read (run in the load's thread: nobody sees it yet).
 
-        The project and its views are built before taking the lock (nobody sees it yet),
-        so a big load run in a thread never holds up the loop's edits.
+        Tombstones past their expiry are left out, as the table's readers do.
         """
-        project = Project(project_id, sync_watermark_ms=watermark_ms)
+        project = Project(project_id, loaded_at_ms=loaded_at_ms)
         latest = ZERO
+        horizon = self.clock.wall_ms() - self.limits.tombstone_ttl_ms
         for state in states:
+            if not state.is_alive and state.alive[1][0] < horizon:
+                continue
             latest = max(latest, state.latest_stamp())
             project.set_object(state)
         self.clock.observe(latest)
-        with self.lock:
-            return self.projects.setdefault(project_id, project)
+        return project
+
+    def install(self, project: Project) -> Project:
+        """Hold a built project; if a concurrent load got there first, that one stays."""
+        return self.projects.setdefault(project.id, project)
 
     def evict_idle(self, idle_seconds: float, now: float | None = None) -> list[str]:
         """Drop projects with no connections, nothing unsaved and no recent activity."""
         now = time.monotonic() if now is None else now
-        evicted = []
-        with self.lock:
-            for pid, project in list(self.projects.items()):
-                if (
-                    not project.connections
-                    and not self._dirty.get(pid)
-                    and not self._saving.get(pid)
-                    and now - project.last_active >= idle_seconds
-                ):
-                    del self.projects[pid]
-                    evicted.append(pid)
+        evicted = [pid for pid, project in self.projects.items()
+                   if not project.connections and now - project.last_active >= idle_seconds and not self.dirty.holds(pid)]
+        for pid in evicted:
+            del self.projects[pid]
+            self.dirty.forget(pid)
         return evicted
+
+    def expire_tombstones(self, now_ms: int | None = None) -> int:
+        """Forget tombstones older than the horizon (``CANVAS_TOMBSTONE_TTL``); how many.
+
+        The table's copies expire on the same horizon (their TTL), so memory, loads and
+        reconciles stay bounded by what clients deleted lately.
+        """
+        horizon = (self.clock.wall_ms() if now_ms is None else now_ms) - self.limits.tombstone_ttl_ms
+        dropped = 0
+        for project in self.projects.values():
+            old = [oid for oid, deleted_ms in project.tombstones.items() if deleted_ms < horizon]
+            for oid in old:
+                del project.tombstones[oid]
+                del project.objects[oid]
+            dropped += len(old)
+        return dropped
 
     # --- edits --------------------------------------------------------------------------
 
-    def apply(self, project: Project, command: Create | Update | Delete) -> str:
-        """Apply a client edit; returns the message for the other clients.
+    def apply(self, project: Project, command: Create | Update | Delete) -> str | None:
+        """Apply a client edit; returns the message for the other clients (None: no change).
 
         Raises :class:`ProtocolError` and changes nothing when the edit is refused.
         """
-        with self.lock:
-            project.last_active = time.monotonic()
-            if isinstance(command, Create):
-                text = self._create(project, command)
-            elif isinstance(command, Update):
-                text = self._update(project, command)
-            else:
-                text = self._delete(project, command)
-            self._dirty.setdefault(project.id, set()).add(command.id)
-            return text
+        project.last_active = time.monotonic()
+        if isinstance(command, Create):
+            return self._create(project, command)
+        if isinstance(command, Update):
+            return self._update(project, command)
+        return self._delete(project, command)
 
     def _live(self, project: Project, object_id: str, req: str | None) -> ObjectState:
         state = project.objects.get(object_id)
@@ -184,37 +196,65 @@ class CanvasState:
             raise ProtocolError("not_found", f"no object {object_id!r}", req)
         return state
 
+    def _check_stored(self, state: ObjectState, view_bytes: int, req: str | None) -> None:
+        limit = self.limits.max_stored_object_bytes
+        if state.stored_size_bound(view_bytes) > limit and state.stored_size() > limit:
+            raise ProtocolError(
+                "too_large", f"object would take more than {limit} bytes to store "
+                "(removed properties keep their names until the object is deleted)", req)
+
     def _create(self, project: Project, cmd: Create) -> str:
         old = project.objects.get(cmd.id)
         if old is not None and old.is_alive:
             raise ProtocolError("conflict", f"object {cmd.id!r} already exists", cmd.req)
-        if len(project.views) >= self.max_objects:
-            raise ProtocolError("limit_exceeded", f"a project holds at most {self.max_objects} objects", cmd.req)
-        new = ObjectState.created(cmd.id, cmd.type, cmd.props, self.clock.now())
-        view = project.set_object(merge(old, new) if old is not None else new)
-        assert view is not None
+        if len(project.views) >= self.limits.max_objects:
+            raise ProtocolError("limit_exceeded", f"a project holds at most {self.limits.max_objects} objects", cmd.req)
+        if old is None and len(project.tombstones) >= self.limits.max_tombstones:
+            raise ProtocolError(
+                "limit_exceeded", f"this project remembers {self.limits.max_tombstones} recently deleted objects, "
+                "the most it may: re-create a deleted id or try again later", cmd.req)
+        stamp = self.clock.now() if old is None else self.clock.now_after(old.latest_stamp())
+        new = ObjectState.created(cmd.id, cmd.type, cmd.props, stamp)
+        if old is not None:
+            new = merge(old, new)
+        view = protocol.encode(new.view())
+        self._check_stored(new, len(view.encode()), cmd.req)
+        project.set_object(new)
+        self.dirty.mark(project.id, new)
         return protocol.upsert(view)
 
-    def _update(self, project: Project, cmd: Update) -> str:
+    def _update(self, project: Project, cmd: Update) -> str | None:
         state = self._live(project, cmd.id, cmd.req)
         view: dict[str, Any] = state.view() or {}
+        changes: dict[str, Any] = {}
         for name, value in cmd.props.items():
             if value is None:
-                view.pop(name, None)
+                if name not in view:
+                    continue  # removing what is not there: nothing to remember
+                del view[name]
             else:
                 view[name] = value
+            changes[name] = value
+        if not changes:
+            return None
         if len(view) - 2 > protocol.MAX_PROPS:
             raise ProtocolError("bad_message", f"at most {protocol.MAX_PROPS} properties besides id and type", cmd.req)
         text = protocol.encode(view)  # the new view: checked for size, then kept and sent as is
-        if len(text.encode()) > self.max_object_bytes:
-            raise ProtocolError("too_large", f"object would be larger than {self.max_object_bytes} bytes", cmd.req)
-        project.objects[cmd.id] = state.updated(cmd.props, self.clock.now())
+        size = len(text.encode())
+        if size > self.limits.max_object_bytes:
+            raise ProtocolError("too_large", f"object would be larger than {self.limits.max_object_bytes} bytes", cmd.req)
+        new = state.updated(changes, self.clock.now_after(state.latest_stamp()))
+        self._check_stored(new, size, cmd.req)
+        project.objects[cmd.id] = new
         project.views[cmd.id] = text
+        self.dirty.mark(project.id, new)
         return protocol.upsert(text)
 
     def _delete(self, project: Project, cmd: Delete) -> str:
         state = self._live(project, cmd.id, cmd.req)
-        project.set_object(ObjectState(state.id, (False, self.clock.now()), state.type, {}))
+        tomb = ObjectState(state.id, (False, self.clock.now_after(state.latest_stamp())), state.type, {})
+        project.set_object(tomb)
+        self.dirty.mark(project.id, tomb)
         return protocol.deleted(cmd.id)
 
     # --- states read from the table -------------------------------------------------
@@ -222,90 +262,30 @@ class CanvasState:
     def merge_remote(self, project: Project, states: Iterable[ObjectState]) -> RemoteMerge:
         """Merge states read from the table into memory, per property.
 
-        Clients of this replica get an upsert/delete for every visible change. Where the
-        merged state differs from what the table holds (our copy knew something the item
-        lacks, e.g. after another replica's batch overwrote it), the object is marked
-        dirty so the next save writes the union back: anti-entropy.
+        A state equal to memory's costs one comparison. Clients of this replica get an
+        upsert/delete for every visible change. Where the merged state differs from what
+        the table holds (our copy knew something the item lacks, e.g. after another
+        replica's batch overwrote it), the object is marked dirty so the next save writes
+        the union back: anti-entropy.
         """
         result = RemoteMerge()
-        with self.lock:
-            if self.projects.get(project.id) is not project:
-                return result  # evicted while the read was in flight: nothing to merge into
-            for remote in states:
-                remote = remote.pruned()
-                self.clock.observe(remote.latest_stamp())
-                local = project.objects.get(remote.id)
-                merged = remote if local is None else merge(local, remote)
-                if merged != local:
-                    before = project.views.get(remote.id)
-                    after = project.set_object(merged)
-                    result.changed.append(remote.id)
-                    if after is not None and after != before:
-                        result.messages.append(protocol.upsert(after))
-                    elif after is None and before is not None:
-                        result.messages.append(protocol.deleted(remote.id))
-                if merged != remote:
-                    dirty = self._dirty.setdefault(project.id, set())
-                    saving = remote.id in self._saving.get(project.id, ())
-                    if merged == local and saving:
-                        continue  # the save in flight writes exactly this: no second write
-                    if remote.id not in dirty and not saving:
-                        result.repaired.append(remote.id)
-                    dirty.add(remote.id)
+        if self.projects.get(project.id) is not project:
+            return result  # evicted while the read was in flight: nothing to merge into
+        for remote in states:
+            local = project.objects.get(remote.id)
+            if local is not None and local == remote:
+                continue
+            remote = remote.pruned()
+            self.clock.observe(remote.latest_stamp())
+            merged = remote if local is None else merge(local, remote)
+            if merged != local:
+                before = project.views.get(remote.id)
+                after = project.set_object(merged)
+                result.changed.append(remote.id)
+                if after is not None and after != before:
+                    result.messages.append(protocol.upsert(after))
+                elif after is None and before is not None:
+                    result.messages.append(protocol.deleted(remote.id))
+            if self.dirty.merged(project.id, merged, table_behind=merged != remote):
+                result.repaired.append(remote.id)
         return result
-
-    def dirty_keys(self) -> list[tuple[str, str]]:
-        with self.lock:
-            return [(pid, oid) for pid, ids in self._dirty.items() for oid in ids]
-
-    # --- saving -------------------------------------------------------------------------
-
-    def _unsaved(self, project_id: str) -> int:
-        dirty, saving = self._dirty.get(project_id, set()), self._saving.get(project_id, set())
-        return len(dirty) + len(saving - dirty)
-
-    def dirty_counts(self) -> tuple[int, int]:
-        """(projects with unsaved objects, unsaved objects), counting a save in progress."""
-        with self.lock:
-            counts = [self._unsaved(pid) for pid in self._dirty.keys() | self._saving.keys()]
-            return sum(1 for n in counts if n), sum(counts)
-
-    def project_dirty(self, project_id: str) -> int:
-        with self.lock:
-            return self._unsaved(project_id)
-
-    def take_dirty(self) -> list[DirtyObject]:
-        """Swap the dirty set for an empty one and copy the states (one short lock).
-
-        One save at a time: the auto-save thread is the only caller.
-        """
-        with self.lock:
-            taken, self._dirty = self._dirty, {}
-            self._saving = taken
-            out = []
-            for pid, ids in taken.items():
-                project = self.projects.get(pid)
-                if project is None:  # cannot happen: dirty projects are never evicted
-                    continue
-                for oid in ids:
-                    # ObjectState is replaced, never mutated, on each edit: the reference is a copy.
-                    out.append(DirtyObject(pid, project.objects[oid]))
-            return out
-
-    def finish_save(self, taken: list[DirtyObject], failed: Iterable[DirtyObject]) -> None:
-        """Record a pass: failed objects become dirty again, saved projects get a timestamp.
-
-        An object edited during the save is already dirty again (the edit re-added it),
-        so nothing here can clear or lose it.
-        """
-        failed_list = list(failed)
-        now = time.time()
-        with self.lock:
-            for item in failed_list:
-                self._dirty.setdefault(item.project, set()).add(item.state.id)
-            failed_projects = {item.project for item in failed_list}
-            self._saving = {}
-            for pid in {item.project for item in taken}:
-                project = self.projects.get(pid)
-                if project is not None and pid not in failed_projects:
-                    project.last_save_at = now

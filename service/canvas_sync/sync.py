@@ -1,15 +1,27 @@
-"""Pulling other replicas' saved changes: the change feed, reconcile, and shutdown repair.
+"""Pulling other replicas' saved changes: heads, the change feed, reconcile, shutdown reads.
 
 Every ``CANVAS_SYNC_INTERVAL`` this replica reads the ``#head`` items of all the projects
 it holds (BatchGetItem, 100 a request). A replica writes its token into a project's head
-after each save pass that wrote the project's objects, so a token from another replica
-that changed since the last pass (or any such token, on the first read after a load)
-means new items. Such a project then asks the ``by_saved_at`` index for items saved
-after its watermark minus an overlap window, every pass for ``CANVAS_SYNC_OVERLAP``
-seconds (the index is eventually consistent, clocks are skewed, so a window is re-read
-rather than trusting an exact cursor). A project nobody else saves costs no query at all. Every
-``CANVAS_RECONCILE_INTERVAL`` a project is re-read whole as a safety net, and if the
-heads cannot be read, every held project is queried as before.
+after each save pass that wrote some of the project's objects; the token starts with the
+lowest ``saved_at`` it announces. A token from another replica that changed since the
+last read (the heads read just before a project's load count as read) means new items,
+saved at or after that ``saved_at``: the project then asks the ``by_saved_at`` index for
+items saved since then (or since its watermark minus ``CANVAS_SYNC_OVERLAP``, whichever
+is earlier), every pass for ``CANVAS_SYNC_OVERLAP`` seconds (the index is eventually
+consistent). A save slowed by retries is found however late it lands, because its token
+is written after its items and names their ``saved_at``. A project nobody else saves
+costs no query. Every ``CANVAS_RECONCILE_INTERVAL`` a project is re-read whole as a
+safety net, at most twice the steady rate per pass, so reconciles never come in a burst.
+
+When DynamoDB throttles or fails, reads back off (with jitter, up to
+``CANVAS_SYNC_MAX_BACKOFF``): each project on its own, and whole passes when the heads
+read or every read of a pass failed. A replica asks for less exactly when DynamoDB asks
+it to. While the heads cannot be read, held projects rely on the reconcile.
+
+The decisions (what to read, from where, when to retry) are plain functions over
+:class:`Cursor` data below; :class:`SyncWorker` does the I/O at the edges: reads in
+threads, merges on the event loop in bounded chunks so a 10,000-object reconcile never
+stalls the loop.
 
 Items this replica saved itself come back through the feed too when the project is
 being pulled: if one of our batches overwrote a newer item (BatchWriteItem takes no
@@ -21,30 +33,135 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from .metrics import Metrics
 from .model import HybridClock, ObjectState
 from .state import CanvasState, Project, RemoteMerge
-from .store import DynamoStore, Saved
+from .store import Saved, Store
+from .store.base import token_ms
 
 log = logging.getLogger(__name__)
+
+MERGE_CHUNK = 500
+"""States merged per turn of the event loop: a turn stays around a millisecond."""
+
+
+# --- decisions over plain data -------------------------------------------------------
+
+
+@dataclass
+class Backoff:
+    """Consecutive failures of one kind of read, and when to try again."""
+
+    failures: int = 0
+    retry_at: float = 0.0
+
+    def ready(self, now: float) -> bool:
+        return now >= self.retry_at
+
+    def failed(self, now: float, base: float, cap: float, rand: float) -> None:
+        """Wait ``base * 2**(failures-1)``, at most ``cap``, times a jitter in [0.5, 1)."""
+        self.failures += 1
+        self.retry_at = now + min(cap, base * 2 ** min(self.failures - 1, 20)) * (0.5 + rand / 2)
+
+    def succeeded(self) -> None:
+        self.failures, self.retry_at = 0, 0.0
+
+
+@dataclass
+class Cursor:
+    """Where the pulls of one held project stand. Owned by the sync task."""
+
+    watermark_ms: int
+    """Largest ``saved_at`` pulled from the change feed (or the load's start)."""
+    last_reconcile: float
+    """Monotonic time of the last full re-read (or the load)."""
+    other_heads: dict[str, str] | None = field(default_factory=dict)
+    """Other replicas' tokens as last read; None when unknown (the load could not read them)."""
+    feed_until: float = 0.0
+    """Monotonic time until which the change feed is queried every pass."""
+    feed_from_ms: int | None = None
+    """Lowest ``saved_at`` announced by the tokens that opened the current feed window."""
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One pass's reads: projects to re-read whole, and (project, since ms) feed queries."""
+
+    reconcile: list[str]
+    feed: list[tuple[str, int]]
+
+
+def note_heads(cursor: Cursor, tokens: Mapping[str, str], now: float, overlap_s: float) -> None:
+    """Take a new read of other replicas' tokens: a changed token opens a feed window."""
+    if now >= cursor.feed_until:
+        cursor.feed_from_ms = None
+    known, cursor.other_heads = cursor.other_heads, dict(tokens)
+    changed = [token for writer, token in tokens.items() if known is None or known.get(writer) != token]
+    if not changed:
+        return
+    if known is not None:  # unknown before: the watermark's overlap is all we can go by
+        lowest = min(token_ms(token) for token in changed)
+        cursor.feed_from_ms = lowest if cursor.feed_from_ms is None else min(cursor.feed_from_ms, lowest)
+    cursor.feed_until = now + overlap_s
+
+
+def feed_since(cursor: Cursor, overlap_ms: int) -> int:
+    """The feed query's lower bound (exclusive): the overlap, or the tokens' saves if earlier."""
+    since = cursor.watermark_ms - overlap_ms
+    if cursor.feed_from_ms is not None:
+        since = min(since, cursor.feed_from_ms - 1)
+    return since
+
+
+def reconcile_budget(projects: int, interval: float, reconcile_interval: float) -> int:
+    """Full re-reads allowed per pass: twice the steady rate, so a backlog drains, not bursts."""
+    return max(1, math.ceil(2 * projects * interval / reconcile_interval))
+
+
+def plan(cursors: Mapping[str, Cursor], now: float, *, overlap_ms: int, reconcile_interval: float,
+         max_reconciles: int) -> Plan:
+    """What to read this pass. Projects backing off are left alone; the oldest reconcile first."""
+    ready = {pid: c for pid, c in cursors.items() if c.backoff.ready(now)}
+    due = sorted((pid for pid, c in ready.items() if now - c.last_reconcile >= reconcile_interval),
+                 key=lambda pid: ready[pid].last_reconcile)[:max_reconciles]
+    chosen = set(due)
+    feed = [(pid, feed_since(c, overlap_ms)) for pid, c in ready.items() if pid not in chosen and now < c.feed_until]
+    return Plan(due, feed)
+
+
+def pulled(cursor: Cursor, now: float, full: bool, saved_at: Sequence[int] = ()) -> None:
+    cursor.backoff.succeeded()
+    if full:
+        cursor.last_reconcile = now
+    if saved_at:
+        cursor.watermark_ms = max(cursor.watermark_ms, max(saved_at))
+
+
+# --- the task that does the reads -----------------------------------------------------
 
 
 class SyncWorker:
     def __init__(
         self,
         state: CanvasState,
-        store: DynamoStore,
+        store: Store,
         clock: HybridClock,
         metrics: Metrics,
         interval: float,
         overlap: float,
         reconcile_interval: float,
         concurrency: int = 4,
+        max_backoff: float = 30.0,
         on_repair: Callable[[], None] = lambda: None,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         self.on_repair = on_repair
         self.state = state
@@ -52,12 +169,19 @@ class SyncWorker:
         self.clock = clock
         self.metrics = metrics
         self.interval = interval
-        self.overlap_ms = int(overlap * 1000)
+        self.overlap = overlap
         self.reconcile_interval = reconcile_interval
+        self.max_backoff = max_backoff
+        self.rand = rand
+        self.cursors: dict[str, Cursor] = {}
+        self.backoff = Backoff()
+        """Of whole passes: set when the heads read (or every read) of a pass failed."""
+        self.contended: frozenset[str] = frozenset()
+        """Projects another replica saved lately: replaced whole each pass, read by the auto-save thread."""
         self.last_pull_at: float | None = None
         self.last_error: str | None = None
+        self._held: dict[str, Project] = {}
         self._limit = asyncio.Semaphore(concurrency)
-        self._heads_ok = True
 
     async def run(self) -> None:
         while True:
@@ -68,71 +192,104 @@ class SyncWorker:
                 log.exception("sync pass failed")
 
     async def pass_once(self) -> None:
-        projects = list(self.state.projects.values())
+        """Read heads, then the planned feeds and reconciles, and merge what came back.
+
+        A pass whose heads read failed, or whose every read failed, makes the next passes
+        wait (doubling, with jitter): while DynamoDB throttles, the replica's whole read
+        rate falls, not just each project's.
+        """
         now = time.monotonic()
-        due = [p for p in projects if now - p.last_reconcile >= self.reconcile_interval]
-        rest = [p for p in projects if now - p.last_reconcile < self.reconcile_interval]
-        feed = await self._changed(rest, now)
-        results = await asyncio.gather(*(self._pull(p, full=True) for p in due),
-                                       *(self._pull(p, full=False) for p in feed), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
+        self._track_projects(now)
+        if not self.cursors:  # nothing held, nothing failing
+            self.backoff.succeeded()
+            self.last_error = None
+            return
+        if not self.backoff.ready(now):
+            return
+        errors: list[BaseException] = []
+        heads_failed = False
+        try:
+            await self._read_heads(now)
+        except Exception as error:
+            heads_failed = True
+            errors.append(error)
+        todo = plan(self.cursors, now, overlap_ms=int(self.overlap * 1000), reconcile_interval=self.reconcile_interval,
+                    max_reconciles=reconcile_budget(len(self.cursors), self.interval, self.reconcile_interval))
+        results = await asyncio.gather(*(self._pull(pid, None) for pid in todo.reconcile),
+                                       *(self._pull(pid, since) for pid, since in todo.feed), return_exceptions=True)
+        failed_pulls = [r for r in results if isinstance(r, BaseException)]
+        errors += failed_pulls
+        if heads_failed or (results and len(failed_pulls) == len(results)):
+            self.backoff.failed(now, self.interval, self.max_backoff, self.rand())
+        else:
+            self.backoff.succeeded()
+        self.contended = frozenset(pid for pid, c in self.cursors.items() if now < c.feed_until)
         if errors:
             self.last_error = f"{type(errors[0]).__name__}: {errors[0]}"
-            log.warning("sync pass failed", extra={"event": "sync_error", "projects": len(errors), "error": self.last_error})
-        elif projects and self._heads_ok:
+            log.warning("sync pass failed", extra={"event": "sync_error", "failures": len(errors), "error": self.last_error,
+                                                   "retry_in_s": round(max(0.0, self.backoff.retry_at - now), 2)})
+        else:
             self.last_error = None
         self.last_pull_at = time.time()
 
-    async def _changed(self, projects: list[Project], now: float) -> list[Project]:
-        """The projects whose change feed to query this pass, from their heads."""
-        if not projects:
-            return []
-        try:
-            heads = await asyncio.to_thread(self.store.heads, [p.id for p in projects])
-        except Exception as error:  # cannot tell which changed: query them all
-            self.metrics.sync_pulls.labels("heads", "error").inc()
-            self._heads_ok = False
-            self.last_error = f"{type(error).__name__}: {error}"
-            log.warning("reading heads failed; querying every feed", extra={"event": "sync_error", "error": self.last_error})
-            return projects
-        self.metrics.sync_pulls.labels("heads", "success").inc()
-        self._heads_ok = True
-        me = self.clock.replica_id
-        for project in projects:
-            others = {writer: token for writer, token in heads.get(project.id, {}).items() if writer != me}
-            # After a load (nothing read yet), any other replica's token counts as new:
-            # it may stand for a save that landed between the load's read and this one.
-            if others != project.other_heads:
-                project.feed_until = now + self.overlap_ms / 1000
-            project.other_heads = others
-        return [p for p in projects if now < p.feed_until]
+    def _track_projects(self, now: float) -> None:
+        """A cursor for each newly held project; none for evicted ones."""
+        for pid in [pid for pid in self._held if self.state.get(pid) is not self._held[pid]]:
+            del self._held[pid], self.cursors[pid]
+        for pid, project in self.state.projects.items():
+            if pid not in self._held:
+                self._held[pid] = project
+                heads = None if project.loaded_heads is None else {
+                    w: t for w, t in project.loaded_heads.items() if w != self.clock.replica_id}
+                self.cursors[pid] = Cursor(project.loaded_at_ms, now, heads)
 
-    async def _pull(self, project: Project, full: bool) -> None:
+    async def _read_heads(self, now: float) -> None:
+        if not self.cursors:
+            return
+        try:
+            heads = await asyncio.to_thread(self.store.heads, list(self.cursors))
+        except Exception:
+            self.metrics.sync_pulls.labels("heads", "error").inc()
+            raise
+        self.metrics.sync_pulls.labels("heads", "success").inc()
+        me = self.clock.replica_id
+        for pid, cursor in self.cursors.items():
+            tokens = {writer: token for writer, token in heads.get(pid, {}).items() if writer != me}
+            note_heads(cursor, tokens, now, self.overlap)
+
+    async def _pull(self, pid: str, since: int | None) -> None:
+        """Read one project whole (``since`` None) or its feed, and merge what came back."""
+        project, cursor = self._held[pid], self.cursors[pid]
+        full = since is None
+        kind = "reconcile" if full else "feed"
         async with self._limit:
-            kind = "reconcile" if full else "feed"
             try:
-                if full:
-                    states = await asyncio.to_thread(self.store.load_project, project.id)
+                if since is None:
+                    states = await asyncio.to_thread(self.store.load_project, pid)
                     records: list[Saved] = []
                 else:
-                    since = project.sync_watermark_ms - self.overlap_ms
-                    records = await asyncio.to_thread(self.store.changes_since, project.id, since)
+                    records = await asyncio.to_thread(self.store.changes_since, pid, since)
                     states = [r.state for r in records]
             except Exception:
                 self.metrics.sync_pulls.labels(kind, "error").inc()
+                cursor.backoff.failed(time.monotonic(), self.interval, self.max_backoff, self.rand())
                 raise
-            self.metrics.sync_pulls.labels(kind, "success").inc()
-            if full:
-                project.last_reconcile = time.monotonic()
-            if records:
-                project.sync_watermark_ms = max(project.sync_watermark_ms, max(r.saved_at for r in records))
-            self.apply(project, states, records)
+        self.metrics.sync_pulls.labels(kind, "success").inc()
+        pulled(cursor, time.monotonic(), full, [r.saved_at for r in records])
+        await self.apply(project, states, records)
 
-    def apply(self, project: Project, states: Iterable[ObjectState], records: Iterable[Saved] = ()) -> RemoteMerge:
-        """Merge states into memory, tell this replica's clients, count and time it."""
-        result = self.state.merge_remote(project, states)
-        for message in result.messages:
-            project.broadcast(message)
+    async def apply(self, project: Project, states: Sequence[ObjectState], records: Sequence[Saved] = ()) -> RemoteMerge:
+        """Merge states into memory in chunks, tell this replica's clients, count and time it."""
+        result = RemoteMerge()
+        for start in range(0, len(states), MERGE_CHUNK):
+            if start:
+                await asyncio.sleep(0)  # let edits and other sockets in between chunks
+            chunk = self.state.merge_remote(project, states[start : start + MERGE_CHUNK])
+            for message in chunk.messages:
+                project.broadcast(message)
+            result.changed += chunk.changed
+            result.messages += chunk.messages
+            result.repaired += chunk.repaired
         if result.changed:
             self.metrics.sync_merged.inc(len(result.changed))
             changed = set(result.changed)
@@ -146,24 +303,31 @@ class SyncWorker:
             log.info("anti-entropy repair", extra={"event": "repair", "project": project.id, "objects": len(result.repaired)})
         return result
 
-    def merge_from_table(self, keys: list[tuple[str, str]]) -> int:
-        """Consistent reads of ``keys``, merged in; returns how many need writing again.
+    async def merge_from_table(self, keys: list[tuple[str, str]]) -> int:
+        """Consistent reads of ``keys`` (in a thread), merged in on the loop; repairs marked.
 
-        Shutdown uses it twice (in a thread): before the final flush, so the last write
-        carries what another replica saved moments ago instead of overwriting it; and
-        after, to find a table left behind memory.
+        Shutdown uses it twice: before the final flush, so the last write carries what
+        another replica saved moments ago instead of overwriting it; and after, to find a
+        table left behind memory. One project's failure does not stop the others.
         """
         if not keys:
             return 0
+        records = await asyncio.to_thread(self.store.get_many, keys)
         by_project: dict[str, list[ObjectState]] = {}
-        for record in self.store.get_many(keys):
+        for record in records:
             by_project.setdefault(record.project, []).append(record.state)
         repairs = 0
         for pid, states in by_project.items():
             project = self.state.get(pid)
-            if project is not None:
-                repairs += len(self.apply(project, states).repaired)
+            if project is None:
+                continue
+            try:
+                repairs += len((await self.apply(project, states)).repaired)
+            except Exception:
+                log.exception("merging the table's copy failed", extra={"event": "merge_error", "project": pid})
         return repairs
 
     def status(self) -> dict[str, Any]:
-        return {"interval_s": self.interval, "last_pull_at": self.last_pull_at, "last_error": self.last_error}
+        backing_off = sum(1 for c in self.cursors.values() if c.backoff.failures)
+        return {"interval_s": self.interval, "last_pull_at": self.last_pull_at, "last_error": self.last_error,
+                "projects_backing_off": backing_off}

@@ -10,9 +10,9 @@ One item per object (tombstones included), keyed ``(project_id, object_id)``:
 - ``saved_by`` (S): the replica that wrote the item.
 - ``expires_at`` (N, tombstones only): DynamoDB TTL, so deleted objects eventually go.
 
-One more item per project, ``(project_id, "#head")``: after a save pass has written a
-project's objects, the replica sets its own attribute ``w_<replica id>`` there to a token
-new for every pass. A replica holding the project reads the heads of all its projects
+One more item per project, ``(project_id, "#head")``: after a save pass has written some
+of a project's objects, the replica sets its own attribute ``w_<replica id>`` there to a
+token new for every pass, ``<lowest saved_at not announced before>.<sequence>``. A replica holding the project reads the heads of all its projects
 with BatchGetItem (100 a request) and queries the change feed only of projects another
 replica saved lately, so an idle project costs a hundredth of a request per sync pass
 instead of one Query. The head has no ``saved_at``, so it stays out of the index.
@@ -26,9 +26,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
@@ -36,23 +35,17 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_random_exponential
 
-from .model import ObjectState
-from .state import DirtyObject
+from ..dirty import DirtyObject
+from ..model import ObjectState, encode_doc
+from .base import BATCH_LIMIT, HEAD, BatchObserver, Saved, WriteReport, token_ms
 
 log = logging.getLogger(__name__)
 
-BATCH_LIMIT = 25
-"""BatchWriteItem takes at most 25 put/delete requests."""
 INDEX_SAVED_AT = "by_saved_at"
 TTL_ATTRIBUTE = "expires_at"
-HEAD = "#head"
-"""Sort key of the per-project change marker (sort keys starting with # are not objects)."""
 WRITER_PREFIX = "w_"
 HEAD_WRITER_MAX_AGE_MS = 7 * 24 * 3600 * 1000
 """A replica that has not saved a project for this long is dropped from its head."""
-
-BatchObserver = Callable[[str, float, int], None]
-"""Called after every BatchWriteItem call with (outcome, seconds, items written)."""
 
 StoreError = (BotoCoreError, ClientError)
 
@@ -79,28 +72,6 @@ def make_client(endpoint: str | None, region: str | None = None, pool_size: int 
     return session.client("dynamodb", region_name=region or session.region_name, config=config, **kwargs)
 
 
-@dataclass(frozen=True, slots=True)
-class Saved:
-    """One object as read from the table, with who saved it and when."""
-
-    project: str
-    state: ObjectState
-    saved_at: int
-    saved_by: str
-
-
-@dataclass
-class WriteReport:
-    """What one save pass achieved."""
-
-    written: int = 0
-    batches: int = 0
-    heads: int = 0
-    """Projects whose ``#head`` was updated after their objects were written."""
-    failed: list[DirtyObject] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-
 class DynamoStore:
     def __init__(
         self,
@@ -118,9 +89,11 @@ class DynamoStore:
         self.tombstone_ttl = tombstone_ttl
         self.observer: BatchObserver = lambda outcome, seconds, written: None
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="canvas-save")
-        self._heads_owed: set[str] = set()  # saved projects whose head update failed
-        self._head_seq = 0
+        # Guards the two fields below (the save pass's thread and its pool update them).
         self._heads_lock = threading.Lock()
+        self._unannounced: dict[str, int] = {}
+        """Projects with items written but not yet announced in their head -> lowest saved_at."""
+        self._head_seq = 0
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -178,65 +151,71 @@ class DynamoStore:
     # --- saving -------------------------------------------------------------------------
 
     def item(self, obj: DirtyObject, saved_at_ms: int) -> dict[str, Any]:
-        doc = json.dumps(obj.state.to_doc(), separators=(",", ":"), ensure_ascii=False)
         item = {
             "project_id": {"S": obj.project},
             "object_id": {"S": obj.state.id},
-            "doc": {"S": doc},
+            "doc": {"S": encode_doc(obj.state)},
             "saved_at": {"N": str(saved_at_ms)},
             "saved_by": {"S": self.replica_id},
         }
         if not obj.state.is_alive:
-            expires = int(obj.state.alive[1][0] / 1000 + self.tombstone_ttl)
-            item[TTL_ATTRIBUTE] = {"N": str(expires)}
+            # a stamp from a clock far ahead must not keep a tombstone for ever
+            deleted_s = min(obj.state.alive[1][0], saved_at_ms) / 1000
+            item[TTL_ATTRIBUTE] = {"N": str(int(deleted_s + self.tombstone_ttl))}
         return item
 
     def write(self, objects: list[DirtyObject], saved_at_ms: int) -> WriteReport:
         """Save objects in batches of at most 25, in parallel; report what failed.
 
         The caller guarantees one entry per key, so no batch holds two requests for one
-        key (which DynamoDB refuses).
+        key (which DynamoDB refuses). A batch DynamoDB refuses as invalid (one item past
+        the 400 KB limit refuses all 25) is split until the bad item stands alone; only
+        that one is reported refused.
         """
         keys = {(o.project, o.state.id) for o in objects}
         if len(keys) != len(objects):
             raise ValueError("duplicate keys in one save")
         chunks = [objects[i : i + BATCH_LIMIT] for i in range(0, len(objects), BATCH_LIMIT)]
         report = WriteReport()
-        for written, calls, failed, err in self._pool.map(lambda c: self._write_chunk(c, saved_at_ms), chunks):
-            report.written += written
-            report.batches += calls
-            report.failed.extend(failed)
-            if err:
-                report.errors.append(err)
-        saved = {o.project for o in objects} - {o.project for o in report.failed}
-        report.heads = self.touch_heads(saved, saved_at_ms)
+        for chunk_report in self._pool.map(lambda c: self._write_chunk(c, saved_at_ms), chunks):
+            report.add(chunk_report)
+        not_written = {o.key for o in report.failed} | {o.key for o, _ in report.refused}
+        written = {o.project for o in objects if o.key not in not_written}
+        with self._heads_lock:
+            for project in written:
+                self._unannounced[project] = min(saved_at_ms, self._unannounced.get(project, saved_at_ms))
+        report.heads = self.announce()
         return report
 
     # --- change markers -----------------------------------------------------------------
 
     @property
     def heads_owed(self) -> bool:
-        """True when a head update failed and waits for the next pass."""
-        return bool(self._heads_owed)
+        """True when written items wait for their head update (it failed)."""
+        with self._heads_lock:
+            return bool(self._unannounced)
 
-    def touch_heads(self, projects: set[str], saved_at_ms: int) -> int:
+    def announce(self) -> int:
         """Mark projects as saved by this replica, after their objects are in the table.
 
         Runs after the batches, never beside them: a reader that sees the new token can
-        rely on the objects being there. Failures are kept and retried with the next call.
+        rely on the objects being there, and the token names the lowest ``saved_at`` it
+        stands for, so the reader finds them however late they landed. Failures stay
+        owed and are retried with the next call.
         """
         with self._heads_lock:
-            todo = sorted(projects | self._heads_owed)
-            self._heads_owed = set()
+            todo, self._unannounced = self._unannounced, {}
             self._head_seq += 1
-            token = f"{saved_at_ms}.{self._head_seq}"
+            seq = self._head_seq
+        now_ms = int(time.time() * 1000)
+        jobs = sorted(todo.items())
         done = 0
-        for project, ok in zip(todo, self._pool.map(lambda p: self._touch_head(p, token, saved_at_ms), todo)):
+        for (project, since), ok in zip(jobs, self._pool.map(lambda job: self._touch_head(job[0], f"{job[1]}.{seq}", now_ms), jobs)):
             if ok:
                 done += 1
             else:
                 with self._heads_lock:
-                    self._heads_owed.add(project)
+                    self._unannounced[project] = min(since, self._unannounced.get(project, since))
         return done
 
     def _touch_head(self, project: str, token: str, now_ms: int) -> bool:
@@ -250,17 +229,34 @@ class DynamoStore:
                 ExpressionAttributeValues={":t": {"S": token}},
                 ReturnValues="ALL_NEW",
             )["Attributes"]
-            gone = [name for name, value in head.items()
-                    if name.startswith(WRITER_PREFIX) and now_ms - _token_ms(value.get("S", "")) > HEAD_WRITER_MAX_AGE_MS]
-            if gone:  # replicas long gone (pods come and go): keep the item small
-                names = {f"#g{i}": name for i, name in enumerate(gone)}
-                self.client.update_item(TableName=self.table, Key=key, UpdateExpression="REMOVE " + ", ".join(names),
-                                        ExpressionAttributeNames=names)
         except StoreError as error:
             log.warning("head update failed; retried with the next pass",
                         extra={"event": "head_error", "project": project, "error": _describe(error)})
             return False
+        self._prune_head(key, head, now_ms)
         return True
+
+    def _prune_head(self, key: dict[str, Any], head: dict[str, Any], now_ms: int) -> None:
+        """Drop replicas long gone (pods come and go) from a head, to keep it small.
+
+        Conditional on each token being the one read: a replica that wrote again in the
+        meantime keeps its entry.
+        """
+        me = WRITER_PREFIX + self.replica_id
+        gone = {name: value for name, value in head.items() if name.startswith(WRITER_PREFIX) and name != me
+                and now_ms - token_ms(value.get("S", "")) > HEAD_WRITER_MAX_AGE_MS}
+        if not gone:
+            return
+        names = {f"#g{i}": name for i, name in enumerate(gone)}
+        values = {f":g{i}": gone[name] for i, name in enumerate(gone)}
+        try:
+            self.client.update_item(
+                TableName=self.table, Key=key, UpdateExpression="REMOVE " + ", ".join(names),
+                ConditionExpression=" AND ".join(f"{n} = {v}" for n, v in zip(names, values)),
+                ExpressionAttributeNames=names, ExpressionAttributeValues=values,
+            )
+        except StoreError as error:  # a condition that failed included: tried again next time
+            log.info("pruning a head skipped", extra={"event": "head_prune_skipped", "error": _describe(error)})
 
     def heads(self, project_ids: list[str]) -> dict[str, dict[str, str]]:
         """Each project's head: replica id -> token of its latest save (consistent reads)."""
@@ -272,13 +268,13 @@ class DynamoStore:
             }
         return out
 
-    def _write_chunk(self, chunk: list[DirtyObject], saved_at_ms: int) -> tuple[int, int, list[DirtyObject], str | None]:
+    def _write_chunk(self, chunk: list[DirtyObject], saved_at_ms: int) -> WriteReport:
         pending = {(o.project, o.state.id): (o, self.item(o, saved_at_ms)) for o in chunk}
-        calls = 0
+        report = WriteReport()
 
         def attempt() -> dict:
-            nonlocal pending, calls
-            calls += 1
+            nonlocal pending
+            report.batches += 1
             pending = self._batch_call(pending)
             return pending
 
@@ -290,11 +286,33 @@ class DynamoStore:
         )
         try:
             retrying(attempt)
+        except ClientError as error:
+            if _code(error) != "ValidationException":
+                return self._chunk_failed(report, chunk, pending, error)
+            if len(pending) == 1:
+                ((item, _),) = pending.values()
+                report.refused.append((item, _describe(error)))
+                report.written = len(chunk) - 1
+                return report
+            left = [o for o, _ in pending.values()]  # the invalid item is among these: halve
+            report.written = len(chunk) - len(left)
+            for half in (left[: len(left) // 2], left[len(left) // 2 :]):
+                report.add(self._write_chunk(half, saved_at_ms))
+            return report
         except StoreError as error:
-            return len(chunk) - len(pending), calls, [o for o, _ in pending.values()], _describe(error)
-        failed = [o for o, _ in pending.values()]
-        err = f"{len(failed)} items still unprocessed after {calls} attempts" if failed else None
-        return len(chunk) - len(failed), calls, failed, err
+            return self._chunk_failed(report, chunk, pending, error)
+        report.failed = [o for o, _ in pending.values()]
+        report.written = len(chunk) - len(report.failed)
+        if report.failed:
+            report.errors.append(f"{len(report.failed)} items still unprocessed after {report.batches} attempts")
+        return report
+
+    @staticmethod
+    def _chunk_failed(report: WriteReport, chunk: list[DirtyObject], pending: dict, error: Exception) -> WriteReport:
+        report.failed = [o for o, _ in pending.values()]
+        report.written = len(chunk) - len(pending)
+        report.errors.append(_describe(error))
+        return report
 
     def _batch_call(self, pending: dict) -> dict:
         requests = [{"PutRequest": {"Item": item}} for _, item in pending.values()]
@@ -386,11 +404,8 @@ class DynamoStore:
             )
 
 
-def _token_ms(token: str) -> int:
-    try:
-        return int(token.split(".", 1)[0])
-    except ValueError:
-        return 0
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
 
 
 def _describe(error: Exception) -> str:

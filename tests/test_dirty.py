@@ -1,0 +1,70 @@
+"""The dirty set: marked by the loop, taken and finished by the auto-save thread."""
+
+from __future__ import annotations
+
+from canvas_sync.dirty import DirtyObject, DirtySet
+from canvas_sync.model import ObjectState
+
+
+def state(object_id: str, x: int) -> ObjectState:
+    return ObjectState.created(object_id, "rect", {"x": x}, (1000 + x, 0, "a"))
+
+
+def test_the_latest_state_of_each_object_is_taken_once() -> None:
+    dirty = DirtySet()
+    for x in range(100):
+        dirty.mark("p", state("r1", x))
+    dirty.mark("q", state("r2", 0))
+    taken = dirty.take()
+    assert sorted((t.project, t.state.view()["x"]) for t in taken) == [("p", 99), ("q", 0)]  # type: ignore[index]
+    assert dirty.counts() == (2, 2)  # not durable until the pass finishes
+    assert dirty.take() == []
+    dirty.finish()
+    assert dirty.counts() == (0, 0) and dirty.last_save("p") is not None
+
+
+def test_a_failed_object_waits_again_unless_edited_meanwhile() -> None:
+    dirty = DirtySet()
+    dirty.mark("p", state("r1", 1))
+    dirty.mark("p", state("r2", 1))
+    taken = dirty.take()
+    dirty.mark("p", state("r1", 2))  # edited during the pass
+    dirty.finish(failed=taken)
+    again = {t.state.id: t.state.view()["x"] for t in dirty.take()}  # type: ignore[index]
+    assert again == {"r1": 2, "r2": 1}
+    assert dirty.last_save("p") is None  # the project still had unsaved objects
+
+
+def test_refused_objects_are_quarantined_kept_and_retried_only_when_changed() -> None:
+    dirty = DirtySet()
+    dirty.mark("p", state("big", 1))
+    dirty.mark("p", state("ok", 1))
+    taken = dirty.take()
+    big = next(t for t in taken if t.state.id == "big")
+    dirty.finish(refused=[(big, "ValidationException: Item size has exceeded the maximum allowed size")])
+    assert dirty.counts() == (0, 0) and dirty.take() == []  # not retried on every pass
+    assert dirty.holds("p")  # but a project with a quarantined object is never evicted
+    (entry,) = dirty.quarantined()
+    assert (entry["project"], entry["object"]) == ("p", "big") and "Item size" in entry["error"]
+    dirty.mark("p", state("big", 2))  # a client shrinks it: worth another try
+    assert dirty.quarantined() == [] and [t.state.id for t in dirty.take()] == ["big"]
+
+
+def test_merged_states_replace_waiting_ones_and_repairs_are_counted_once() -> None:
+    dirty = DirtySet()
+    dirty.mark("p", state("r1", 1))
+    assert dirty.merged("p", state("r1", 5), table_behind=False) is False
+    assert [t.state.view()["x"] for t in dirty.take()] == [5]  # type: ignore[index]
+    dirty.finish()
+    assert dirty.merged("p", state("r2", 1), table_behind=False) is False and dirty.counts() == (0, 0)
+    assert dirty.merged("p", state("r2", 1), table_behind=True) is True
+    assert dirty.merged("p", state("r2", 2), table_behind=True) is False  # already waiting
+    taken = dirty.take()
+    assert dirty.merged("p", taken[0].state, table_behind=True) is False  # the pass in flight writes exactly this
+    assert dirty.counts() == (1, 1)
+    dirty.finish()
+    assert not dirty.holds("p")
+
+
+def test_dirty_object_key() -> None:
+    assert DirtyObject("p", state("r1", 0)).key == ("p", "r1")
