@@ -186,7 +186,8 @@ def test_http_endpoints(replica: Replica) -> None:
     assert http_json(f"{replica.url}/readyz")[0] == 200
     assert http_json(f"{replica.url}/projects/p9/status") == (
         200,
-        {"project": "p9", "loaded": False, "connections": 0, "objects": 0, "dirty_objects": 0, "last_save_at": None},
+        {"project": "p9", "loaded": False, "connections": 0, "objects": 0, "tombstones": 0, "dirty_objects": 0,
+             "last_save_at": None},
     )
     assert http_json(f"{replica.url}/projects/p9/objects") == (200, {"project": "p9", "objects": []})
     assert http_json(f"{replica.url}/projects/p9/status")[1]["loaded"] is True

@@ -149,3 +149,69 @@ def test_shutdown_while_dynamodb_is_down_reports_unsaved_and_exits_1(replicas: A
     assert time.monotonic() - started < 2 + 15  # the flush deadline, plus one in-flight call's timeouts
     (flush,) = replica.log_events("shutdown_flush")
     assert flush["unsaved"] == 3 and flush["level"] == "ERROR"
+
+
+def test_a_client_cannot_poison_the_saves_of_others(replicas: Any, dynamodb_local: DynamoDBLocal, table: str) -> None:
+    """Set-then-remove leaves each name and stamp stored; the visible object stays tiny.
+
+    Unbounded, the stored item passed DynamoDB's 400 KB limit and its whole batch of 25
+    was refused on every pass. Now the edit that would pass the stored limit is refused.
+    """
+    replica = replicas(autosave_interval=0.3, rate_limit=0)
+    neighbours = creates(24, "n")
+    edit(replica, [{"op": "create", "object": {"id": "bad", "type": "rect"}}] + neighbours)
+    accepted = 0
+    with connect(replica.ws_url("p1"), open_timeout=5) as ws:
+        ws.recv(5)
+        for i in range(2500):  # far past 400 KB if nothing stops it
+            name = f"p{i:05}" + "x" * 58
+            replies = []
+            for value in (1, None):
+                ws.send(json.dumps({"op": "update", "id": "bad", "props": {name: value}}))
+                replies.append(json.loads(ws.recv(5)))
+            if replies[0]["op"] == "error":
+                assert replies[0]["code"] == "too_large"
+                break
+            accepted += 1
+    assert 0 < accepted < 2500, "no edit was refused: the stored item grows without bound"
+    edit(replica, [{"op": "update", "id": f"n{i}", "props": {"x": 100 + i}} for i in range(24)])
+    wait_until(lambda: http_json(f"{replica.url}/projects/p1/status")[1]["dirty_objects"] == 0, timeout=10)
+    saved = in_table(dynamodb_local.endpoint, table)
+    assert saved["bad"] == {"id": "bad", "type": "rect"} and all(saved[f"n{i}"]["x"] == 100 + i for i in range(24))
+    client = make_client(dynamodb_local.endpoint)
+    item = client.get_item(TableName=table, Key={"project_id": {"S": "p1"}, "object_id": {"S": "bad"}})["Item"]
+    assert len(item["doc"]["S"].encode()) <= 65536
+    assert http_json(f"{replica.url}/health")[1]["autosave"]["last_error"] is None
+    assert replica.terminate() == 0
+
+
+def test_create_delete_churn_stays_bounded(replicas: Any, dynamodb_local: DynamoDBLocal, table: str) -> None:
+    """Creates and deletes of ever new ids: tombstones in memory, in the table and in every
+    load stay within CANVAS_MAX_TOMBSTONES_PER_PROJECT, and are forgotten after the TTL."""
+    limit, ttl = 100, 4
+    settings = dict(rate_limit=0, max_tombstones_per_project=limit, tombstone_ttl=ttl, project_idle_timeout=1)
+    replica = replicas(autosave_interval=0.3, **settings)
+    status = lambda r: http_json(f"{r.url}/projects/churn/status")[1]  # noqa: E731
+    refused = 0
+    with connect(replica.ws_url("churn"), open_timeout=5) as ws:
+        ws.recv(5)
+        for i in range(3 * limit):
+            ws.send(json.dumps({"op": "create", "object": {"id": f"o{i}", "type": "rect"}}))
+            reply = json.loads(ws.recv(5))
+            if reply["op"] == "error":
+                assert reply["code"] == "limit_exceeded"
+                refused += 1
+                continue
+            ws.send(json.dumps({"op": "delete", "id": f"o{i}"}))
+            assert json.loads(ws.recv(5))["op"] == "ack"
+        assert refused == 2 * limit and status(replica)["tombstones"] == limit
+        wait_until(lambda: status(replica)["dirty_objects"] == 0, timeout=10)
+        store = DynamoStore(make_client(dynamodb_local.endpoint), table)
+        assert len(store.load_project("churn")) == limit  # what every load and reconcile reads
+        fresh = replicas("replica-fresh", **settings)
+        assert fresh.objects("churn") == [] and status(fresh)["tombstones"] == limit
+        wait_until(lambda: status(replica)["tombstones"] == 0, timeout=ttl + 5)  # the horizon passed
+        assert store.load_project("churn") == []  # expired in the table's view as well
+        ws.send(json.dumps({"op": "create", "object": {"id": "new", "type": "rect"}}))
+        assert json.loads(ws.recv(5))["op"] == "ack"
+        store.close()

@@ -109,6 +109,7 @@ def create_app(service: CanvasService) -> Quart:
                 "loaded": project is not None,
                 "connections": len(project.connections) if project else 0,
                 "objects": len(project.views) if project else 0,
+                "tombstones": len(project.tombstones) if project else 0,
                 "dirty_objects": service.dirty.project_count(project_id),
                 "last_save_at": service.dirty.last_save(project_id) if project else None,
             }
