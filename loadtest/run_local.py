@@ -28,15 +28,28 @@ HERE = Path(__file__).resolve().parent
 TABLE = "loadtest"
 
 
-def start_replicas(n: int, endpoint: str, log_dir: Path, autosave: float, sync: float) -> list[tuple[subprocess.Popen[bytes], str]]:
+def start_replicas(
+    n: int, endpoint: str, log_dir: Path, autosave: float, sync: float
+) -> list[tuple[subprocess.Popen[bytes], str]]:
     started = []
     for i in range(n):
         port = free_port()
-        env = dict(os.environ, CANVAS_DYNAMODB_ENDPOINT=endpoint, CANVAS_TABLE=TABLE, CANVAS_REPLICA_ID=f"replica-{i + 1}",
-                   CANVAS_AUTOSAVE_INTERVAL=str(autosave), CANVAS_SYNC_INTERVAL=str(sync), CANVAS_LOG_LEVEL="warning")
+        env = dict(
+            os.environ,
+            CANVAS_DYNAMODB_ENDPOINT=endpoint,
+            CANVAS_TABLE=TABLE,
+            CANVAS_REPLICA_ID=f"replica-{i + 1}",
+            CANVAS_AUTOSAVE_INTERVAL=str(autosave),
+            CANVAS_SYNC_INTERVAL=str(sync),
+            CANVAS_LOG_LEVEL="warning",
+        )
         log = open(log_dir / f"replica-{i + 1}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "canvas_sync", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "canvas_sync", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         started.append((proc, f"http://127.0.0.1:{port}"))
     for proc, url in started:
         deadline = time.monotonic() + 30
@@ -89,11 +102,36 @@ def main(argv: list[str] | None = None) -> int:
         urls = [url for _, url in replicas]
         report = out / "convergence.json"
         command = [
-            sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py"), "--headless",
-            "-u", str(args.users), "-r", str(args.spawn_rate), "-t", args.time, "--stop-timeout", "5",
-            "--host", urls[0], "--replica-urls", ",".join(urls), "--projects", str(args.projects),
-            "--project-prefix", f"run-{int(time.time())}", "--convergence-timeout", str(args.convergence_timeout),
-            "--convergence-report", str(report), "--html", str(out / "report.html"), "--csv", str(out / "locust"),
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(HERE / "locustfile.py"),
+            "--headless",
+            "-u",
+            str(args.users),
+            "-r",
+            str(args.spawn_rate),
+            "-t",
+            args.time,
+            "--stop-timeout",
+            "5",
+            "--host",
+            urls[0],
+            "--replica-urls",
+            ",".join(urls),
+            "--projects",
+            str(args.projects),
+            "--project-prefix",
+            f"run-{int(time.time())}",
+            "--convergence-timeout",
+            str(args.convergence_timeout),
+            "--convergence-report",
+            str(report),
+            "--html",
+            str(out / "report.html"),
+            "--csv",
+            str(out / "locust"),
             "--only-summary",
         ]
         print(f"run-local: {args.replicas} replicas {', '.join(urls)}; {args.users} users for {args.time}", flush=True)
@@ -108,12 +146,19 @@ def main(argv: list[str] | None = None) -> int:
         written = sum(counter(u, "canvas_autosave_objects_written_total") for u in urls)
         stats = result.get("stats", {})
         summary = {
-            "replicas": args.replicas, "users": args.users, "time": args.time,
-            "ops_per_s": stats.get("ops_per_s"), "ack_p50_ms": stats.get("p50_ms"),
-            "ack_p95_ms": stats.get("p95_ms"), "ack_p99_ms": stats.get("p99_ms"),
-            "fail_ratio": stats.get("fail_ratio"), "converged": result.get("converged"),
-            "convergence_s": result.get("seconds"), "edits_accepted": int(edits_accepted),
-            "items_written": int(written), "items_per_edit": round(written / edits_accepted, 4) if edits_accepted else None,
+            "replicas": args.replicas,
+            "users": args.users,
+            "time": args.time,
+            "ops_per_s": stats.get("ops_per_s"),
+            "ack_p50_ms": stats.get("p50_ms"),
+            "ack_p95_ms": stats.get("p95_ms"),
+            "ack_p99_ms": stats.get("p99_ms"),
+            "fail_ratio": stats.get("fail_ratio"),
+            "converged": result.get("converged"),
+            "convergence_s": result.get("seconds"),
+            "edits_accepted": int(edits_accepted),
+            "items_written": int(written),
+            "items_per_edit": round(written / edits_accepted, 4) if edits_accepted else None,
             "reports": str(out),
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from canvas_sync.dynamodb_local import DynamoDBLocal, Unavailable, free_port
 from canvas_sync.store import DynamoStore, make_client
 
@@ -111,7 +110,9 @@ class Replica:
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "canvas_sync", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         if wait_ready:
             self.wait_ready()

@@ -11,12 +11,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from conftest import Replica, http_json, http_text
 from websockets.client import ClientProtocol
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from websockets.uri import parse_uri
-
-from conftest import Replica, http_json, http_text
 
 pytestmark = pytest.mark.dynamodb_local
 
@@ -46,7 +45,8 @@ def test_snapshot_ack_and_fanout(replica: Replica) -> None:
         for ws, project in ((a, "p1"), (b, "p1"), (c, "other")):
             assert recv(ws) == {"op": "snapshot", "project": project, "replica": "replica-a", "objects": []}
         assert call(a, {"op": "create", "req": "1", "object": {"id": "r1", "type": "rect", "x": 1, "y": 0.1}}) == {
-            "op": "ack", "req": "1"
+            "op": "ack",
+            "req": "1",
         }
         assert recv(b) == {"op": "upsert", "object": {"id": "r1", "type": "rect", "x": 1, "y": 0.1}}
         assert call(b, {"op": "update", "id": "r1", "props": {"x": 2, "y": None}}) == {"op": "ack"}
@@ -64,7 +64,9 @@ def test_snapshot_is_sorted_and_values_come_back_exactly(replica: Replica) -> No
     with client(replica) as ws:
         recv(ws)
         for oid in ("b", "a", "c"):
-            call(ws, {"op": "create", "object": {"id": oid, "type": "t", "n": 1, "f": 0.1, "big": 12345678901234567890}})
+            call(
+                ws, {"op": "create", "object": {"id": oid, "type": "t", "n": 1, "f": 0.1, "big": 12345678901234567890}}
+            )
     with client(replica) as ws:
         text = ws.recv(5)
     assert '"objects":[{"big":12345678901234567890,"f":0.1,"id":"a","n":1,"type":"t"},{' in text
@@ -186,15 +188,29 @@ def test_http_endpoints(replica: Replica) -> None:
     assert http_json(f"{replica.url}/readyz")[0] == 200
     assert http_json(f"{replica.url}/projects/p9/status") == (
         200,
-        {"project": "p9", "loaded": False, "connections": 0, "objects": 0, "tombstones": 0, "dirty_objects": 0,
-             "last_save_at": None},
+        {
+            "project": "p9",
+            "loaded": False,
+            "connections": 0,
+            "objects": 0,
+            "tombstones": 0,
+            "dirty_objects": 0,
+            "last_save_at": None,
+        },
     )
     assert http_json(f"{replica.url}/projects/p9/objects") == (200, {"project": "p9", "objects": []})
     assert http_json(f"{replica.url}/projects/p9/status")[1]["loaded"] is True
     status, health = http_json(f"{replica.url}/health")
     assert status == 200 and health["replica"] == "replica-a" and health["status"] == "ok"
-    assert set(health["autosave"]) == {"interval_s", "worker_alive", "dirty_projects", "dirty_objects", "last_save_at", "last_error",
-                                      "quarantined"}
+    assert set(health["autosave"]) == {
+        "interval_s",
+        "worker_alive",
+        "dirty_projects",
+        "dirty_objects",
+        "last_save_at",
+        "last_error",
+        "quarantined",
+    }
     assert health["autosave"]["worker_alive"] is True
 
 
@@ -208,6 +224,7 @@ def test_metrics_named_in_the_contract(replica: Replica) -> None:
         assert 'canvas_edits_total{op="update"} 1.0' in text
         assert "canvas_websocket_connections 1.0" in text
         assert "canvas_projects_loaded 1.0" in text
+
     def value(name: str) -> float:
         match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
         assert match, name
@@ -216,8 +233,10 @@ def test_metrics_named_in_the_contract(replica: Replica) -> None:
     deadline = time.monotonic() + 5
     # a pass counts its batches as they return and sets the timestamp when it ends
     # (after the #head update), so wait for both
-    while (value('canvas_autosave_batches_total{outcome="success"}') < 1
-           or value("canvas_autosave_last_success_timestamp_seconds") == 0) and time.monotonic() < deadline:
+    while (
+        value('canvas_autosave_batches_total{outcome="success"}') < 1
+        or value("canvas_autosave_last_success_timestamp_seconds") == 0
+    ) and time.monotonic() < deadline:
         time.sleep(0.1)
         text = http_text(f"{replica.url}/metrics")
     # the create and the update may land in one pass or in two
@@ -288,11 +307,19 @@ def test_probe_command_pings_a_replica(replica: Replica) -> None:
     import subprocess
     import sys
 
-    ok = subprocess.run([sys.executable, "-m", "canvas_sync", "probe", replica.ws_url("helm-test")],
-                        capture_output=True, text=True, timeout=30)
+    ok = subprocess.run(
+        [sys.executable, "-m", "canvas_sync", "probe", replica.ws_url("helm-test")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert ok.returncode == 0 and '"op": "pong"' in ok.stdout, ok.stderr
-    bad = subprocess.run([sys.executable, "-m", "canvas_sync", "probe", replica.ws_url("-bad")],
-                         capture_output=True, text=True, timeout=30)
+    bad = subprocess.run(
+        [sys.executable, "-m", "canvas_sync", "probe", replica.ws_url("-bad")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert bad.returncode == 1 and "HTTP 400" in bad.stderr
 
 

@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 import pytest
-
 from canvas_sync.autosave import AutosaveWorker
 from canvas_sync.metrics import Metrics
 from canvas_sync.model import HybridClock, ObjectState
@@ -147,7 +146,9 @@ def test_contended_objects_are_merged_with_the_table_copy_before_writing(ddb_sto
     state, worker = make(ddb_store)
     other_clock = HybridClock("b")
     other_state = CanvasState(other_clock)
-    other = AutosaveWorker(other_state.dirty, DynamoStore(ddb_store.client, ddb_store.table, "b"), other_clock, interval=60)
+    other = AutosaveWorker(
+        other_state.dirty, DynamoStore(ddb_store.client, ddb_store.table, "b"), other_clock, interval=60
+    )
     for p in ("calm", "busy"):
         project = hold(state, p)
         state.apply(project, Create(None, "o", "rect", {"x": 0}))

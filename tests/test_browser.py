@@ -14,13 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import OUTPUT, Replica, missing, wait_until
 
 pytestmark = pytest.mark.dynamodb_local
 
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SHOTS = OUTPUT / "browser"
 FAST = {"autosave_interval": 0.3, "sync_interval": 0.2}
 
@@ -110,7 +115,9 @@ def test_two_pages_on_two_replicas_share_one_canvas(browser: Any, replicas: Any)
         r.start()
     page_a.wait_for_selector('[data-testid="status"][data-state="online"]', timeout=15_000)
     reconnect_s = time.monotonic() - restarted
-    wait_until(lambda: page_a.get_attribute('[data-testid="queued"]', "data-count") == "0", what="the queued edit acked")
+    wait_until(
+        lambda: page_a.get_attribute('[data-testid="queued"]', "data-count") == "0", what="the queued edit acked"
+    )
     wait_until(lambda: len(shapes(page_b)) == 3, timeout=15, what="the queued edit on B")
     print(f"page back online {reconnect_s:.2f}s after the replicas restarted; the queued edit was delivered")
 

@@ -4,10 +4,10 @@ the CRD-generated schemas of prometheus-operator and Gateway API, and promtool."
 from __future__ import annotations
 
 import json
-import sys
 import re
 import shutil
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,6 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
-
 from canvas_sync.dynamodb_local import cache_dir
 from conftest import Replica, http_text, missing
 
@@ -36,8 +35,13 @@ def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Every rendered object (hooks and tests included)."""
     with helm.Chart.load(str(CHART)) as chart:
         manifests = chart.render(values or {}, name=RELEASE, namespace="canvas", is_install=True)
-    return [doc for path, text in sorted(manifests.items()) if path.endswith(".yaml")
-            for doc in yaml.safe_load_all(text) if doc]
+    return [
+        doc
+        for path, text in sorted(manifests.items())
+        if path.endswith(".yaml")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
 
 
 def notes(values: dict[str, Any]) -> str:
@@ -94,8 +98,13 @@ def crd_validator() -> Path:
     for name in ("package.json", "validate.mjs"):
         shutil.copy(source / name, target / name)
     if not (target / "node_modules" / "@kubernetes-models" / "prometheus-operator").is_dir():
-        result = subprocess.run([npm, "install", "--silent", "--no-audit", "--no-fund"], cwd=target,
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [npm, "install", "--silent", "--no-audit", "--no-fund"],
+            cwd=target,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if result.returncode != 0:
             missing(f"npm install of the CRD models failed: {result.stderr[-500:]}")
     return target / "validate.mjs"
@@ -104,11 +113,15 @@ def crd_validator() -> Path:
 def test_custom_resources_validate_against_their_crd_schemas(crd_validator: Path) -> None:
     objects = [o for p in CI_VALUES for o in render(values_of(p)) if o["kind"] in CUSTOM_KINDS]
     assert {o["kind"] for o in objects} == CUSTOM_KINDS
-    result = subprocess.run(["node", str(crd_validator)], input=json.dumps(objects), capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["node", str(crd_validator)], input=json.dumps(objects), capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     monitor = next(o for o in objects if o["kind"] == "ServiceMonitor")
     broken = dict(monitor, spec={"selector": {}, "endpoints": [{"port": 8080, "interval": "soon"}]})  # it can fail
-    result = subprocess.run(["node", str(crd_validator)], input=json.dumps([broken]), capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["node", str(crd_validator)], input=json.dumps([broken]), capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 1
 
 
@@ -159,10 +172,13 @@ def test_config_changes_roll_the_pods() -> None:
     assert checksum({}) != checksum({"autosave": {"interval": 2}})
 
 
-@pytest.mark.parametrize("values", [
-    {"replicaCount": 2, "dynamodbLocal": {"enabled": True, "mode": "sidecar"}},
-    {"replicaCount": 1, "autoscaling": {"enabled": True}, "dynamodbLocal": {"enabled": True, "mode": "sidecar"}},
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"replicaCount": 2, "dynamodbLocal": {"enabled": True, "mode": "sidecar"}},
+        {"replicaCount": 1, "autoscaling": {"enabled": True}, "dynamodbLocal": {"enabled": True, "mode": "sidecar"}},
+    ],
+)
 def test_sidecar_mode_is_refused_with_several_replicas(values: dict[str, Any]) -> None:
     with pytest.raises(helm.HelmError) as info:
         render(values)
@@ -173,7 +189,8 @@ def test_dynamodb_local_modes_point_the_app_at_it() -> None:
     def endpoint(values: dict[str, Any]) -> str | None:
         objects = render(values)
         return next(o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"] == FULLNAME)["data"].get(
-            "CANVAS_DYNAMODB_ENDPOINT")
+            "CANVAS_DYNAMODB_ENDPOINT"
+        )
 
     assert endpoint(values_of(CHART / "ci" / "sidecar-values.yaml")) == "http://127.0.0.1:8000"
     assert endpoint(values_of(CHART / "ci" / "shared-values.yaml")) == f"http://{FULLNAME}-dynamodb-local:8000"
@@ -182,7 +199,9 @@ def test_dynamodb_local_modes_point_the_app_at_it() -> None:
     service = next(o for o in by_kind(shared, "Service") if o["metadata"]["name"] == FULLNAME)
     dynamo_pod = next(o for o in by_kind(shared, "Deployment") if o["metadata"]["name"] != FULLNAME)
     pod_labels = dynamo_pod["spec"]["template"]["metadata"]["labels"]
-    assert not all(pod_labels.get(k) == v for k, v in service["spec"]["selector"].items()), "app Service selects DynamoDB Local"
+    assert not all(pod_labels.get(k) == v for k, v in service["spec"]["selector"].items()), (
+        "app Service selects DynamoDB Local"
+    )
 
 
 def test_create_table_hook_job_and_irsa() -> None:
@@ -198,7 +217,14 @@ def test_create_table_hook_job_and_irsa() -> None:
 
 def test_monitoring_resources_only_behind_their_switches() -> None:
     plain = {o["kind"] for o in render({})}
-    assert not plain & {"ServiceMonitor", "PrometheusRule", "Ingress", "HTTPRoute", "NetworkPolicy", "HorizontalPodAutoscaler"}
+    assert not plain & {
+        "ServiceMonitor",
+        "PrometheusRule",
+        "Ingress",
+        "HTTPRoute",
+        "NetworkPolicy",
+        "HorizontalPodAutoscaler",
+    }
     full = render(values_of(CHART / "ci" / "shared-values.yaml"))
     (monitor,) = by_kind(full, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
@@ -224,10 +250,14 @@ def test_notes_tell_how_to_reach_it_and_warn_about_risky_settings() -> None:
 def test_helm_test_pod_probes_the_service() -> None:
     (pod,) = [o for o in by_kind(render({}), "Pod") if o["metadata"]["annotations"].get("helm.sh/hook") == "test"]
     container = pod["spec"]["containers"][0]
-    assert container["command"] == ["canvas-sync"] and container["args"] == ["probe", f"ws://{FULLNAME}:80/ws/helm-test"]
+    assert container["command"] == ["canvas-sync"] and container["args"] == [
+        "probe",
+        f"ws://{FULLNAME}:80/ws/helm-test",
+    ]
 
 
 # --- alerts and dashboard -----------------------------------------------------------------
+
 
 def rules() -> dict[str, Any]:
     (rule,) = by_kind(render({"metrics": {"prometheusRule": {"enabled": True}}}), "PrometheusRule")
@@ -333,21 +363,37 @@ def test_every_metric_in_panels_and_alerts_is_exported(replicas: Any) -> None:
     dashboard = json.loads((CHART / "files" / "dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     expected = metric_names("\n".join(exprs)) | metric_names(json.dumps(rules()))
-    required_panels = {"canvas_websocket_connections", "canvas_edits_total", "canvas_autosave_batches_total",
-                       "canvas_autosave_batch_duration_seconds_bucket", "canvas_autosave_objects_written_total",
-                       "canvas_dirty_objects", "canvas_sync_lag_seconds_bucket", "canvas_ready"}
+    required_panels = {
+        "canvas_websocket_connections",
+        "canvas_edits_total",
+        "canvas_autosave_batches_total",
+        "canvas_autosave_batch_duration_seconds_bucket",
+        "canvas_autosave_objects_written_total",
+        "canvas_dirty_objects",
+        "canvas_sync_lag_seconds_bucket",
+        "canvas_ready",
+    }
     assert required_panels <= metric_names("\n".join(exprs))
     replica: Replica = replicas("scraped")
-    exported = {line.split("{")[0].split(" ")[0] for line in http_text(f"{replica.url}/metrics").splitlines()
-                if line and not line.startswith("#")}
+    exported = {
+        line.split("{")[0].split(" ")[0]
+        for line in http_text(f"{replica.url}/metrics").splitlines()
+        if line and not line.startswith("#")
+    }
     assert expected - exported == set(), f"named in panels or alerts but not exported: {expected - exported}"
 
 
 # --- k8s/ manifests -------------------------------------------------------------------------
 
+
 def test_k8s_manifests_do_not_drift_from_the_chart(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "k8s" / "generate.py"), "--check"],
-                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "k8s" / "generate.py"), "--check"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -359,8 +405,9 @@ def test_k8s_overlays_build_with_kustomize_to_the_chart_render() -> None:
     import generate
 
     for overlay in ("dev", "aws", "loadtest"):
-        result = subprocess.run([kubectl, "kustomize", str(ROOT / "k8s" / "overlays" / overlay)],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [kubectl, "kustomize", str(ROOT / "k8s" / "overlays" / overlay)], capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == 0, result.stderr
         built = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(result.stdout) if d}
         chart_values = yaml.safe_load((ROOT / "k8s" / f"values-{overlay}.yaml").read_text())
@@ -376,7 +423,9 @@ def test_loadtest_job_finds_pods_through_endpoint_slices() -> None:
     assert f"--discover-service={FULLNAME}" in args and "--discover-namespace=canvas" in args
     assert f"--host=http://{FULLNAME}:80" in args
     (role,) = by_kind(objects, "Role")
-    assert role["rules"] == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list"]}]
+    assert role["rules"] == [
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list"]}
+    ]
     (binding,) = by_kind(objects, "RoleBinding")
     assert binding["subjects"][0]["name"] == pod["serviceAccountName"] == role["metadata"]["name"]
     (policy,) = by_kind(objects, "NetworkPolicy")

@@ -12,14 +12,18 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from canvas_sync.dynamodb_local import DynamoDBLocal, free_port
 from canvas_sync.store import DynamoStore, make_client
 
 
 def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "canvas_sync", *args], env=env or dict(os.environ),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "canvas_sync", *args],
+        env=env or dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_bad_configuration_exits_2_with_one_line() -> None:
@@ -53,7 +57,10 @@ def _dev(tmp_path: Path, env: dict[str, str], replicas: int = 2) -> tuple[str, l
     with open(out, "w") as sink:
         proc = subprocess.Popen(
             [sys.executable, "-m", "canvas_sync", "dev", "--replicas", str(replicas), "--port", str(port)],
-            env=env, stdout=sink, stderr=subprocess.STDOUT, text=True,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         try:
             deadline = time.monotonic() + 60

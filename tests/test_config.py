@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from canvas_sync.config import ConfigError, load_settings
 
 
@@ -11,7 +10,13 @@ def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("CANVAS_PORT", "CANVAS_HOST", "CANVAS_TABLE", "CANVAS_AUTOSAVE_INTERVAL"):
         monkeypatch.delenv(name, raising=False)
     s = load_settings()
-    assert (s.host, s.port, s.table, s.dynamodb_endpoint, s.create_table) == ("0.0.0.0", 8080, "canvas_objects", None, False)
+    assert (s.host, s.port, s.table, s.dynamodb_endpoint, s.create_table) == (
+        "0.0.0.0",
+        8080,
+        "canvas_objects",
+        None,
+        False,
+    )
     assert (s.autosave_interval, s.sync_interval, s.shutdown_timeout) == (5.0, 1.0, 20.0)
     assert (s.max_message_bytes, s.max_object_bytes, s.max_objects_per_project) == (65536, 16384, 10000)
     assert s.log_level.value == "info" and s.replica_id
@@ -23,7 +28,13 @@ def test_environment_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CANVAS_CREATE_TABLE", "true")
     monkeypatch.setenv("CANVAS_LOG_LEVEL", "debug")
     s = load_settings(port=9100, host=None)
-    assert (s.port, s.autosave_interval, s.create_table, s.log_level.value, s.host) == (9100, 0.25, True, "debug", "0.0.0.0")
+    assert (s.port, s.autosave_interval, s.create_table, s.log_level.value, s.host) == (
+        9100,
+        0.25,
+        True,
+        "debug",
+        "0.0.0.0",
+    )
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from canvas_sync.dynamodb_local import DynamoDBLocal, free_port
 from test_chart import FULLNAME, app_deployment, by_kind, render
 
@@ -60,14 +59,22 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("image")
     build = re.search(r"RUN python -m pip wheel (.*?) \.", DOCKERFILE)
     assert build, "the build stage makes a wheel"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(work / "wheels"), str(ROOT)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(work / "wheels"), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     venv = work / "opt-canvas-sync"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     wheels = [str(p) for p in (work / "wheels").glob("*.whl")]
     assert len(wheels) == 1
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-cache-dir", *wheels],
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", "--no-cache-dir", *wheels],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     return venv
 
 
@@ -93,12 +100,15 @@ def wait_status(url: str, status: int, proc: subprocess.Popen[bytes], timeout: f
 
 
 @pytest.mark.dynamodb_local
-def test_the_image_entry_command_serves(image_venv: Path, dynamodb_local: DynamoDBLocal, table: str, tmp_path: Path) -> None:
+def test_the_image_entry_command_serves(
+    image_venv: Path, dynamodb_local: DynamoDBLocal, table: str, tmp_path: Path
+) -> None:
     port = free_port()
     env = dockerfile_env()  # the image's ENV, with /opt/canvas-sync where this venv is
     env["PATH"] = env["PATH"].replace("/opt/canvas-sync", str(image_venv)).replace("$PATH", "/usr/bin:/bin")
-    env.update(HOME=str(tmp_path), CANVAS_PORT=str(port), CANVAS_DYNAMODB_ENDPOINT=dynamodb_local.endpoint,
-               CANVAS_TABLE=table)
+    env.update(
+        HOME=str(tmp_path), CANVAS_PORT=str(port), CANVAS_DYNAMODB_ENDPOINT=dynamodb_local.endpoint, CANVAS_TABLE=table
+    )
     command = dockerfile_json("ENTRYPOINT") + dockerfile_json("CMD")
     proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -121,8 +131,13 @@ def test_boot_the_rendered_pod(image_venv: Path, dynamodb_local: DynamoDBLocal, 
     for var in container["env"]:
         env[var["name"]] = var.get("value") or f"{FULLNAME}-7d9f8-abcde"  # fieldRef metadata.name
     assert container["ports"][0]["containerPort"] == port
-    proc = subprocess.Popen(container["command"] + container["args"], env=env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        container["command"] + container["args"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_status(base + container["livenessProbe"]["httpGet"]["path"], 200, proc)

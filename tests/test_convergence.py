@@ -11,9 +11,8 @@ from contextlib import ExitStack
 from typing import Any
 
 import pytest
-from websockets.sync.client import ClientConnection, connect
-
 from conftest import Replica, http_json, wait_until
+from websockets.sync.client import ClientConnection, connect
 
 pytestmark = pytest.mark.dynamodb_local
 
@@ -56,7 +55,9 @@ class Client:
 
     def __init__(self, replica: Replica, project: str) -> None:
         self._stack = ExitStack()
-        self.ws: ClientConnection = self._stack.enter_context(connect(replica.ws_url(project), open_timeout=5, max_size=None))
+        self.ws: ClientConnection = self._stack.enter_context(
+            connect(replica.ws_url(project), open_timeout=5, max_size=None)
+        )
         self.seen: list[dict[str, Any]] = [json.loads(self.ws.recv(5))]
         self.n = 0
 
@@ -91,9 +92,14 @@ def random_edits(client: Client, seed: int, count: int) -> None:
         oid = rng.choice(IDS)
         roll = rng.random()
         if roll < 0.25:
-            msg = {"op": "create", "object": {"id": oid, "type": rng.choice(["rect", "ellipse"]), "x": i, "y": rng.random()}}
+            msg = {
+                "op": "create",
+                "object": {"id": oid, "type": rng.choice(["rect", "ellipse"]), "x": i, "y": rng.random()},
+            }
         elif roll < 0.85:
-            props = {k: rng.choice([None, i, rng.random(), f"c{seed}"]) for k in rng.sample(["x", "y", "fill", "text"], 2)}
+            props = {
+                k: rng.choice([None, i, rng.random(), f"c{seed}"]) for k in rng.sample(["x", "y", "fill", "text"], 2)
+            }
             if rng.random() < 0.1:
                 props["type"] = "text"
             msg = {"op": "update", "id": oid, "props": props}
@@ -109,7 +115,7 @@ def run_concurrently(clients: list[Client], count: int) -> None:
     def work(c: Client, seed: int) -> None:
         try:
             random_edits(c, seed, count)
-        except BaseException as error:  # noqa: BLE001 - re-raised below
+        except BaseException as error:
             errors.append(error)
 
     threads = [threading.Thread(target=work, args=(c, i)) for i, c in enumerate(clients)]

@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect
-
 from canvas_sync.dynamodb_local import DynamoDBLocal, free_port
 from canvas_sync.store import DynamoStore, make_client
 from conftest import Replica, http_json, http_text, wait_until
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 pytestmark = pytest.mark.dynamodb_local
 
@@ -47,7 +46,9 @@ def metric(replica: Replica, name: str) -> float:
     return float(match.group(1))
 
 
-def test_ten_quick_creates_are_saved_within_one_interval(replicas: Any, dynamodb_local: DynamoDBLocal, table: str) -> None:
+def test_ten_quick_creates_are_saved_within_one_interval(
+    replicas: Any, dynamodb_local: DynamoDBLocal, table: str
+) -> None:
     replica = replicas(autosave_interval=1.0)
     edit(replica, creates(10))
     acked = time.monotonic()
@@ -80,7 +81,10 @@ def test_dirty_lifecycle_and_no_writes_when_idle(replicas: Any) -> None:
 def test_a_second_replica_loads_what_the_first_saved(replicas: Any) -> None:
     a = replicas("replica-a")
     b = replicas("replica-b")
-    edit(a, creates(30) + [{"op": "update", "id": "o1", "props": {"x": 0.1, "fill": "#f00"}}, {"op": "delete", "id": "o2"}])
+    edit(
+        a,
+        [*creates(30), {"op": "update", "id": "o1", "props": {"x": 0.1, "fill": "#f00"}}, {"op": "delete", "id": "o2"}],
+    )
     wait_until(lambda: http_json(f"{a.url}/projects/p1/status")[1]["dirty_objects"] == 0, timeout=5)
     assert http_json(f"{b.url}/projects/p1/status")[1]["loaded"] is False
     objects = b.objects("p1")  # cache miss on b
@@ -94,7 +98,7 @@ def test_a_second_replica_loads_what_the_first_saved(replicas: Any) -> None:
 
 def test_sigterm_saves_every_unsaved_edit_and_exits_0(replicas: Any, dynamodb_local: DynamoDBLocal, table: str) -> None:
     replica = replicas(autosave_interval=3600)  # nothing would be saved without the final flush
-    edit(replica, creates(60) + [{"op": "update", "id": "o5", "props": {"x": 500}}])
+    edit(replica, [*creates(60), {"op": "update", "id": "o5", "props": {"x": 500}}])
     assert in_table(dynamodb_local.endpoint, table) == {}
     with connect(replica.ws_url("p1"), open_timeout=5) as ws:
         ws.recv(5)
@@ -123,12 +127,13 @@ def own_dynamodb(tmp_path: Path) -> Any:
 
 def test_acked_edits_survive_a_dynamodb_outage(replicas: Any, own_dynamodb: DynamoDBLocal) -> None:
     DynamoStore(make_client(own_dynamodb.endpoint), "outage").create_table()
-    replica = replicas(dynamodb_endpoint=own_dynamodb.endpoint, table="outage", autosave_interval=0.3,
-                       autosave_max_backoff=1.0)
+    replica = replicas(
+        dynamodb_endpoint=own_dynamodb.endpoint, table="outage", autosave_interval=0.3, autosave_max_backoff=1.0
+    )
     edit(replica, creates(5, "before"))
     wait_until(lambda: len(in_table(own_dynamodb.endpoint, "outage")) == 5, timeout=5)
     own_dynamodb.stop()
-    edit(replica, creates(20, "during") + [{"op": "update", "id": "before0", "props": {"x": 99}}])
+    edit(replica, [*creates(20, "during"), {"op": "update", "id": "before0", "props": {"x": 99}}])
     health = lambda: http_json(f"{replica.url}/health")[1]["autosave"]  # noqa: E731
     wait_until(lambda: health()["last_error"] is not None, timeout=15)
     assert health()["dirty_objects"] == 21
@@ -139,9 +144,13 @@ def test_acked_edits_survive_a_dynamodb_outage(replicas: Any, own_dynamodb: Dyna
     wait_until(lambda: health()["last_error"] is None and health()["dirty_objects"] == 0, timeout=5)
 
 
-def test_shutdown_while_dynamodb_is_down_reports_unsaved_and_exits_1(replicas: Any, own_dynamodb: DynamoDBLocal) -> None:
+def test_shutdown_while_dynamodb_is_down_reports_unsaved_and_exits_1(
+    replicas: Any, own_dynamodb: DynamoDBLocal
+) -> None:
     DynamoStore(make_client(own_dynamodb.endpoint), "down").create_table()
-    replica = replicas(dynamodb_endpoint=own_dynamodb.endpoint, table="down", autosave_interval=3600, shutdown_timeout=2)
+    replica = replicas(
+        dynamodb_endpoint=own_dynamodb.endpoint, table="down", autosave_interval=3600, shutdown_timeout=2
+    )
     edit(replica, creates(3))
     own_dynamodb.stop()
     started = time.monotonic()
@@ -159,7 +168,7 @@ def test_a_client_cannot_poison_the_saves_of_others(replicas: Any, dynamodb_loca
     """
     replica = replicas(autosave_interval=0.3, rate_limit=0)
     neighbours = creates(24, "n")
-    edit(replica, [{"op": "create", "object": {"id": "bad", "type": "rect"}}] + neighbours)
+    edit(replica, [{"op": "create", "object": {"id": "bad", "type": "rect"}}, *neighbours])
     accepted = 0
     with connect(replica.ws_url("p1"), open_timeout=5) as ws:
         ws.recv(5)

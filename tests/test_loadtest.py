@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -51,14 +51,15 @@ SLICES = {
 class FakeApi(BaseHTTPRequestHandler):
     """Answers the one call discovery makes, and records what was asked."""
 
-    requests: list[tuple[str, dict[str, list[str]]]] = []
+    requests: ClassVar[list[tuple[str, dict[str, list[str]]]]] = []
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         parts = urlsplit(self.path)
         FakeApi.requests.append((parts.path, parse_qs(parts.query)))
         if parts.path == "/apis/discovery.k8s.io/v1/namespaces/canvas-ns/endpointslices":
-            body = json.dumps({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSliceList", "metadata": {},
-                               **SLICES}).encode()
+            body = json.dumps(
+                {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSliceList", "metadata": {}, **SLICES}
+            ).encode()
             self.send_response(200)
         else:
             body = json.dumps({"kind": "Status", "code": 404}).encode()
@@ -85,22 +86,29 @@ def fake_api() -> Iterator[str]:
 def test_pod_urls_from_endpoint_slices(fake_api: str) -> None:
     urls = pod_urls(discovery_api(host=fake_api), "canvas-ns", "canvas")
     assert urls == ["http://10.1.0.5:8080", "http://10.1.0.7:8080", "http://[fd00::9]:8080"]
-    ((path, query),) = FakeApi.requests
+    ((_path, query),) = FakeApi.requests
     assert query["labelSelector"] == ["kubernetes.io/service-name=canvas"]
 
 
 def test_locustfile_checks_the_discovered_pods(fake_api: str, tmp_path: Path) -> None:
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [{"name": "fake", "cluster": {"server": fake_api}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "nobody"}}],
-        "users": [{"name": "nobody", "user": {}}],
-    }))
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "fake",
+                "clusters": [{"name": "fake", "cluster": {"server": fake_api}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "nobody"}}],
+                "users": [{"name": "nobody", "user": {}}],
+            }
+        )
+    )
     # importing locust patches the process with gevent: keep it out of pytest's process
     code = (
         "import sys, types; sys.path.insert(0, 'loadtest'); from locustfile import check_urls; "
-        "o = types.SimpleNamespace(discover_service='canvas', discover_namespace='canvas-ns', check_urls='', replica_urls=''); "
+        "o = types.SimpleNamespace(discover_service='canvas', discover_namespace='canvas-ns', check_urls='', "
+        "replica_urls=''); "
         "print(' '.join(check_urls(types.SimpleNamespace(parsed_options=o, host='http://canvas:80'))))"
     )
     env = {"KUBECONFIG": str(kubeconfig), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
@@ -113,9 +121,25 @@ def test_locustfile_checks_the_discovered_pods(fake_api: str, tmp_path: Path) ->
 @pytest.mark.timeout(300)
 def test_short_local_run_converges(tmp_path: Path) -> None:
     result = subprocess.run(
-        [str(ROOT / "loadtest" / "run-local"), "--replicas", "2", "--users", "10", "--spawn-rate", "10",
-         "--time", "15s", "--autosave", "1", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=280, env={**os.environ, "PYTHON": sys.executable},
+        [
+            str(ROOT / "loadtest" / "run-local"),
+            "--replicas",
+            "2",
+            "--users",
+            "10",
+            "--spawn-rate",
+            "10",
+            "--time",
+            "15s",
+            "--autosave",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        env={**os.environ, "PYTHON": sys.executable},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())

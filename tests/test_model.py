@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 
+from canvas_sync.model import HybridClock, ObjectState, merge
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from canvas_sync.model import HybridClock, ObjectState, merge
-
 REPLICAS = ["a", "b", "c"]
 stamps = st.tuples(st.integers(0, 20), st.integers(0, 3), st.sampled_from(REPLICAS))
-values = st.one_of(st.none(), st.integers(-5, 5), st.sampled_from(["red", "blue"]), st.lists(st.integers(0, 2), max_size=2))
+values = st.one_of(
+    st.none(), st.integers(-5, 5), st.sampled_from(["red", "blue"]), st.lists(st.integers(0, 2), max_size=2)
+)
 props = st.dictionaries(st.sampled_from(["x", "y", "fill", "text"]), st.tuples(values, stamps), max_size=4)
 
 
@@ -121,8 +122,11 @@ def test_the_compact_form_holds_exactly_the_fields_it_was_given(
     rebuilt = ObjectState(state.id, state.alive, state.type, state.props)
     assert rebuilt == state and rebuilt.props == state.props and rebuilt.type == state.type
     assert ObjectState.from_doc(state.id, json.loads(json.dumps(state.to_doc()))) == state
-    first_layout = {"alive": [state.alive[0], list(state.alive[1])], "type": [state.type[0], list(state.type[1])],
-                    "props": {k: [v, list(s)] for k, (v, s) in state.props.items()}}
+    first_layout = {
+        "alive": [state.alive[0], list(state.alive[1])],
+        "type": [state.type[0], list(state.type[1])],
+        "props": {k: [v, list(s)] for k, (v, s) in state.props.items()},
+    }
     assert ObjectState.from_doc(state.id, json.loads(json.dumps(first_layout))) == state  # items saved before
     # an update is the same state as building it field by field
     expected_type = (changes["type"], stamp) if "type" in changes else state.type
@@ -132,7 +136,9 @@ def test_the_compact_form_holds_exactly_the_fields_it_was_given(
 
 def test_a_created_object_keeps_no_stamp_per_field() -> None:
     created = ObjectState.created("o", "rect", {"x": 1, "y": 2}, (5, 0, "a"))
-    assert created == ObjectState("o", (True, (5, 0, "a")), ("rect", (5, 0, "a")), {"x": (1, (5, 0, "a")), "y": (2, (5, 0, "a"))})
+    assert created == ObjectState(
+        "o", (True, (5, 0, "a")), ("rect", (5, 0, "a")), {"x": (1, (5, 0, "a")), "y": (2, (5, 0, "a"))}
+    )
     assert created._stamps is None  # the memory saving this form exists for
     moved = created.updated({"x": 3}, (6, 0, "a"))
     assert moved._stamps == {"x": (6, 0, "a")} and moved.props["y"] == (2, (5, 0, "a"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from canvas_sync import protocol
 from canvas_sync.protocol import Create, Delete, Ping, ProtocolError, Update
 
@@ -24,7 +23,9 @@ def refused(message: object) -> ProtocolError:
 
 def test_valid_commands() -> None:
     assert parse({"op": "ping", "req": "1"}) == Ping("1")
-    assert parse({"op": "create", "object": {"id": "r1", "type": "rect", "x": 1}}) == Create(None, "r1", "rect", {"x": 1})
+    assert parse({"op": "create", "object": {"id": "r1", "type": "rect", "x": 1}}) == Create(
+        None, "r1", "rect", {"x": 1}
+    )
     assert parse({"op": "update", "id": "r1", "props": {"x": None, "type": "ellipse"}}) == Update(
         None, "r1", {"x": None, "type": "ellipse"}
     )
@@ -33,7 +34,7 @@ def test_valid_commands() -> None:
 
 def test_escaped_surrogate_pairs_are_text_but_lone_surrogates_are_refused() -> None:
     emoji = parse('{"op":"update","id":"r1","props":{"t":"\\ud83d\\ude00"}}')
-    assert emoji == Update(None, "r1", {"t": "\U0001F600"})
+    assert emoji == Update(None, "r1", {"t": "\U0001f600"})
     assert refused('{"op":"update","id":"r1","props":{"t":"\\ud83d"}}').code == "bad_json"
 
 
@@ -86,7 +87,12 @@ def test_bad_messages_get_the_contract_code(message: object, code: str) -> None:
 
 def test_error_echoes_req_when_it_is_valid() -> None:
     err = refused({"op": "update", "id": "r1", "props": {}, "req": "q7"})
-    assert json.loads(protocol.error(err)) == {"op": "error", "req": "q7", "code": "bad_message", "message": err.message}
+    assert json.loads(protocol.error(err)) == {
+        "op": "error",
+        "req": "q7",
+        "code": "bad_message",
+        "message": err.message,
+    }
 
 
 def test_depth_four_is_allowed() -> None:
@@ -101,6 +107,9 @@ def test_values_round_trip_exactly() -> None:
 def test_encoding_is_canonical() -> None:
     assert protocol.encode({"b": 1, "a": "é"}) == '{"a":"é","b":1}'
     assert json.loads(protocol.snapshot("p", "r", ['{"id":"a"}'])) == {
-        "op": "snapshot", "project": "p", "replica": "r", "objects": [{"id": "a"}]
+        "op": "snapshot",
+        "project": "p",
+        "replica": "r",
+        "objects": [{"id": "a"}],
     }
     assert json.loads(protocol.upsert('{"id":"a"}')) == {"op": "upsert", "object": {"id": "a"}}

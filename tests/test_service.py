@@ -8,7 +8,6 @@ import threading
 from typing import Any
 
 import pytest
-
 from canvas_sync.app import create_app
 from canvas_sync.config import load_settings
 from canvas_sync.connection import Connection
@@ -65,7 +64,12 @@ def test_shutdown_merges_and_sends_on_the_loop() -> None:
         watcher = Recorder()
         project.connections.add(watcher)  # type: ignore[arg-type]
         conn = Connection(16)
-        assert json.loads(svc.handle(project, conn, json.dumps({"op": "create", "object": {"id": "o", "type": "rect"}})))["op"] == "ack"
+        assert (
+            json.loads(svc.handle(project, conn, json.dumps({"op": "create", "object": {"id": "o", "type": "rect"}})))[
+                "op"
+            ]
+            == "ack"
+        )
         newer_in_table(store, "p1", "o", y=7)
         return await svc.shutdown(), watcher
 
@@ -85,7 +89,9 @@ def test_shutdown_writes_again_when_the_read_back_fails_half_way() -> None:
         svc = await started(service(store))
         for pid in ("p1", "p2"):
             project = await svc.project(pid)
-            svc.handle(project, Connection(16), json.dumps({"op": "create", "object": {"id": "o", "type": "rect", "x": 1}}))
+            svc.handle(
+                project, Connection(16), json.dumps({"op": "create", "object": {"id": "o", "type": "rect", "x": 1}})
+            )
         (await svc.project("p2")).connections.add(Recorder(fail=True))  # type: ignore[arg-type]
         real_write = store.write
 
@@ -133,7 +139,13 @@ def test_every_frame_spends_the_rate_limit_malformed_ones_too() -> None:
         project = await svc.project("p1")
         conn = Connection(16, rate_per_second=2)
         replies = [json.loads(svc.handle(project, conn, "{not json")) for _ in range(4)]
-        replies.append(json.loads(svc.handle(project, conn, json.dumps({"op": "create", "req": "r", "object": {"id": "o", "type": "rect"}}))))
+        replies.append(
+            json.loads(
+                svc.handle(
+                    project, conn, json.dumps({"op": "create", "req": "r", "object": {"id": "o", "type": "rect"}})
+                )
+            )
+        )
         replies.append(json.loads(svc.handle(project, conn, "{not json")))
         await svc.shutdown()
         return replies
@@ -148,7 +160,9 @@ def test_database_errors_reach_the_log_not_the_client(caplog: pytest.LogCaptureF
 
     async def run() -> tuple[int, str]:
         svc = await started(service(store))
-        store.fault = lambda op: (_ for _ in ()).throw(InjectedFault("arn:aws:dynamodb:secret-table detail")) if op == "load" else None
+        store.fault = lambda op: (
+            (_ for _ in ()).throw(InjectedFault("arn:aws:dynamodb:secret-table detail")) if op == "load" else None
+        )
         client = create_app(svc).test_client()
         response = await client.get("/projects/p1/objects")
         body = await response.get_data(as_text=True)

@@ -6,7 +6,6 @@ import gc
 import json
 
 import pytest
-
 from canvas_sync import state as state_module
 from canvas_sync.model import HybridClock, ObjectState
 from canvas_sync.protocol import Create, Delete, ProtocolError, Update
@@ -62,7 +61,9 @@ def test_errors_change_nothing(canvas: CanvasState, project: Project) -> None:
 
 
 def test_update_cannot_pass_64_properties(project: Project) -> None:
-    canvas = CanvasState(HybridClock("a"), Limits(max_objects=10, max_object_bytes=100_000, max_stored_object_bytes=100_000))
+    canvas = CanvasState(
+        HybridClock("a"), Limits(max_objects=10, max_object_bytes=100_000, max_stored_object_bytes=100_000)
+    )
     project = hold(canvas, "p")
     canvas.apply(project, Create(None, "r1", "rect", {f"p{i}": i for i in range(64)}))
     assert refused(canvas, project, Update(None, "r1", {"extra": 1})) == "bad_message"
@@ -112,7 +113,7 @@ def test_failed_save_puts_objects_back(canvas: CanvasState, project: Project) ->
 def test_idle_projects_are_evicted_only_when_clean_and_unwatched(canvas: CanvasState, project: Project) -> None:
     canvas.apply(project, Create(None, "r1", "rect", {}))
     assert canvas.evict_idle(0, now=project.last_active + 1) == []  # dirty
-    taken = canvas.dirty.take()
+    canvas.dirty.take()
     assert canvas.evict_idle(0, now=project.last_active + 1) == []  # save in flight
     canvas.dirty.finish()
     project.connections.add(object())  # type: ignore[arg-type]
@@ -134,7 +135,9 @@ def test_merge_remote_newer_state_updates_memory_and_tells_clients(canvas: Canva
     canvas.dirty.finish()
     result = canvas.merge_remote(project, [remote_copy(project.objects["r1"], x=5)])
     assert result.changed == ["r1"] and result.repaired == []
-    assert [json.loads(m) for m in result.messages] == [{"op": "upsert", "object": {"id": "r1", "type": "rect", "x": 5}}]
+    assert [json.loads(m) for m in result.messages] == [
+        {"op": "upsert", "object": {"id": "r1", "type": "rect", "x": 5}}
+    ]
     assert canvas.dirty.counts() == (0, 0)  # the table already holds exactly this
 
 
@@ -261,7 +264,9 @@ def test_tombstones_past_the_horizon_are_forgotten_and_not_loaded() -> None:
     wall[0] += 40_000  # o0 deleted 70 s ago, o1 40 s ago
     assert canvas.expire_tombstones() == 1
     assert sorted(project.objects) == ["o1", "o2"] and list(project.tombstones) == ["o1"]
-    reloaded = canvas.build("p2", list(project.objects.values()) + [ObjectState("old", (False, (1, 0, "b")), ("rect", (1, 0, "b")))])
+    reloaded = canvas.build(
+        "p2", [*list(project.objects.values()), ObjectState("old", (False, (1, 0, "b")), ("rect", (1, 0, "b")))]
+    )
     assert sorted(reloaded.objects) == ["o1", "o2"]  # a load skips expired tombstones too
 
 

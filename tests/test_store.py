@@ -9,10 +9,16 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-
-from canvas_sync.model import ObjectState
 from canvas_sync.dirty import DirtyObject
-from canvas_sync.store import HEAD, HEAD_WRITER_MAX_AGE_MS, INDEX_SAVED_AT, TTL_ATTRIBUTE, WRITER_PREFIX, DynamoStore, make_client
+from canvas_sync.model import ObjectState
+from canvas_sync.store import (
+    HEAD,
+    HEAD_WRITER_MAX_AGE_MS,
+    INDEX_SAVED_AT,
+    TTL_ATTRIBUTE,
+    DynamoStore,
+    make_client,
+)
 
 
 @pytest.fixture(params=["moto", "dynamodb_local"])
@@ -79,7 +85,9 @@ def test_tombstones_carry_ttl_and_expired_ones_are_skipped(store: DynamoStore) -
     gone = ObjectState("dead", (False, (now, 0, "r1")), ("rect", (now - 1, 0, "r1")), {})
     old = ObjectState("old", (False, (now - 10**10, 0, "r1")), ("rect", (1, 0, "r1")), {})
     store.write([DirtyObject("p1", gone), DirtyObject("p1", old)], saved_at_ms=now)
-    item = store.client.get_item(TableName=store.table, Key={"project_id": {"S": "p1"}, "object_id": {"S": "dead"}})["Item"]
+    item = store.client.get_item(TableName=store.table, Key={"project_id": {"S": "p1"}, "object_id": {"S": "dead"}})[
+        "Item"
+    ]
     assert int(item[TTL_ATTRIBUTE]["N"]) > time.time() + 24 * 3600
     assert [s.id for s in store.load_project("p1")] == ["dead"]  # "old" expired long ago
 
@@ -106,8 +114,8 @@ class FlakyClient:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)
 
-    def batch_write_item(self, RequestItems: dict[str, list[Any]]) -> dict[str, Any]:  # noqa: N803
-        (table, requests), = RequestItems.items()
+    def batch_write_item(self, RequestItems: dict[str, list[Any]]) -> dict[str, Any]:
+        ((table, requests),) = RequestItems.items()
         self.sizes.append(len(requests))
         action = self.script.pop(0) if self.script else "ok"
         if action == "error":
@@ -232,8 +240,10 @@ def test_pruning_a_head_keeps_a_replica_that_wrote_again(store: DynamoStore) -> 
 
 def test_an_item_past_the_size_limit_is_refused_alone_and_its_batch_saved(store: DynamoStore) -> None:
     stamp = (int(time.time() * 1000), 0, "r1")
-    bad = ObjectState("bad", (True, stamp), ("rect", stamp), {f"p{i:05}" + "x" * 58: (None, stamp) for i in range(8000)})
-    objects = dirty(12) + [DirtyObject("p1", bad)] + dirty(12, project="p2")
+    bad = ObjectState(
+        "bad", (True, stamp), ("rect", stamp), {f"p{i:05}" + "x" * 58: (None, stamp) for i in range(8000)}
+    )
+    objects = [*dirty(12), DirtyObject("p1", bad), *dirty(12, project="p2")]
     report = store.write(objects, saved_at_ms=1)
     assert [(o.state.id, "size" in why.lower()) for o, why in report.refused] == [("bad", True)]
     assert report.written == 24 and not report.failed
@@ -243,10 +253,15 @@ def test_an_item_past_the_size_limit_is_refused_alone_and_its_batch_saved(store:
 
 def test_replicas_gone_for_long_are_dropped_from_heads(store: DynamoStore) -> None:
     now = int(time.time() * 1000)
-    store.client.put_item(TableName=store.table, Item={
-        "project_id": {"S": "p1"}, "object_id": {"S": HEAD},
-        "w_old-pod": {"S": f"{now - HEAD_WRITER_MAX_AGE_MS - 1000}.1"}, "w_recent-pod": {"S": f"{now - 1000}.1"},
-    })
+    store.client.put_item(
+        TableName=store.table,
+        Item={
+            "project_id": {"S": "p1"},
+            "object_id": {"S": HEAD},
+            "w_old-pod": {"S": f"{now - HEAD_WRITER_MAX_AGE_MS - 1000}.1"},
+            "w_recent-pod": {"S": f"{now - 1000}.1"},
+        },
+    )
     store.write(dirty(1), saved_at_ms=now)
     assert set(store.heads(["p1"])["p1"]) == {"r1", "recent-pod"}
 

@@ -9,9 +9,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from canvas_sync import sync as sync_module
 from canvas_sync.dirty import DirtyObject
 from canvas_sync.dynamodb_local import DynamoDBLocal
@@ -21,6 +18,8 @@ from canvas_sync.state import CanvasState, Project
 from canvas_sync.store import DynamoStore, MemoryStore, Store, make_client
 from canvas_sync.store.memory import InjectedFault
 from canvas_sync.sync import Backoff, Cursor, SyncWorker, feed_since, note_heads, plan, reconcile_budget
+from hypothesis import given
+from hypothesis import strategies as st
 
 OVERLAP = 0.3
 
@@ -114,8 +113,17 @@ class Node:
         self.state = CanvasState(self.clock)
         self.store = store
         self.metrics = Metrics()
-        self.sync = SyncWorker(self.state, store, self.clock, self.metrics, interval=0.05, overlap=OVERLAP,
-                               reconcile_interval=reconcile, max_backoff=2.0, rand=lambda: 0.5)
+        self.sync = SyncWorker(
+            self.state,
+            store,
+            self.clock,
+            self.metrics,
+            interval=0.05,
+            overlap=OVERLAP,
+            reconcile_interval=reconcile,
+            max_backoff=2.0,
+            rand=lambda: 0.5,
+        )
         self.queried: list[str] = []
         real = store.changes_since
 
@@ -318,7 +326,9 @@ class DelayedBatches:
 
 
 @pytest.mark.dynamodb_local
-def test_a_batch_delayed_past_the_overlap_is_still_pulled(nodes: tuple[Node, Node], dynamodb_local: DynamoDBLocal) -> None:
+def test_a_batch_delayed_past_the_overlap_is_still_pulled(
+    nodes: tuple[Node, Node], dynamodb_local: DynamoDBLocal
+) -> None:
     a, b = nodes
     a.hold("p")
     a.pass_once()
@@ -339,4 +349,3 @@ def test_a_batch_delayed_past_the_overlap_is_still_pulled(nodes: tuple[Node, Nod
         a.pass_once()
     assert "late" in a.state.get("p").views  # type: ignore[union-attr]
     c_store.close()
-

@@ -12,14 +12,14 @@ import uvloop
 from websockets.asyncio.server import serve
 
 
-async def handler(ws) -> None:  # noqa: ANN001
+async def handler(ws) -> None:
     await ws.send(json.dumps({"op": "snapshot", "objects": []}, separators=(",", ":")))
     async for text in ws:
         message = json.loads(text)
         await ws.send(json.dumps({"op": "ack", "req": message.get("req")}, separators=(",", ":")))
 
 
-def health(connection, request):  # noqa: ANN001, ANN201
+def health(connection, request):
     if request.path == "/":
         return connection.respond(HTTPStatus.OK, "baseline\n")
     return None

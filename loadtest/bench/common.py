@@ -10,8 +10,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from canvas_sync.dynamodb_local import free_port
@@ -28,7 +28,9 @@ def pct(samples: list[float], q: int) -> float:
 
 
 @contextmanager
-def process(cmd: list[str], port: int, env: dict[str, str] | None = None, ready: str = "/readyz") -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    cmd: list[str], port: int, env: dict[str, str] | None = None, ready: str = "/readyz"
+) -> Iterator[subprocess.Popen[bytes]]:
     """Start a server process and wait until ``ready`` answers (any HTTP status will do)."""
     proc = subprocess.Popen(cmd, env=env or dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -56,8 +58,14 @@ def process(cmd: list[str], port: int, env: dict[str, str] | None = None, ready:
 
 
 def replica_env(endpoint: str, name: str, **settings: object) -> dict[str, str]:
-    env = dict(os.environ, CANVAS_DYNAMODB_ENDPOINT=endpoint, CANVAS_TABLE=TABLE, CANVAS_RATE_LIMIT="0",
-               CANVAS_REPLICA_ID=name, CANVAS_LOG_LEVEL="warning")
+    env = dict(
+        os.environ,
+        CANVAS_DYNAMODB_ENDPOINT=endpoint,
+        CANVAS_TABLE=TABLE,
+        CANVAS_RATE_LIMIT="0",
+        CANVAS_REPLICA_ID=name,
+        CANVAS_LOG_LEVEL="warning",
+    )
     env.update({f"CANVAS_{k.upper()}": str(v) for k, v in settings.items()})
     return env
 
@@ -76,7 +84,7 @@ def replica(endpoint: str, name: str | None = None, **settings: object) -> Itera
 @contextmanager
 def baseline(script: str, *args: str) -> Iterator[int]:
     port = free_port()
-    with process([sys.executable, str(HERE / script), str(port), *args], port, ready="/") :
+    with process([sys.executable, str(HERE / script), str(port), *args], port, ready="/"):
         yield port
 
 

@@ -23,11 +23,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import uvloop
-from websockets.asyncio.client import connect
-
 from canvas_sync.dynamodb_local import DynamoDBLocal
 from canvas_sync.store import DynamoStore, make_client
 from common import ROOT, TABLE, counter, get, replica
+from websockets.asyncio.client import connect
+
 IDS = [f"s{i}" for i in range(15)]
 
 
@@ -75,8 +75,9 @@ def converge_seconds(ports: list[int], project: str, timeout: float = 60) -> flo
 
 def histogram(port: int, name: str) -> dict[float, float]:
     text = get(port, "/metrics").decode()
-    return {float(m.group(1)): float(m.group(2))
-            for m in re.finditer(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M)}
+    return {
+        float(m.group(1)): float(m.group(2)) for m in re.finditer(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M)
+    }
 
 
 def quantile(buckets: dict[float, float], q: float) -> float:
@@ -105,8 +106,12 @@ def main() -> int:
     with DynamoDBLocal() as ddb:
         DynamoStore(make_client(ddb.endpoint), TABLE).create_table()
         with ExitStack() as stack:
-            ports = [stack.enter_context(replica(ddb.endpoint, f"replica-{n}", autosave_interval=args.autosave,
-                                                 sync_interval=args.sync)) for n in "abc"]
+            ports = [
+                stack.enter_context(
+                    replica(ddb.endpoint, f"replica-{n}", autosave_interval=args.autosave, sync_interval=args.sync)
+                )
+                for n in "abc"
+            ]
             times, edits = [], 0
             for r in range(args.rounds):
                 project = f"round-{r}"
@@ -114,8 +119,10 @@ def main() -> int:
                 seconds = converge_seconds(ports, project)
                 times.append(seconds)
                 print(f"round {r}: converged {seconds:.2f}s after the last edit", flush=True)
-            written = sum(counter(p, "canvas_autosave_objects_written_total")
-                          + counter(p, "canvas_autosave_heads_written_total") for p in ports)  # items + #head updates
+            written = sum(
+                counter(p, "canvas_autosave_objects_written_total") + counter(p, "canvas_autosave_heads_written_total")
+                for p in ports
+            )  # items + #head updates
             repairs = sum(counter(p, "canvas_sync_repairs_total") for p in ports)
             lag: dict[float, float] = {}
             for port in ports:
@@ -127,19 +134,31 @@ def main() -> int:
             time.sleep(args.idle_seconds)
             after = [pulls(p) for p in ports]
             per_project_per_min = statistics.mean(
-                (a - b) / held * 60 / args.idle_seconds for a, b in zip(after, before))
+                (a - b) / held * 60 / args.idle_seconds for a, b in zip(after, before, strict=True)
+            )
     # inclusive: with a handful of rounds, never extrapolate past the slowest one
     q = statistics.quantiles(times, n=100, method="inclusive") if len(times) > 1 else times * 99
     result = {
-        "replicas": 3, "clients": 6, "rounds": args.rounds, "autosave_s": args.autosave, "sync_s": args.sync,
+        "replicas": 3,
+        "clients": 6,
+        "rounds": args.rounds,
+        "autosave_s": args.autosave,
+        "sync_s": args.sync,
         "acked_edits": edits,
         "items_written": int(written),
         "items_per_edit": round(written / max(edits, 1), 3),
         "repairs": int(repairs),
-        "convergence_s": {"p50": round(statistics.median(times), 2), "p99": round(q[98], 2), "max": round(max(times), 2)},
+        "convergence_s": {
+            "p50": round(statistics.median(times), 2),
+            "p99": round(q[98], 2),
+            "max": round(max(times), 2),
+        },
         "bound_s": args.autosave + args.sync + 2,
-        "sync_lag_s": {"p50": round(quantile(lag, 0.5), 2), "p99": round(quantile(lag, 0.99), 2),
-                       "samples": int(lag.get(float("inf"), 0))},
+        "sync_lag_s": {
+            "p50": round(quantile(lag, 0.5), 2),
+            "p99": round(quantile(lag, 0.99), 2),
+            "samples": int(lag.get(float("inf"), 0)),
+        },
         "idle_reads_per_project_per_min": round(per_project_per_min, 1),
     }
     print(json.dumps(result, indent=2))

@@ -8,9 +8,8 @@ import time
 from typing import Any
 
 import uvloop
-from websockets.asyncio.client import connect
-
 from common import baseline, pct, replica, table
+from websockets.asyncio.client import connect
 
 READERS = 50
 
@@ -53,9 +52,13 @@ async def _run(base: str, seconds: float) -> dict[str, float]:
         await asyncio.sleep(1.0)  # let the last deliveries land
     stop.set()
     await asyncio.gather(*readers)
-    return {"updates": sent, "deliveries_per_s": round(len(latencies) / elapsed, 1),
-            "p50_ms": round(pct(latencies, 50) * 1000, 2), "p99_ms": round(pct(latencies, 99) * 1000, 2),
-            "delivered_ratio": round(len(latencies) / max(1, sent * READERS), 4)}
+    return {
+        "updates": sent,
+        "deliveries_per_s": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(pct(latencies, 50) * 1000, 2),
+        "p99_ms": round(pct(latencies, 99) * 1000, 2),
+        "delivered_ratio": round(len(latencies) / max(1, sent * READERS), 4),
+    }
 
 
 REPEATS = 3
@@ -70,14 +73,25 @@ def run(endpoint: str, seconds: float) -> dict[str, Any]:
         with replica(endpoint) as port:
             ours_runs.append(uvloop.run(_run(f"ws://127.0.0.1:{port}/ws/fan-{time.time_ns()}", seconds)))
     bare, ours = (sorted(runs, key=lambda r: r["deliveries_per_s"])[len(runs) // 2] for runs in (bare_runs, ours_runs))
-    return {"readers": READERS, "repeats": REPEATS, "bare_quart_relay": bare, "ours": ours,
-            "ratio": round(ours["deliveries_per_s"] / bare["deliveries_per_s"], 3),
-            "runs_bare_per_s": [r["deliveries_per_s"] for r in bare_runs],
-            "runs_ours_per_s": [r["deliveries_per_s"] for r in ours_runs]}
+    return {
+        "readers": READERS,
+        "repeats": REPEATS,
+        "bare_quart_relay": bare,
+        "ours": ours,
+        "ratio": round(ours["deliveries_per_s"] / bare["deliveries_per_s"], 3),
+        "runs_bare_per_s": [r["deliveries_per_s"] for r in bare_runs],
+        "runs_ours_per_s": [r["deliveries_per_s"] for r in ours_runs],
+    }
 
 
 def markdown(r: dict[str, Any]) -> str:
-    rows = [[label, m["updates"], m["deliveries_per_s"], m["p50_ms"], m["p99_ms"], m["delivered_ratio"]]
-            for label, m in (("bare Quart relay", r["bare_quart_relay"]), ("canvas-sync", r["ours"]))]
-    return table(f"2. Fan-out: 1 writer, {r['readers']} readers on one project (ratio {r['ratio']}; median of {r['repeats']} runs each)",
-                 ["server", "updates sent", "deliveries/s", "p50 delivery ms", "p99 delivery ms", "delivered"], rows)
+    rows = [
+        [label, m["updates"], m["deliveries_per_s"], m["p50_ms"], m["p99_ms"], m["delivered_ratio"]]
+        for label, m in (("bare Quart relay", r["bare_quart_relay"]), ("canvas-sync", r["ours"]))
+    ]
+    return table(
+        f"2. Fan-out: 1 writer, {r['readers']} readers on one project "
+        f"(ratio {r['ratio']}; median of {r['repeats']} runs each)",
+        ["server", "updates sent", "deliveries/s", "p50 delivery ms", "p99 delivery ms", "delivered"],
+        rows,
+    )

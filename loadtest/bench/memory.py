@@ -8,11 +8,19 @@ import time
 from typing import Any
 
 import uvloop
+from common import replica, rss_bytes, table
 from websockets.asyncio.client import connect
 
-from common import replica, rss_bytes, table
-
-OBJECT = {"type": "rect", "x": 1234, "y": 567, "w": 180, "h": 120, "fill": "#1e88e5", "stroke": "#333333", "label": "a shape"}
+OBJECT = {
+    "type": "rect",
+    "x": 1234,
+    "y": 567,
+    "w": 180,
+    "h": 120,
+    "fill": "#1e88e5",
+    "stroke": "#333333",
+    "label": "a shape",
+}
 
 
 async def _fill(port: int, n: int) -> int:
@@ -46,7 +54,10 @@ def _connections(endpoint: str, **settings: object) -> dict[str, float]:
         time.sleep(0.5)
         before = rss_bytes(pid)
         after = uvloop.run(_idle(replica.port, 1000, lambda: rss_bytes(pid)))  # type: ignore[attr-defined]
-    return {"rss_delta_mib": round((after - before) / 2**20, 2), "rss_bytes_per_connection": round((after - before) / 1000)}
+    return {
+        "rss_delta_mib": round((after - before) / 2**20, 2),
+        "rss_bytes_per_connection": round((after - before) / 1000),
+    }
 
 
 def run(endpoint: str) -> dict[str, Any]:
@@ -61,19 +72,41 @@ def run(endpoint: str) -> dict[str, Any]:
         after_objects = rss_bytes(pid)
     per_object = (after_objects - before) / 10_000
     # The client offers permessage-deflate, as browsers do.
-    return {"objects": {"rss_delta_mib": round((after_objects - before) / 2**20, 2), "json_bytes_per_object": round(json_bytes / 10_000),
-                        "rss_bytes_per_object": round(per_object), "beyond_json": round(per_object - json_bytes / 10_000)},
-            "connections": _connections(endpoint),
-            "connections_no_deflate": _connections(endpoint, websocket_compression="false")}
+    return {
+        "objects": {
+            "rss_delta_mib": round((after_objects - before) / 2**20, 2),
+            "json_bytes_per_object": round(json_bytes / 10_000),
+            "rss_bytes_per_object": round(per_object),
+            "beyond_json": round(per_object - json_bytes / 10_000),
+        },
+        "connections": _connections(endpoint),
+        "connections_no_deflate": _connections(endpoint, websocket_compression="false"),
+    }
 
 
 def markdown(r: dict[str, Any]) -> str:
     o, c, n = r["objects"], r["connections"], r["connections_no_deflate"]
-    return table("6. Resident memory of one replica",
-                 ["what", "RSS growth", "per item", "beyond the object's JSON"],
-                 [["10,000 objects (not yet saved)", f"{o['rss_delta_mib']} MiB", f"{o['rss_bytes_per_object']} B",
-                   f"{o['beyond_json']} B (JSON {o['json_bytes_per_object']} B)"],
-                  ["1,000 idle WebSocket connections, permessage-deflate (default)", f"{c['rss_delta_mib']} MiB",
-                   f"{c['rss_bytes_per_connection']} B", ""],
-                  ["1,000 idle WebSocket connections, CANVAS_WEBSOCKET_COMPRESSION=false", f"{n['rss_delta_mib']} MiB",
-                   f"{n['rss_bytes_per_connection']} B", ""]])
+    return table(
+        "6. Resident memory of one replica",
+        ["what", "RSS growth", "per item", "beyond the object's JSON"],
+        [
+            [
+                "10,000 objects (not yet saved)",
+                f"{o['rss_delta_mib']} MiB",
+                f"{o['rss_bytes_per_object']} B",
+                f"{o['beyond_json']} B (JSON {o['json_bytes_per_object']} B)",
+            ],
+            [
+                "1,000 idle WebSocket connections, permessage-deflate (default)",
+                f"{c['rss_delta_mib']} MiB",
+                f"{c['rss_bytes_per_connection']} B",
+                "",
+            ],
+            [
+                "1,000 idle WebSocket connections, CANVAS_WEBSOCKET_COMPRESSION=false",
+                f"{n['rss_delta_mib']} MiB",
+                f"{n['rss_bytes_per_connection']} B",
+                "",
+            ],
+        ],
+    )

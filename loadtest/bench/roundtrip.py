@@ -9,9 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 import uvloop
-from websockets.asyncio.client import connect
-
 from common import baseline, cpu_seconds, pct, process, replica, table
+from websockets.asyncio.client import connect
 
 CLIENTS = (8, 32, 128)
 REPEATS = 3
@@ -62,20 +61,27 @@ async def _client(url: str, window: _Window, oid: str) -> None:
 async def _measure(urls: list[str], clients: int, seconds: float, shared: bool, pid: int | None) -> dict[str, float]:
     window = _Window(clients, seconds, pid)
     run = time.time_ns()
-    await asyncio.gather(*(
-        _client(f"{urls[i % len(urls)]}/ws/rt-{run}" + ("" if shared else f"-{i}"), window, f"o{i}")
-        for i in range(clients)
-    ))
+    await asyncio.gather(
+        *(
+            _client(f"{urls[i % len(urls)]}/ws/rt-{run}" + ("" if shared else f"-{i}"), window, f"o{i}")
+            for i in range(clients)
+        )
+    )
     elapsed = time.perf_counter() - (window.deadline - seconds)  # to the last ack, which may land after the deadline
     lat = window.latencies
-    result = {"ops_per_s": round(len(lat) / elapsed, 1), "p50_ms": round(pct(lat, 50) * 1000, 3),
-              "p99_ms": round(pct(lat, 99) * 1000, 3)}
+    result = {
+        "ops_per_s": round(len(lat) / elapsed, 1),
+        "p50_ms": round(pct(lat, 50) * 1000, 3),
+        "p99_ms": round(pct(lat, 99) * 1000, 3),
+    }
     if pid:
         result["server_cpu_us_per_op"] = round(1e6 * (cpu_seconds(pid) - window.cpu_at_open) / max(1, len(lat)), 1)
     return result
 
 
-def measure(ports: list[int], clients: int, seconds: float, shared: bool = False, pid: int | None = None) -> dict[str, float]:
+def measure(
+    ports: list[int], clients: int, seconds: float, shared: bool = False, pid: int | None = None
+) -> dict[str, float]:
     """Round trips over ``seconds`` once all clients are connected; with ``pid``, also the
     server's CPU time per round trip in that window: what the server's own code costs,
     whatever else the shared machine runs, so the steadier of the two ratios."""
@@ -106,7 +112,10 @@ def run(endpoint: str, seconds: float) -> dict[str, Any]:
             row[name] = sorted(results, key=lambda r: r["ops_per_s"])[len(results) // 2]
             row[name]["runs_ops_per_s"] = [r["ops_per_s"] for r in results]
         row["vs_quart"] = round(row["ours"]["ops_per_s"] / row["quart"]["ops_per_s"], 3)
-        cpu = {name: sorted(r["server_cpu_us_per_op"] for r in results)[len(results) // 2] for name, results in runs.items()}
+        cpu = {
+            name: sorted(r["server_cpu_us_per_op"] for r in results)[len(results) // 2]
+            for name, results in runs.items()
+        }
         row["cpu_vs_quart"] = round(cpu["quart"] / cpu["ours"], 3)  # above 1: cheaper per round trip than bare Quart
         row["vs_websockets"] = round(row["ours"]["ops_per_s"] / row["websockets"]["ops_per_s"], 3)
         row["uvloop_gain"] = round(row["ours"]["ops_per_s"] / row["ours_asyncio"]["ops_per_s"], 3)
@@ -140,18 +149,44 @@ def markdown(result: dict[str, Any], scale: dict[str, Any]) -> str:
     rows = []
     for r in result["rows"]:
         cpu_quart = r["quart"]["server_cpu_us_per_op"]
-        for name, label in (("websockets", "bare websockets (parse + ack)"), ("quart", "bare Quart (parse + ack)"),
-                            ("ours", "canvas-sync, uvloop"), ("ours_asyncio", "canvas-sync, asyncio loop"),
-                            ("ours_shared", "canvas-sync, one shared project")):
+        for name, label in (
+            ("websockets", "bare websockets (parse + ack)"),
+            ("quart", "bare Quart (parse + ack)"),
+            ("ours", "canvas-sync, uvloop"),
+            ("ours_asyncio", "canvas-sync, asyncio loop"),
+            ("ours_shared", "canvas-sync, one shared project"),
+        ):
             m = r[name]
-            rows.append([r["clients"], label, m["ops_per_s"], m["p50_ms"], m["p99_ms"],
-                         round(m["ops_per_s"] / r["quart"]["ops_per_s"], 3), m["server_cpu_us_per_op"],
-                         round(cpu_quart / m["server_cpu_us_per_op"], 3)])
-    out = table(f"1. Edit round trips (update -> ack), a project per client unless said; bare Quart and "
-                f"canvas-sync: median of {result['repeats']} interleaved runs",
-                ["clients", "server", "ops/s", "p50 ms", "p99 ms", "ops/s vs bare Quart", "server CPU us/op",
-                 "CPU efficiency vs bare Quart"], rows)
-    out += "\n" + table(f"8. Scaling: {scale['clients']} clients spread over replicas",
-                        ["replicas", "ops/s", "p50 ms", "p99 ms"],
-                        [[r["replicas"], r["ops_per_s"], r["p50_ms"], r["p99_ms"]] for r in scale["rows"]])
+            rows.append(
+                [
+                    r["clients"],
+                    label,
+                    m["ops_per_s"],
+                    m["p50_ms"],
+                    m["p99_ms"],
+                    round(m["ops_per_s"] / r["quart"]["ops_per_s"], 3),
+                    m["server_cpu_us_per_op"],
+                    round(cpu_quart / m["server_cpu_us_per_op"], 3),
+                ]
+            )
+    out = table(
+        f"1. Edit round trips (update -> ack), a project per client unless said; bare Quart and "
+        f"canvas-sync: median of {result['repeats']} interleaved runs",
+        [
+            "clients",
+            "server",
+            "ops/s",
+            "p50 ms",
+            "p99 ms",
+            "ops/s vs bare Quart",
+            "server CPU us/op",
+            "CPU efficiency vs bare Quart",
+        ],
+        rows,
+    )
+    out += "\n" + table(
+        f"8. Scaling: {scale['clients']} clients spread over replicas",
+        ["replicas", "ops/s", "p50 ms", "p99 ms"],
+        [[r["replicas"], r["ops_per_s"], r["p50_ms"], r["p99_ms"]] for r in scale["rows"]],
+    )
     return out

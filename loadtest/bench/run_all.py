@@ -19,15 +19,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import fanout  # noqa: E402
-import memory  # noqa: E402
-import roundtrip  # noqa: E402
-import storage  # noqa: E402
-import writes  # noqa: E402
-from common import ROOT, TABLE, table  # noqa: E402
-
-from canvas_sync.dynamodb_local import DynamoDBLocal  # noqa: E402
-from canvas_sync.store import DynamoStore, make_client  # noqa: E402
+import fanout
+import memory
+import roundtrip
+import storage
+import writes
+from canvas_sync.dynamodb_local import DynamoDBLocal
+from canvas_sync.store import DynamoStore, make_client
+from common import ROOT, TABLE, table
 
 
 def plots(results: dict[str, Any], out: Path) -> list[str]:
@@ -38,8 +37,13 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
 
     made = []
     rt = results["roundtrip"]["rows"]
-    names = [("websockets", "bare websockets"), ("quart", "bare Quart"), ("ours", "canvas-sync"),
-             ("ours_asyncio", "canvas-sync (asyncio loop)"), ("ours_shared", "canvas-sync, one project")]
+    names = [
+        ("websockets", "bare websockets"),
+        ("quart", "bare Quart"),
+        ("ours", "canvas-sync"),
+        ("ours_asyncio", "canvas-sync (asyncio loop)"),
+        ("ours_shared", "canvas-sync, one project"),
+    ]
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.16
     for k, (key, label) in enumerate(names):
@@ -69,8 +73,12 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(6, 4))
     w = results["write_reduction"]
     ax.bar([0, 1, 2], [w[k]["edits"] for k in ("drag", "burst", "mixed")], 0.4, label="edits accepted")
-    ax.bar([0.4, 1.4, 2.4], [w[k]["items_written"] + w[k]["head_updates"] for k in ("drag", "burst", "mixed")], 0.4,
-           label="DynamoDB writes (items + #head updates)")
+    ax.bar(
+        [0.4, 1.4, 2.4],
+        [w[k]["items_written"] + w[k]["head_updates"] for k in ("drag", "burst", "mixed")],
+        0.4,
+        label="DynamoDB writes (items + #head updates)",
+    )
     ax.set_xticks([0.2, 1.2, 2.2], ["drag 10 s", "1,000 creates", "mixed 10 s"])
     ax.set_yscale("log")
     ax.set_title("Write reduction")
@@ -106,26 +114,52 @@ def main() -> int:
             results[name] = step()
             print(f"[{time.monotonic() - started:5.0f}s] {name} done in {time.monotonic() - t:.0f}s", flush=True)
     convergence_json = args.out / "convergence.json"
-    subprocess.run([sys.executable, str(Path(__file__).with_name("convergence.py")), "--rounds", "5",
-                    "--idle-seconds", "30", "--out", str(convergence_json)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("convergence.py")),
+            "--rounds",
+            "5",
+            "--idle-seconds",
+            "30",
+            "--out",
+            str(convergence_json),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     results["convergence"] = json.loads(convergence_json.read_text())
     print(f"[{time.monotonic() - started:5.0f}s] convergence done", flush=True)
 
     c = results["convergence"]
-    md = "\n".join([
-        "# canvas-sync benchmarks", "",
-        f"Run `make bench` ({results['machine']}, {results['date']}). Every figure sits beside a baseline measured "
-        "in the same run; clients and servers share the machine's cores.", "",
-        roundtrip.markdown(results["roundtrip"], results["scaling"]),
-        fanout.markdown(results["fanout"]),
-        writes.markdown(results["write_reduction"]),
-        storage.markdown(results["save"], results["cold_load"]),
-        memory.markdown(results["memory"]),
-        table("7. Convergence across 3 replicas (autosave 5 s, sync 1 s; contended random edits)",
-              ["convergence p50", "convergence p99", "bound", "sync lag p50", "sync lag p99", "items per edit"],
-              [[f"{c['convergence_s']['p50']} s", f"{c['convergence_s']['p99']} s", f"{c['bound_s']} s",
-                f"{c['sync_lag_s']['p50']} s", f"{c['sync_lag_s']['p99']} s", c["items_per_edit"]]]),
-    ])
+    md = "\n".join(
+        [
+            "# canvas-sync benchmarks",
+            "",
+            f"Run `make bench` ({results['machine']}, {results['date']}). Every figure sits beside a baseline measured "
+            "in the same run; clients and servers share the machine's cores.",
+            "",
+            roundtrip.markdown(results["roundtrip"], results["scaling"]),
+            fanout.markdown(results["fanout"]),
+            writes.markdown(results["write_reduction"]),
+            storage.markdown(results["save"], results["cold_load"]),
+            memory.markdown(results["memory"]),
+            table(
+                "7. Convergence across 3 replicas (autosave 5 s, sync 1 s; contended random edits)",
+                ["convergence p50", "convergence p99", "bound", "sync lag p50", "sync lag p99", "items per edit"],
+                [
+                    [
+                        f"{c['convergence_s']['p50']} s",
+                        f"{c['convergence_s']['p99']} s",
+                        f"{c['bound_s']} s",
+                        f"{c['sync_lag_s']['p50']} s",
+                        f"{c['sync_lag_s']['p99']} s",
+                        c["items_per_edit"],
+                    ]
+                ],
+            ),
+        ]
+    )
     made = plots(results, args.out)
     md += "\n" + "\n".join(f"![{m}]({m})" for m in made) + "\n"
     (args.out / "RESULTS.md").write_text(md)

@@ -11,7 +11,6 @@ from canvas_sync.model import HybridClock, ObjectState
 from canvas_sync.protocol import Create
 from canvas_sync.state import CanvasState, DirtyObject, gc_paused
 from canvas_sync.store import DynamoStore, make_client
-
 from common import TABLE, pct, table
 
 
@@ -44,9 +43,18 @@ def _save_plain(store: DynamoStore, n: int, calls: list[float]) -> float:
     """
     clock = HybridClock("bench")
     project = f"plain-{time.time_ns()}"
-    items = [store.item(DirtyObject(project, ObjectState.created(
-        f"o{i}", "rect", {"x": i, "y": i / 3, "fill": "#abc", "w": 100, "h": 60}, clock.now())), clock.now()[0])
-        for i in range(n)]
+    items = [
+        store.item(
+            DirtyObject(
+                project,
+                ObjectState.created(
+                    f"o{i}", "rect", {"x": i, "y": i / 3, "fill": "#abc", "w": 100, "h": 60}, clock.now()
+                ),
+            ),
+            clock.now()[0],
+        )
+        for i in range(n)
+    ]
     started = time.perf_counter()
     for i in range(0, len(items), 25):
         pending = [{"PutRequest": {"Item": it}} for it in items[i : i + 25]]
@@ -74,13 +82,25 @@ def save(endpoint: str, n: int = 10_000) -> dict[str, Any]:
             plain.append(_save_plain(store, n, plain_calls))
     store.close()
     ours_s, plain_s = statistics.median(ours), statistics.median(plain)
-    return {"objects": n, "repeats": SAVE_REPEATS,
-            "ours": {"seconds": round(ours_s, 2), "requests": len(ours_calls) // SAVE_REPEATS,
-                     "p50_ms": round(pct(ours_calls, 50) * 1000, 1), "p99_ms": round(pct(ours_calls, 99) * 1000, 1)},
-            "plain_boto3": {"seconds": round(plain_s, 2), "requests": len(plain_calls) // SAVE_REPEATS,
-                            "p50_ms": round(pct(plain_calls, 50) * 1000, 1), "p99_ms": round(pct(plain_calls, 99) * 1000, 1)},
-            "speedup": round(plain_s / ours_s, 2), "runs_ours_s": [round(x, 2) for x in ours],
-            "runs_plain_s": [round(x, 2) for x in plain]}
+    return {
+        "objects": n,
+        "repeats": SAVE_REPEATS,
+        "ours": {
+            "seconds": round(ours_s, 2),
+            "requests": len(ours_calls) // SAVE_REPEATS,
+            "p50_ms": round(pct(ours_calls, 50) * 1000, 1),
+            "p99_ms": round(pct(ours_calls, 99) * 1000, 1),
+        },
+        "plain_boto3": {
+            "seconds": round(plain_s, 2),
+            "requests": len(plain_calls) // SAVE_REPEATS,
+            "p50_ms": round(pct(plain_calls, 50) * 1000, 1),
+            "p99_ms": round(pct(plain_calls, 99) * 1000, 1),
+        },
+        "speedup": round(plain_s / ours_s, 2),
+        "runs_ours_s": [round(x, 2) for x in ours],
+        "runs_plain_s": [round(x, 2) for x in plain],
+    }
 
 
 LOAD_REPEATS = 3
@@ -93,15 +113,20 @@ def cold_load(endpoint: str, sizes: tuple[int, ...] = (1_000, 10_000, 50_000)) -
     for n in sizes:
         project = f"cold-{n}-{time.time_ns()}"
         stamp = clock.now()
-        objects = [DirtyObject(project, ObjectState.created(f"o{i:06}", "rect", {"x": i, "y": i / 7, "fill": "#abc"}, stamp))
-                   for i in range(n)]
+        objects = [
+            DirtyObject(project, ObjectState.created(f"o{i:06}", "rect", {"x": i, "y": i / 7, "fill": "#abc"}, stamp))
+            for i in range(n)
+        ]
         store.write(objects, saved_at_ms=stamp[0])
         bare, ours = [], []
         for _ in range(LOAD_REPEATS):  # interleaved, so the machine's drift falls on both
             started = time.perf_counter()
             pages = store.client.get_paginator("query").paginate(
-                TableName=TABLE, KeyConditionExpression="project_id = :p",
-                ExpressionAttributeValues={":p": {"S": project}}, ConsistentRead=True)
+                TableName=TABLE,
+                KeyConditionExpression="project_id = :p",
+                ExpressionAttributeValues={":p": {"S": project}},
+                ConsistentRead=True,
+            )
             raw = sum(len(page["Items"]) for page in pages)
             bare.append(time.perf_counter() - started)
             started = time.perf_counter()
@@ -111,19 +136,33 @@ def cold_load(endpoint: str, sizes: tuple[int, ...] = (1_000, 10_000, 50_000)) -
             ours.append(time.perf_counter() - started)
             assert raw == n + 1 and len(loaded.views) == n  # + the project's #head item
         bare_s, ours_s = statistics.median(bare), statistics.median(ours)
-        rows.append({"objects": n, "bare_query_s": round(bare_s, 3), "ours_s": round(ours_s, 3),
-                     "ratio": round(ours_s / bare_s, 2), "runs_bare_s": [round(x, 3) for x in bare],
-                     "runs_ours_s": [round(x, 3) for x in ours]})
+        rows.append(
+            {
+                "objects": n,
+                "bare_query_s": round(bare_s, 3),
+                "ours_s": round(ours_s, 3),
+                "ratio": round(ours_s / bare_s, 2),
+                "runs_bare_s": [round(x, 3) for x in bare],
+                "runs_ours_s": [round(x, 3) for x in ours],
+            }
+        )
     store.close()
     return {"rows": rows}
 
 
 def markdown(saved: dict[str, Any], loads: dict[str, Any]) -> str:
-    out = table(f"4. Saving {saved['objects']:,} dirty objects (speedup {saved['speedup']}x; median of {saved['repeats']} runs each)",
-                ["writer", "seconds", "BatchWriteItem requests", "p50 ms", "p99 ms"],
-                [["canvas-sync auto-save pass (4 in parallel)", *saved["ours"].values()],
-                 ["plain boto3, one call after another", *saved["plain_boto3"].values()]])
-    out += "\n" + table(f"5. Cold load (cache miss) beside a bare paginated boto3 Query (median of {LOAD_REPEATS} interleaved runs)",
-                        ["objects", "bare Query s", "canvas-sync load s", "ratio"],
-                        [[r["objects"], r["bare_query_s"], r["ours_s"], r["ratio"]] for r in loads["rows"]])
+    out = table(
+        f"4. Saving {saved['objects']:,} dirty objects "
+        f"(speedup {saved['speedup']}x; median of {saved['repeats']} runs each)",
+        ["writer", "seconds", "BatchWriteItem requests", "p50 ms", "p99 ms"],
+        [
+            ["canvas-sync auto-save pass (4 in parallel)", *saved["ours"].values()],
+            ["plain boto3, one call after another", *saved["plain_boto3"].values()],
+        ],
+    )
+    out += "\n" + table(
+        f"5. Cold load (cache miss) beside a bare paginated boto3 Query (median of {LOAD_REPEATS} interleaved runs)",
+        ["objects", "bare Query s", "canvas-sync load s", "ratio"],
+        [[r["objects"], r["bare_query_s"], r["ours_s"], r["ratio"]] for r in loads["rows"]],
+    )
     return out

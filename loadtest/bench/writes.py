@@ -9,9 +9,8 @@ import time
 from typing import Any
 
 import uvloop
-from websockets.asyncio.client import connect
-
 from common import metrics, replica, table, wait_clean
+from websockets.asyncio.client import connect
 
 
 async def _call(ws: Any, message: dict[str, Any]) -> None:
@@ -39,6 +38,7 @@ async def burst(port: int, project: str) -> None:
 
 async def mixed(port: int, project: str) -> None:
     """Four people for 10 s on 40 shapes: creates, drags, recolours, deletes."""
+
     async def person(n: int) -> None:
         rng = random.Random(n)
         async with connect(f"ws://127.0.0.1:{port}/ws/{project}") as ws:
@@ -80,8 +80,14 @@ def _measure(port: int, scenario: Any) -> dict[str, Any]:
     heads = delta("canvas_autosave_heads_written_total")  # one UpdateItem per saved project per pass
     calls = delta('canvas_autosave_batches_total{outcome="success"}')
     writes = written + heads
-    return {"edits": int(edits), "items_written": int(written), "head_updates": int(heads), "batch_calls": int(calls),
-            "items_per_edit": round(writes / edits, 4), "reduction_pct": round(100 * (1 - writes / edits), 2)}
+    return {
+        "edits": int(edits),
+        "items_written": int(written),
+        "head_updates": int(heads),
+        "batch_calls": int(calls),
+        "items_per_edit": round(writes / edits, 4),
+        "reduction_pct": round(100 * (1 - writes / edits), 2),
+    }
 
 
 def run(endpoint: str) -> dict[str, Any]:
@@ -90,10 +96,33 @@ def run(endpoint: str) -> dict[str, Any]:
 
 
 def markdown(r: dict[str, Any]) -> str:
-    labels = {"drag": "drag: 60 updates/s on one object for 10 s", "burst": "burst of 1,000 creates",
-              "mixed": "mixed session: 4 people, 10 s"}
-    rows = [[labels[k], v["edits"], v["items_written"], v["head_updates"], v["batch_calls"], v["items_per_edit"],
-             f"{v['reduction_pct']}%"] for k, v in r.items()]
-    return table("3. Write reduction (auto-save every 5 s; writes = object items + #head updates)",
-                 ["scenario", "edits", "object items written", "#head updates", "BatchWriteItem calls",
-                  "writes per edit", "reduction"], rows)
+    labels = {
+        "drag": "drag: 60 updates/s on one object for 10 s",
+        "burst": "burst of 1,000 creates",
+        "mixed": "mixed session: 4 people, 10 s",
+    }
+    rows = [
+        [
+            labels[k],
+            v["edits"],
+            v["items_written"],
+            v["head_updates"],
+            v["batch_calls"],
+            v["items_per_edit"],
+            f"{v['reduction_pct']}%",
+        ]
+        for k, v in r.items()
+    ]
+    return table(
+        "3. Write reduction (auto-save every 5 s; writes = object items + #head updates)",
+        [
+            "scenario",
+            "edits",
+            "object items written",
+            "#head updates",
+            "BatchWriteItem calls",
+            "writes per edit",
+            "reduction",
+        ],
+        rows,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from quart import Quart, Response, send_from_directory, websocket
@@ -17,6 +18,8 @@ from .service import CanvasService, NotReady
 from .state import Project
 
 log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -60,8 +63,10 @@ def create_app(service: CanvasService) -> Quart:
         if isinstance(project, Response):
             return project  # refuses the upgrade with this status
         await websocket.accept()
-        ws_obj = websocket._get_current_object()
-        conn = Connection(service.settings.send_queue_size, service.settings.rate_limit, service.metrics.slow_clients.inc)
+        ws_obj = websocket._get_current_object()  # type: ignore[attr-defined]  # werkzeug LocalProxy
+        conn = Connection(
+            service.settings.send_queue_size, service.settings.rate_limit, service.metrics.slow_clients.inc
+        )
         service.connections.add(conn)
         project.connections.add(conn)
         conn.send(protocol.snapshot(project.id, service.settings.replica_id, project.snapshot_jsons()))
@@ -72,7 +77,9 @@ def create_app(service: CanvasService) -> Quart:
             while True:
                 data = await ws_obj.receive()
                 if isinstance(data, bytes):
-                    reply = protocol.error(ProtocolError("bad_message", "binary frames are not accepted; send JSON text"))
+                    reply = protocol.error(
+                        ProtocolError("bad_message", "binary frames are not accepted; send JSON text")
+                    )
                 else:
                     reply = service.handle(project, conn, data)
                 await conn.reply(ws_obj, reply)
@@ -118,7 +125,7 @@ def create_app(service: CanvasService) -> Quart:
     @app.get("/")
     async def page() -> Response:
         """The demo canvas (static/index.html); the project comes from ?project=."""
-        return await send_from_directory(app.static_folder, "index.html")
+        return await send_from_directory(STATIC, "index.html")
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -143,4 +150,3 @@ def create_app(service: CanvasService) -> Quart:
         return _problem(404, "not_found", "no such endpoint")
 
     return app
-

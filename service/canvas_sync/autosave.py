@@ -127,9 +127,11 @@ class AutosaveWorker:
             report = WriteReport(failed=list(taken), errors=[f"{type(error).__name__}: {error}"])
         self.dirty.finish(report.failed, report.refused)
         self._count_heads(report.heads)
-        for item, error in report.refused:
-            log.error("object refused by the store; kept in memory, not retried until it changes",
-                      extra={"event": "quarantined", "project": item.project, "object": item.state.id, "error": error})
+        for item, why in report.refused:
+            log.error(
+                "object refused by the store; kept in memory, not retried until it changes",
+                extra={"event": "quarantined", "project": item.project, "object": item.state.id, "error": why},
+            )
             if self.metrics:
                 self.metrics.refused.inc()
         seconds = time.perf_counter() - start
@@ -175,12 +177,18 @@ class AutosaveWorker:
             table = {(r.project, r.state.id): r.state for r in self.store.get_many(keys)}
         except Exception as error:
             self._count_read("error")
-            log.warning("read before save failed; writing memory's copy",
-                        extra={"event": "read_before_save_error", "error": f"{type(error).__name__}: {error}"})
+            log.warning(
+                "read before save failed; writing memory's copy",
+                extra={"event": "read_before_save_error", "error": f"{type(error).__name__}: {error}"},
+            )
             return taken
         self._count_read("success")
-        return [DirtyObject(o.project, merge(o.state, table[(o.project, o.state.id)]))
-                if (o.project, o.state.id) in table else o for o in taken]
+        return [
+            DirtyObject(o.project, merge(o.state, table[(o.project, o.state.id)]))
+            if (o.project, o.state.id) in table
+            else o
+            for o in taken
+        ]
 
     def _count_read(self, outcome: str) -> None:
         if self.metrics:

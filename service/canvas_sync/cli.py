@@ -27,7 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="DynamoDB Local + table + N replicas, zero setup")
     dev.add_argument("--replicas", type=int, default=2, help="replicas to start (default 2)")
     dev.add_argument("--host", default="127.0.0.1", help="bind address of the replicas (default 127.0.0.1)")
-    dev.add_argument("--port", type=int, default=8080, help="port of the first replica; the others follow (default 8080)")
+    dev.add_argument(
+        "--port", type=int, default=8080, help="port of the first replica; the others follow (default 8080)"
+    )
     return parser
 
 
@@ -49,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args, settings)
     except NoRegionError:
-        print("canvas-sync: no AWS region: set AWS_REGION (or CANVAS_DYNAMODB_ENDPOINT for DynamoDB Local)",
-              file=sys.stderr)
+        print(
+            "canvas-sync: no AWS region: set AWS_REGION (or CANVAS_DYNAMODB_ENDPOINT for DynamoDB Local)",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
 
 

@@ -8,7 +8,7 @@ parsing; :func:`load_settings` turns its error into that one line.
 from __future__ import annotations
 
 import socket
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
@@ -19,7 +19,7 @@ MAX_STORED_OBJECT_BYTES = 384 * 1024
 """DynamoDB's item limit is 400 KB, keys and other attributes included."""
 
 
-class LogLevel(str, Enum):
+class LogLevel(StrEnum):
     debug = "debug"
     info = "info"
     warning = "warning"
@@ -27,7 +27,7 @@ class LogLevel(str, Enum):
     critical = "critical"
 
 
-class EventLoop(str, Enum):
+class EventLoop(StrEnum):
     uvloop = "uvloop"
     asyncio = "asyncio"
 
@@ -93,8 +93,10 @@ class Settings(BaseSettings):
     def _stored_holds_visible(cls, value: int, info: ValidationInfo) -> int:
         visible = info.data.get("max_object_bytes")
         if visible is not None and value < visible:
-            raise ValueError(f"must be at least CANVAS_MAX_OBJECT_BYTES ({visible}): "
-                             "what is stored holds the visible object and its stamps")
+            raise ValueError(
+                f"must be at least CANVAS_MAX_OBJECT_BYTES ({visible}): "
+                "what is stored holds the visible object and its stamps"
+            )
         return value
 
 

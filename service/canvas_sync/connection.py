@@ -18,7 +18,9 @@ _CLOSE = object()
 
 
 class Connection:
-    def __init__(self, queue_size: int, rate_per_second: float = 0.0, on_slow: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, queue_size: int, rate_per_second: float = 0.0, on_slow: Callable[[], None] = lambda: None
+    ) -> None:
         self.on_slow = on_slow
         self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=queue_size)
         self._sending = asyncio.Lock()  # one frame at a time, in queue order

@@ -66,19 +66,24 @@ def run_dev(settings: Settings, replicas: int, host: str, base_port: int) -> int
         store.create_table()
         store.close()
         for i in range(replicas):
-            env = dict(os.environ, CANVAS_DYNAMODB_ENDPOINT=endpoint, CANVAS_REPLICA_ID=f"replica-{i + 1}",
-                       CANVAS_TABLE=settings.table)
+            env = dict(
+                os.environ,
+                CANVAS_DYNAMODB_ENDPOINT=endpoint,
+                CANVAS_REPLICA_ID=f"replica-{i + 1}",
+                CANVAS_TABLE=settings.table,
+            )
             cmd = [sys.executable, "-m", "canvas_sync", "serve", "--host", host, "--port", str(base_port + i)]
             processes.append(subprocess.Popen(cmd, env=env))
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         urls = [f"http://{shown}:{base_port + i}" for i in range(replicas)]
-        for url, process in zip(urls, processes):
+        for url, process in zip(urls, processes, strict=True):
             if not wait_ready(url, process):
                 print(f"canvas-sync dev: replica at {url} did not become ready", file=sys.stderr)
                 return 1
         print(f"\nDynamoDB: {endpoint}  table: {settings.table}")
         for i, url in enumerate(urls):
-            print(f"replica-{i + 1}: {url}   page {url}/?project=demo   WebSocket {url.replace('http', 'ws', 1)}/ws/<project>")
+            ws = url.replace("http", "ws", 1)
+            print(f"replica-{i + 1}: {url}   page {url}/?project=demo   WebSocket {ws}/ws/<project>")
         print("Ctrl-C stops everything.\n", flush=True)
         while not stopping.is_set() and all(p.poll() is None for p in processes):
             stopping.wait(0.5)

@@ -152,8 +152,11 @@ class DirtySet:
     def quarantined(self) -> list[dict[str, Any]]:
         """What DynamoDB refused, for ``/health``: kept in memory, not retried until edited."""
         with self._lock:
-            return [{"project": p, "object": o, "error": q.error, "since": q.since}
-                    for p, states in sorted(self._quarantined.items()) for o, q in sorted(states.items())]
+            return [
+                {"project": p, "object": o, "error": q.error, "since": q.since}
+                for p, states in sorted(self._quarantined.items())
+                for o, q in sorted(states.items())
+            ]
 
     def quarantined_count(self) -> int:
         with self._lock:

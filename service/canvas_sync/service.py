@@ -44,8 +44,12 @@ class CanvasService:
         self.settings = settings
         self.metrics = Metrics()
         self._clamp_logged = 0.0
-        self.clock = HybridClock(settings.replica_id, offset_ms=settings.clock_offset_ms,
-                                 max_drift_ms=int(settings.max_clock_drift * 1000), on_clamp=self._clock_clamped)
+        self.clock = HybridClock(
+            settings.replica_id,
+            offset_ms=settings.clock_offset_ms,
+            max_drift_ms=int(settings.max_clock_drift * 1000),
+            on_clamp=self._clock_clamped,
+        )
         self.dirty = DirtySet()
         limits = Limits(
             max_objects=settings.max_objects_per_project,
@@ -64,12 +68,22 @@ class CanvasService:
         )
         self.store.observer = self.metrics.observe_batch
         self.sync = SyncWorker(
-            self.state, self.store, self.clock, self.metrics,
-            settings.sync_interval, settings.sync_overlap, settings.reconcile_interval,
+            self.state,
+            self.store,
+            self.clock,
+            self.metrics,
+            settings.sync_interval,
+            settings.sync_overlap,
+            settings.reconcile_interval,
             max_backoff=settings.sync_max_backoff,
         )
         self.autosave = AutosaveWorker(
-            self.dirty, self.store, self.clock, settings.autosave_interval, settings.autosave_max_backoff, self.metrics,
+            self.dirty,
+            self.store,
+            self.clock,
+            settings.autosave_interval,
+            settings.autosave_max_backoff,
+            self.metrics,
             contended=lambda: self.sync.contended,
         )
         self.sync.on_repair = self.autosave.wake
@@ -96,9 +110,15 @@ class CanvasService:
         now = time.monotonic()
         if now - self._clamp_logged >= CLAMP_LOG_EVERY:
             self._clamp_logged = now
-            log.warning("stamp far ahead of the wall clock; the clock absorbed only the bound",
-                        extra={"event": "clock_clamped", "stamp": list(stamp), "wall_ms": self.clock.wall_ms(),
-                               "max_drift_s": self.settings.max_clock_drift})
+            log.warning(
+                "stamp far ahead of the wall clock; the clock absorbed only the bound",
+                extra={
+                    "event": "clock_clamped",
+                    "stamp": list(stamp),
+                    "wall_ms": self.clock.wall_ms(),
+                    "max_drift_s": self.settings.max_clock_drift,
+                },
+            )
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -122,7 +142,9 @@ class CanvasService:
                     log.info("ready", extra={"event": "ready", "table": self.settings.table})
                     return
             except Exception as error:
-                log.warning("table not reachable yet", extra={"event": "not_ready", "error": f"{type(error).__name__}: {error}"})
+                log.warning(
+                    "table not reachable yet", extra={"event": "not_ready", "error": f"{type(error).__name__}: {error}"}
+                )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -187,8 +209,10 @@ class CanvasService:
             except Exception:
                 log.exception("read-back after the final flush failed")
             if self.dirty.counts()[1]:  # whatever marked them: the table is behind memory
-                log.info("table behind after the final flush; writing again",
-                         extra={"event": "shutdown_repair", "objects": self.dirty.counts()[1]})
+                log.info(
+                    "table behind after the final flush; writing again",
+                    extra={"event": "shutdown_repair", "objects": self.dirty.counts()[1]},
+                )
                 await asyncio.to_thread(self.autosave.stop, max(0.0, deadline - time.monotonic()))
         return self._all_saved()
 
@@ -217,8 +241,10 @@ class CanvasService:
             try:
                 heads: dict[str, str] | None = self.store.heads([project_id])[project_id]
             except Exception as error:  # sync then goes by the watermark's overlap alone
-                log.warning("head read before a load failed", extra={"event": "head_error", "project": project_id,
-                                                                      "error": f"{type(error).__name__}: {error}"})
+                log.warning(
+                    "head read before a load failed",
+                    extra={"event": "head_error", "project": project_id, "error": f"{type(error).__name__}: {error}"},
+                )
                 heads = None
             with gc_paused():
                 project = self.state.build(project_id, self.store.load_project(project_id), loaded_at)
@@ -234,8 +260,15 @@ class CanvasService:
         seconds = time.perf_counter() - start
         self.metrics.project_loads.labels("success").inc()
         self.metrics.project_load_seconds.observe(seconds)
-        log.info("project loaded", extra={"event": "loaded", "project": project_id, "objects": len(project.objects),
-                                          "ms": round(seconds * 1000, 1)})
+        log.info(
+            "project loaded",
+            extra={
+                "event": "loaded",
+                "project": project_id,
+                "objects": len(project.objects),
+                "ms": round(seconds * 1000, 1),
+            },
+        )
         return project
 
     # --- one client message ------------------------------------------------------------
@@ -268,5 +301,9 @@ class CanvasService:
 
     def health(self) -> dict[str, Any]:
         status = "shutting_down" if self.shutting_down else ("ok" if self.ready else "starting")
-        return {"replica": self.settings.replica_id, "status": status, "autosave": self.autosave.status(),
-                "sync": self.sync.status()}
+        return {
+            "replica": self.settings.replica_id,
+            "status": status,
+            "autosave": self.autosave.status(),
+            "sync": self.sync.status(),
+        }

@@ -153,8 +153,11 @@ class CanvasState:
     def evict_idle(self, idle_seconds: float, now: float | None = None) -> list[str]:
         """Drop projects with no connections, nothing unsaved and no recent activity."""
         now = time.monotonic() if now is None else now
-        evicted = [pid for pid, project in self.projects.items()
-                   if not project.connections and now - project.last_active >= idle_seconds and not self.dirty.holds(pid)]
+        evicted = [
+            pid
+            for pid, project in self.projects.items()
+            if not project.connections and now - project.last_active >= idle_seconds and not self.dirty.holds(pid)
+        ]
         for pid in evicted:
             del self.projects[pid]
             self.dirty.forget(pid)
@@ -200,8 +203,11 @@ class CanvasState:
         limit = self.limits.max_stored_object_bytes
         if state.stored_size_bound(view_bytes) > limit and state.stored_size() > limit:
             raise ProtocolError(
-                "too_large", f"object would take more than {limit} bytes to store "
-                "(removed properties keep their names until the object is deleted)", req)
+                "too_large",
+                f"object would take more than {limit} bytes to store "
+                "(removed properties keep their names until the object is deleted)",
+                req,
+            )
 
     def _create(self, project: Project, cmd: Create) -> str:
         old = project.objects.get(cmd.id)
@@ -211,8 +217,11 @@ class CanvasState:
             raise ProtocolError("limit_exceeded", f"a project holds at most {self.limits.max_objects} objects", cmd.req)
         if old is None and len(project.tombstones) >= self.limits.max_tombstones:
             raise ProtocolError(
-                "limit_exceeded", f"this project remembers {self.limits.max_tombstones} recently deleted objects, "
-                "the most it may: re-create a deleted id or try again later", cmd.req)
+                "limit_exceeded",
+                f"this project remembers {self.limits.max_tombstones} recently deleted objects, "
+                "the most it may: re-create a deleted id or try again later",
+                cmd.req,
+            )
         stamp = self.clock.now() if old is None else self.clock.now_after(old.latest_stamp())
         new = ObjectState.created(cmd.id, cmd.type, cmd.props, stamp)
         if old is not None:
@@ -242,7 +251,9 @@ class CanvasState:
         text = protocol.encode(view)  # the new view: checked for size, then kept and sent as is
         size = len(text.encode())
         if size > self.limits.max_object_bytes:
-            raise ProtocolError("too_large", f"object would be larger than {self.limits.max_object_bytes} bytes", cmd.req)
+            raise ProtocolError(
+                "too_large", f"object would be larger than {self.limits.max_object_bytes} bytes", cmd.req
+            )
         new = state.updated(changes, self.clock.now_after(state.latest_stamp()))
         self._check_stored(new, size, cmd.req)
         project.objects[cmd.id] = new

@@ -126,12 +126,15 @@ def reconcile_budget(projects: int, interval: float, reconcile_interval: float) 
     return max(1, math.ceil(2 * projects * interval / reconcile_interval))
 
 
-def plan(cursors: Mapping[str, Cursor], now: float, *, overlap_ms: int, reconcile_interval: float,
-         max_reconciles: int) -> Plan:
+def plan(
+    cursors: Mapping[str, Cursor], now: float, *, overlap_ms: int, reconcile_interval: float, max_reconciles: int
+) -> Plan:
     """What to read this pass. Projects backing off are left alone; the oldest reconcile first."""
     ready = {pid: c for pid, c in cursors.items() if c.backoff.ready(now)}
-    due = sorted((pid for pid, c in ready.items() if now - c.last_reconcile >= reconcile_interval),
-                 key=lambda pid: ready[pid].last_reconcile)[:max_reconciles]
+    due = sorted(
+        (pid for pid, c in ready.items() if now - c.last_reconcile >= reconcile_interval),
+        key=lambda pid: ready[pid].last_reconcile,
+    )[:max_reconciles]
     chosen = set(due)
     feed = [(pid, feed_since(c, overlap_ms)) for pid, c in ready.items() if pid not in chosen and now < c.feed_until]
     return Plan(due, feed)
@@ -213,10 +216,18 @@ class SyncWorker:
         except Exception as error:
             heads_failed = True
             errors.append(error)
-        todo = plan(self.cursors, now, overlap_ms=int(self.overlap * 1000), reconcile_interval=self.reconcile_interval,
-                    max_reconciles=reconcile_budget(len(self.cursors), self.interval, self.reconcile_interval))
-        results = await asyncio.gather(*(self._pull(pid, None) for pid in todo.reconcile),
-                                       *(self._pull(pid, since) for pid, since in todo.feed), return_exceptions=True)
+        todo = plan(
+            self.cursors,
+            now,
+            overlap_ms=int(self.overlap * 1000),
+            reconcile_interval=self.reconcile_interval,
+            max_reconciles=reconcile_budget(len(self.cursors), self.interval, self.reconcile_interval),
+        )
+        results = await asyncio.gather(
+            *(self._pull(pid, None) for pid in todo.reconcile),
+            *(self._pull(pid, since) for pid, since in todo.feed),
+            return_exceptions=True,
+        )
         failed_pulls = [r for r in results if isinstance(r, BaseException)]
         errors += failed_pulls
         if heads_failed or (results and len(failed_pulls) == len(results)):
@@ -226,8 +237,15 @@ class SyncWorker:
         self.contended = frozenset(pid for pid, c in self.cursors.items() if now < c.feed_until)
         if errors:
             self.last_error = f"{type(errors[0]).__name__}: {errors[0]}"
-            log.warning("sync pass failed", extra={"event": "sync_error", "failures": len(errors), "error": self.last_error,
-                                                   "retry_in_s": round(max(0.0, self.backoff.retry_at - now), 2)})
+            log.warning(
+                "sync pass failed",
+                extra={
+                    "event": "sync_error",
+                    "failures": len(errors),
+                    "error": self.last_error,
+                    "retry_in_s": round(max(0.0, self.backoff.retry_at - now), 2),
+                },
+            )
         else:
             self.last_error = None
         self.last_pull_at = time.time()
@@ -239,8 +257,11 @@ class SyncWorker:
         for pid, project in self.state.projects.items():
             if pid not in self._held:
                 self._held[pid] = project
-                heads = None if project.loaded_heads is None else {
-                    w: t for w, t in project.loaded_heads.items() if w != self.clock.replica_id}
+                heads = (
+                    None
+                    if project.loaded_heads is None
+                    else {w: t for w, t in project.loaded_heads.items() if w != self.clock.replica_id}
+                )
                 self.cursors[pid] = Cursor(project.loaded_at_ms, now, heads)
 
     async def _read_heads(self, now: float) -> None:
@@ -278,7 +299,9 @@ class SyncWorker:
         pulled(cursor, time.monotonic(), full, [r.saved_at for r in records])
         await self.apply(project, states, records)
 
-    async def apply(self, project: Project, states: Sequence[ObjectState], records: Sequence[Saved] = ()) -> RemoteMerge:
+    async def apply(
+        self, project: Project, states: Sequence[ObjectState], records: Sequence[Saved] = ()
+    ) -> RemoteMerge:
         """Merge states into memory in chunks, tell this replica's clients, count and time it."""
         result = RemoteMerge()
         for start in range(0, len(states), MERGE_CHUNK):
@@ -300,7 +323,9 @@ class SyncWorker:
         if result.repaired:
             self.metrics.sync_repairs.inc(len(result.repaired))
             self.on_repair()  # write the union now rather than an interval later
-            log.info("anti-entropy repair", extra={"event": "repair", "project": project.id, "objects": len(result.repaired)})
+            log.info(
+                "anti-entropy repair", extra={"event": "repair", "project": project.id, "objects": len(result.repaired)}
+            )
         return result
 
     async def merge_from_table(self, keys: list[tuple[str, str]]) -> int:
@@ -329,5 +354,9 @@ class SyncWorker:
 
     def status(self) -> dict[str, Any]:
         backing_off = sum(1 for c in self.cursors.values() if c.backoff.failures)
-        return {"interval_s": self.interval, "last_pull_at": self.last_pull_at, "last_error": self.last_error,
-                "projects_backing_off": backing_off}
+        return {
+            "interval_s": self.interval,
+            "last_pull_at": self.last_pull_at,
+            "last_error": self.last_error,
+            "projects_backing_off": backing_off,
+        }

@@ -18,6 +18,18 @@ from .dynamodb import (
 from .memory import MemoryStore
 
 __all__ = [
-    "BATCH_LIMIT", "HEAD", "HEAD_WRITER_MAX_AGE_MS", "INDEX_SAVED_AT", "ITEM_LIMIT_BYTES", "TTL_ATTRIBUTE",
-    "WRITER_PREFIX", "DynamoStore", "MemoryStore", "Saved", "Store", "StoreError", "WriteReport", "make_client",
+    "BATCH_LIMIT",
+    "HEAD",
+    "HEAD_WRITER_MAX_AGE_MS",
+    "INDEX_SAVED_AT",
+    "ITEM_LIMIT_BYTES",
+    "TTL_ATTRIBUTE",
+    "WRITER_PREFIX",
+    "DynamoStore",
+    "MemoryStore",
+    "Saved",
+    "Store",
+    "StoreError",
+    "WriteReport",
+    "make_client",
 ]

@@ -12,10 +12,11 @@ One item per object (tombstones included), keyed ``(project_id, object_id)``:
 
 One more item per project, ``(project_id, "#head")``: after a save pass has written some
 of a project's objects, the replica sets its own attribute ``w_<replica id>`` there to a
-token new for every pass, ``<lowest saved_at not announced before>.<sequence>``. A replica holding the project reads the heads of all its projects
-with BatchGetItem (100 a request) and queries the change feed only of projects another
-replica saved lately, so an idle project costs a hundredth of a request per sync pass
-instead of one Query. The head has no ``saved_at``, so it stays out of the index.
+token new for every pass, ``<lowest saved_at not announced before>.<sequence>``. A
+replica holding the project reads the heads of all its projects with BatchGetItem (100 a
+request) and queries the change feed only of projects another replica saved lately, so
+an idle project costs a hundredth of a request per sync pass instead of one Query. The
+head has no ``saved_at``, so it stays out of the index.
 
 The store is called from worker threads only; boto3 clients are thread-safe.
 """
@@ -210,7 +211,9 @@ class DynamoStore:
         now_ms = int(time.time() * 1000)
         jobs = sorted(todo.items())
         done = 0
-        for (project, since), ok in zip(jobs, self._pool.map(lambda job: self._touch_head(job[0], f"{job[1]}.{seq}", now_ms), jobs)):
+        for (project, since), ok in zip(
+            jobs, self._pool.map(lambda job: self._touch_head(job[0], f"{job[1]}.{seq}", now_ms), jobs), strict=True
+        ):
             if ok:
                 done += 1
             else:
@@ -230,8 +233,10 @@ class DynamoStore:
                 ReturnValues="ALL_NEW",
             )["Attributes"]
         except StoreError as error:
-            log.warning("head update failed; retried with the next pass",
-                        extra={"event": "head_error", "project": project, "error": _describe(error)})
+            log.warning(
+                "head update failed; retried with the next pass",
+                extra={"event": "head_error", "project": project, "error": _describe(error)},
+            )
             return False
         self._prune_head(key, head, now_ms)
         return True
@@ -243,17 +248,25 @@ class DynamoStore:
         meantime keeps its entry.
         """
         me = WRITER_PREFIX + self.replica_id
-        gone = {name: value for name, value in head.items() if name.startswith(WRITER_PREFIX) and name != me
-                and now_ms - token_ms(value.get("S", "")) > HEAD_WRITER_MAX_AGE_MS}
+        gone = {
+            name: value
+            for name, value in head.items()
+            if name.startswith(WRITER_PREFIX)
+            and name != me
+            and now_ms - token_ms(value.get("S", "")) > HEAD_WRITER_MAX_AGE_MS
+        }
         if not gone:
             return
         names = {f"#g{i}": name for i, name in enumerate(gone)}
         values = {f":g{i}": gone[name] for i, name in enumerate(gone)}
         try:
             self.client.update_item(
-                TableName=self.table, Key=key, UpdateExpression="REMOVE " + ", ".join(names),
-                ConditionExpression=" AND ".join(f"{n} = {v}" for n, v in zip(names, values)),
-                ExpressionAttributeNames=names, ExpressionAttributeValues=values,
+                TableName=self.table,
+                Key=key,
+                UpdateExpression="REMOVE " + ", ".join(names),
+                ConditionExpression=" AND ".join(f"{n} = {v}" for n, v in zip(names, values, strict=True)),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
             )
         except StoreError as error:  # a condition that failed included: tried again next time
             log.info("pruning a head skipped", extra={"event": "head_prune_skipped", "error": _describe(error)})
@@ -263,7 +276,8 @@ class DynamoStore:
         out: dict[str, dict[str, str]] = {p: {} for p in project_ids}
         for item in self._batch_get([(p, HEAD) for p in project_ids]):
             out[item["project_id"]["S"]] = {
-                name[len(WRITER_PREFIX):]: value["S"] for name, value in item.items()
+                name[len(WRITER_PREFIX) :]: value["S"]
+                for name, value in item.items()
                 if name.startswith(WRITER_PREFIX) and "S" in value
             }
         return out
@@ -282,7 +296,7 @@ class DynamoStore:
             retry=retry_if_result(bool),
             wait=wait_random_exponential(multiplier=0.05, max=2.0),  # full jitter
             stop=stop_after_attempt(self.unprocessed_attempts),
-            retry_error_callback=lambda state: state.outcome.result(),
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
         )
         try:
             retrying(attempt)
@@ -372,7 +386,7 @@ class DynamoStore:
             }
             items: list[dict[str, Any]] = []
 
-            def attempt() -> dict[str, Any]:
+            def attempt(items: list[dict[str, Any]] = items) -> dict[str, Any]:
                 nonlocal pending
                 response = self.client.batch_get_item(RequestItems=pending)
                 items.extend(response.get("Responses", {}).get(self.table, []))

@@ -31,7 +31,9 @@ class _Item:
 
 
 class MemoryStore:
-    def __init__(self, replica_id: str = "", tombstone_ttl: float = 24 * 3600, shared: MemoryStore | None = None) -> None:
+    def __init__(
+        self, replica_id: str = "", tombstone_ttl: float = 24 * 3600, shared: MemoryStore | None = None
+    ) -> None:
         """``shared``: another replica's store, whose table this one uses (several replicas, one table)."""
         self.replica_id = replica_id
         self.tombstone_ttl = tombstone_ttl
@@ -40,8 +42,7 @@ class MemoryStore:
         """Called with the operation's name (write, head, heads, load, feed, get) before it runs."""
         self.calls: list[str] = []
         """Every request made, by operation name, as DynamoDB would count them."""
-        table = shared._table if shared else _Table()
-        self._table = table
+        self._table: _Table = shared._table if shared else _Table()
         self._lock = threading.Lock()  # guards _unannounced and _seq
         self._unannounced: dict[str, int] = {}
         self._seq = 0
@@ -84,7 +85,9 @@ class MemoryStore:
                 if len(doc.encode()) > ITEM_LIMIT_BYTES:  # DynamoDB would refuse the batch; we split it
                     report.refused.append((obj, "ValidationException: Item size has exceeded the maximum allowed size"))
                     continue
-                expires = None if obj.state.is_alive else min(obj.state.alive[1][0], saved_at_ms) / 1000 + self.tombstone_ttl
+                expires = (
+                    None if obj.state.is_alive else min(obj.state.alive[1][0], saved_at_ms) / 1000 + self.tombstone_ttl
+                )
                 self._table.put(obj.project, obj.state.id, _Item(doc, saved_at_ms, self.replica_id, expires))
                 report.written += 1
                 with self._lock:
@@ -134,8 +137,12 @@ class MemoryStore:
         for _ in range(0, len(keys), 100):
             self._call("get")
         wanted = set(keys)
-        return [saved for project in {p for p, _ in keys} for saved in self._table.records(project)
-                if (project, saved.state.id) in wanted]
+        return [
+            saved
+            for project in {p for p, _ in keys}
+            for saved in self._table.records(project)
+            if (project, saved.state.id) in wanted
+        ]
 
 
 class _Table:
@@ -162,6 +169,8 @@ class _Table:
         now = time.time()
         with self._lock:
             items = sorted(self._items.get(project, {}).items())
-        return [Saved(project, ObjectState.from_doc(object_id, json.loads(item.doc)), item.saved_at, item.saved_by)
-                for object_id, item in items if item.expires_at is None or item.expires_at >= now]
-
+        return [
+            Saved(project, ObjectState.from_doc(object_id, json.loads(item.doc)), item.saved_at, item.saved_by)
+            for object_id, item in items
+            if item.expires_at is None or item.expires_at >= now
+        ]
