@@ -6,7 +6,7 @@ ARG PYTHON_VERSION=3.11
 
 FROM python:${PYTHON_VERSION}-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY service ./service
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/canvas-sync \

@@ -92,3 +92,15 @@ def test_dev_falls_back_to_moto_without_java_or_npm(tmp_path: Path) -> None:
     text, urls, code = _dev(tmp_path, env, replicas=1)
     assert len(urls) == 1 and code == 0, text
     assert "falling back to moto" in text
+
+
+def test_one_version_everywhere() -> None:
+    """pyproject reads the version from the package; the chart's appVersion must follow it."""
+    import importlib.metadata
+    from pathlib import Path
+
+    import canvas_sync
+    import yaml
+
+    chart = yaml.safe_load((Path(__file__).parent.parent / "helm/canvas-sync/Chart.yaml").read_text())
+    assert importlib.metadata.version("canvas-sync") == canvas_sync.__version__ == chart["appVersion"]

@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +61,19 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("image")
     build = re.search(r"RUN python -m pip wheel (.*?) \.", DOCKERFILE)
     assert build, "the build stage makes a wheel"
+    context = work / "src"  # only what the build stage copies, so a file it forgets fails here too
+    build_stage = DOCKERFILE.split("\nFROM ", 2)[1]
+    for line in re.findall(r"^COPY\s+(?!--)(.+)$", build_stage, re.M):
+        *sources, dest = line.split()
+        for source in sources:
+            target = context / dest / (Path(source).name if dest.endswith("/") or dest == "." else "")
+            if (ROOT / source).is_dir():
+                shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(ROOT / source, target)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(work / "wheels"), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(work / "wheels"), str(context)],
         check=True,
         capture_output=True,
         timeout=300,
@@ -69,6 +82,8 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     wheels = [str(p) for p in (work / "wheels").glob("*.whl")]
     assert len(wheels) == 1
+    names = zipfile.ZipFile(wheels[0]).namelist()
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), "the wheel carries the license"
     subprocess.run(
         [str(venv / "bin" / "pip"), "install", "-q", "--no-cache-dir", *wheels],
         check=True,

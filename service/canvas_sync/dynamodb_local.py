@@ -111,6 +111,7 @@ class DynamoDBLocal:
             "-Xmx1g",
             "-jar",
             str(emulator / "DynamoDBLocal.jar"),
+            "-disableTelemetry",
             *storage,
             "-port",
             str(self.port),
@@ -121,7 +122,11 @@ class DynamoDBLocal:
         if self.db_path:
             self.db_path.mkdir(parents=True, exist_ok=True)
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        workdir = cache_dir() / "run"  # where it writes its own files, never the caller's folder
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
