@@ -22,7 +22,6 @@ import json
 import random
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,8 @@ from locust.runners import WorkerRunner
 from locust.stats import StatsEntry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from convergence_check import check_convergence  # beside this file, also in the image
 
 EXPECTED_RACES = {"conflict", "not_found"}
 COLOURS = ["#e53935", "#1e88e5", "#43a047", "#fdd835", "#8e24aa", "#fb8c00", "#00acc1", "#6d4c41"]
@@ -288,62 +289,6 @@ class CanvasUser(User):
 
 
 # --- the check at the end -------------------------------------------------------------------
-
-
-def _get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return response.read()
-
-
-def _mismatches(urls: list[str], project: str) -> list[dict[str, Any]]:
-    """Objects that differ between replicas, with each replica's copy."""
-    views = {u: {o["id"]: o for o in json.loads(_get(f"{u}/projects/{project}/objects"))["objects"]} for u in urls}
-    ids = sorted(set().union(*views.values()))
-    return [
-        {"project": project, "id": oid, "copies": {u: views[u].get(oid) for u in urls}}
-        for oid in ids
-        if len({json.dumps(views[u].get(oid), sort_keys=True) for u in urls}) > 1
-    ]
-
-
-def check_convergence(urls: list[str], projects: list[str], timeout: float) -> dict[str, Any]:
-    """Poll until every replica returns the same bytes for every project, with nothing unsaved."""
-    started = time.monotonic()
-    pending = list(projects)
-    while True:
-        try:
-            pending = [
-                p
-                for p in projects
-                if len({_get(f"{u}/projects/{p}/objects") for u in urls}) > 1
-                or any(json.loads(_get(f"{u}/projects/{p}/status"))["dirty_objects"] for u in urls)
-            ]
-        except OSError as error:
-            pending = pending or list(projects)
-            last_error = str(error)
-        else:
-            last_error = None
-        elapsed = time.monotonic() - started
-        if not pending:
-            return {
-                "converged": True,
-                "seconds": round(elapsed, 3),
-                "replicas": urls,
-                "projects": len(projects),
-                "mismatches": [],
-            }
-        if elapsed > timeout:
-            mismatches = [m for p in pending for m in _mismatches(urls, p)] if last_error is None else []
-            return {
-                "converged": False,
-                "seconds": round(elapsed, 3),
-                "replicas": urls,
-                "projects": len(projects),
-                "pending": pending,
-                "mismatches": mismatches[:20],
-                "error": last_error,
-            }
-        time.sleep(0.1)
 
 
 def edit_statistics(environment: Environment) -> dict[str, Any]:

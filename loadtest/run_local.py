@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -22,46 +20,27 @@ import urllib.request
 from pathlib import Path
 
 from canvas_sync.dynamodb_local import DynamoDBLocal, Unavailable, free_port
+from canvas_sync.replicas import ReplicaError, ReplicaProcess
 from canvas_sync.store import DynamoStore, make_client
 
 HERE = Path(__file__).resolve().parent
 TABLE = "loadtest"
 
 
-def start_replicas(
-    n: int, endpoint: str, log_dir: Path, autosave: float, sync: float
-) -> list[tuple[subprocess.Popen[bytes], str]]:
-    started = []
-    for i in range(n):
-        port = free_port()
-        env = dict(
-            os.environ,
-            CANVAS_DYNAMODB_ENDPOINT=endpoint,
-            CANVAS_TABLE=TABLE,
-            CANVAS_REPLICA_ID=f"replica-{i + 1}",
-            CANVAS_AUTOSAVE_INTERVAL=str(autosave),
-            CANVAS_SYNC_INTERVAL=str(sync),
-            CANVAS_LOG_LEVEL="warning",
+def configure_replicas(n: int, endpoint: str, log_dir: Path, autosave: float, sync: float) -> list[ReplicaProcess]:
+    return [
+        ReplicaProcess.configure(
+            f"replica-{i + 1}",
+            free_port(),
+            endpoint,
+            TABLE,
+            log_path=log_dir / f"replica-{i + 1}.log",
+            autosave_interval=autosave,
+            sync_interval=sync,
+            log_level="warning",
         )
-        log = open(log_dir / f"replica-{i + 1}.log", "wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "canvas_sync", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        started.append((proc, f"http://127.0.0.1:{port}"))
-    for proc, url in started:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/readyz", timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"replica {url} did not start; see {log_dir}") from None
-                time.sleep(0.1)
-    return started
+        for i in range(n)
+    ]
 
 
 def _seconds(duration: str) -> float:
@@ -95,11 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     except Unavailable as error:
         print(f"run-local: {error}", file=sys.stderr)
         return 2
-    replicas: list[tuple[subprocess.Popen[bytes], str]] = []
+    replicas: list[ReplicaProcess] = []
     try:
         DynamoStore(make_client(database.endpoint), TABLE).create_table()
-        replicas = start_replicas(args.replicas, database.endpoint, out, args.autosave, args.sync)
-        urls = [url for _, url in replicas]
+        replicas = configure_replicas(args.replicas, database.endpoint, out, args.autosave, args.sync)
+        for replica in replicas:
+            replica.start(wait=False)
+        for replica in replicas:
+            replica.wait_ready()
+        urls = [replica.url for replica in replicas]
         report = out / "convergence.json"
         command = [
             sys.executable,
@@ -164,14 +147,17 @@ def main(argv: list[str] | None = None) -> int:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print("\n".join(["", "run-local summary", *(f"  {k}: {v}" for k, v in summary.items())]))
         return 0 if code == 0 and result.get("converged") else 1
+    except ReplicaError as error:
+        print(f"run-local: {error}", file=sys.stderr)
+        return 1
     finally:
-        for proc, _ in replicas:
-            proc.send_signal(signal.SIGTERM)
-        for proc, _ in replicas:
+        for replica in replicas:
+            if replica.process is None:
+                continue
             try:
-                proc.wait(30)
+                replica.terminate(30)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                replica.kill()
         database.stop()
 
 

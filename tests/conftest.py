@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from canvas_sync.dynamodb_local import DynamoDBLocal, Unavailable, free_port
+from canvas_sync.replicas import ReplicaProcess
 from canvas_sync.store import DynamoStore, make_client
 
 STRICT = os.environ.get("CANVAS_STRICT_TESTS") == "1"
@@ -87,75 +84,8 @@ def http_text(url: str, timeout: float = 5.0) -> str:
         return response.read().decode()
 
 
-@dataclass
-class Replica:
-    """One ``canvas-sync serve`` process."""
-
-    name: str
-    port: int
-    env: dict[str, str]
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-    exit_code: int | None = None
-    _log: Any = field(default=None, repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def ws_url(self, project: str) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws/{project}"
-
-    def start(self, wait_ready: bool = True) -> Replica:
-        self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "canvas_sync", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        if wait_ready:
-            self.wait_ready()
-        return self
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None and self.process.poll() is None, f"{self.name} exited:\n{self.logs()}"
-            try:
-                if http_json(f"{self.url}/readyz", timeout=1)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"{self.name} not ready in {timeout}s:\n{self.logs()}")
-
-    def terminate(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        self.exit_code = self.process.wait(timeout)
-        return self.exit_code
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def log_events(self, event: str) -> list[dict[str, Any]]:
-        out = []
-        for line in self.logs().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if record.get("event") == event:
-                out.append(record)
-        return out
+class Replica(ReplicaProcess):
+    """One ``canvas-sync serve`` process, with what the tests ask of it."""
 
     def objects(self, project: str) -> list[dict[str, Any]]:
         status, body = http_json(f"{self.url}/projects/{project}/objects")
@@ -169,19 +99,17 @@ def replicas(dynamodb_local: DynamoDBLocal, table: str, tmp_path: Path) -> Itera
     started: list[Replica] = []
 
     def start(name: str = "replica-a", wait_ready: bool = True, **settings: Any) -> Replica:
-        env = dict(os.environ)
-        env.update(
-            CANVAS_DYNAMODB_ENDPOINT=dynamodb_local.endpoint,
-            CANVAS_TABLE=table,
-            CANVAS_REPLICA_ID=name,
-            CANVAS_AUTOSAVE_INTERVAL="0.5",
-            CANVAS_SHUTDOWN_TIMEOUT="10",
-            PYTHONUNBUFFERED="1",
-        )
-        env.update({f"CANVAS_{k.upper()}": str(v) for k, v in settings.items()})
-        replica = Replica(name, free_port(), env, tmp_path / f"{name}.log")
+        settings = {
+            "dynamodb_endpoint": dynamodb_local.endpoint,
+            "table": table,
+            "autosave_interval": 0.5,
+            "shutdown_timeout": 10,
+            **settings,
+        }
+        replica = Replica.configure(name, free_port(), log_path=tmp_path / f"{name}.log", **settings)
         started.append(replica)
-        return replica.start(wait_ready=wait_ready)
+        replica.start(wait=wait_ready)
+        return replica
 
     yield start
     for replica in started:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import Replica, http_json, wait_until
+from convergence_check import check_convergence
 from websockets.sync.client import ClientConnection, connect
 
 pytestmark = pytest.mark.dynamodb_local
@@ -39,15 +40,10 @@ def sync_passes(replica: Replica) -> float:
 
 
 def converge(replicas: list[Replica], project: str, timeout: float = 30.0) -> tuple[float, bytes]:
-    """Seconds until every replica returns the same bytes and has nothing unsaved."""
-    start = time.monotonic()
-    while True:
-        bodies = {body(r, project) for r in replicas}
-        if len(bodies) == 1 and all(settled(r, project) for r in replicas):
-            return time.monotonic() - start, bodies.pop()
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"no convergence in {timeout}s: {[json.loads(b) for b in bodies]}")
-        time.sleep(0.05)
+    """Seconds until every replica returns the same bytes and has nothing unsaved, and those bytes."""
+    result = check_convergence([r.url for r in replicas], [project], timeout, poll=0.05)
+    assert result["converged"], f"no convergence in {timeout}s: {result}"
+    return result["seconds"], body(replicas[0], project)
 
 
 class Client:

@@ -12,12 +12,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from canvas_sync.dynamodb_local import free_port
+from canvas_sync.replicas import ReplicaProcess
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))  # loadtest/: the convergence check shared with Locust and the tests
 TABLE = "bench_objects"
 
 
@@ -27,28 +30,35 @@ def pct(samples: list[float], q: int) -> float:
     return statistics.quantiles(samples, n=100)[q - 1] if len(samples) > 1 else samples[0]
 
 
+@dataclass(frozen=True)
+class Server:
+    """A baseline server process: where it listens, and its pid (for its CPU time and memory)."""
+
+    port: int
+    pid: int
+
+
 @contextmanager
-def process(
-    cmd: list[str], port: int, env: dict[str, str] | None = None, ready: str = "/readyz"
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Start a server process and wait until ``ready`` answers (any HTTP status will do)."""
-    proc = subprocess.Popen(cmd, env=env or dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def baseline(script: str, *args: str) -> Iterator[Server]:
+    """A baseline server (``baseline_*.py``), ready once ``/`` answers at all."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / script), str(port), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}{ready}", timeout=1).close()
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).close()
                 break
-            except urllib.error.HTTPError as error:
-                if error.code != 503:
-                    break
+            except urllib.error.HTTPError:
+                break
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{cmd} did not start")
+                raise RuntimeError(f"{script} did not start")
             time.sleep(0.1)
-        process.last_pid = proc.pid  # type: ignore[attr-defined]
-        yield proc
+        yield Server(port, proc.pid)
     finally:
         proc.terminate()
         try:
@@ -57,35 +67,20 @@ def process(
             proc.kill()
 
 
-def replica_env(endpoint: str, name: str, **settings: object) -> dict[str, str]:
-    env = dict(
-        os.environ,
-        CANVAS_DYNAMODB_ENDPOINT=endpoint,
-        CANVAS_TABLE=TABLE,
-        CANVAS_RATE_LIMIT="0",
-        CANVAS_REPLICA_ID=name,
-        CANVAS_LOG_LEVEL="warning",
-    )
-    env.update({f"CANVAS_{k.upper()}": str(v) for k, v in settings.items()})
-    return env
-
-
 @contextmanager
-def replica(endpoint: str, name: str | None = None, **settings: object) -> Iterator[int]:
+def replica(endpoint: str, name: str | None = None, **settings: object) -> Iterator[ReplicaProcess]:
     """One replica process; each gets its own replica id (the clock breaks ties by it)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "canvas_sync", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    with process(cmd, port, replica_env(endpoint, name or f"bench-{port}", **settings)) as proc:
-        replica.pid = proc.pid  # type: ignore[attr-defined]
-        replica.port = port  # type: ignore[attr-defined]
-        yield port
-
-
-@contextmanager
-def baseline(script: str, *args: str) -> Iterator[int]:
-    port = free_port()
-    with process([sys.executable, str(HERE / script), str(port), *args], port, ready="/"):
-        yield port
+    settings = {"rate_limit": 0, "log_level": "warning", **settings}
+    name = name or f"bench-{port}"
+    server = ReplicaProcess.configure(name, port, endpoint, TABLE, log_path=Path(os.devnull), **settings)
+    try:
+        yield server.start()
+    finally:
+        try:
+            server.terminate(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 def get(port: int, path: str) -> bytes:

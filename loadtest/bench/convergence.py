@@ -26,6 +26,7 @@ import uvloop
 from canvas_sync.dynamodb_local import DynamoDBLocal
 from canvas_sync.store import DynamoStore, make_client
 from common import ROOT, TABLE, counter, get, replica
+from convergence_check import check_convergence
 from websockets.asyncio.client import connect
 
 IDS = [f"s{i}" for i in range(15)]
@@ -62,15 +63,10 @@ async def edit_round(ports: list[int], project: str, round_: int, seconds: float
 
 
 def converge_seconds(ports: list[int], project: str, timeout: float = 60) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        bodies = {get(p, f"/projects/{project}/objects") for p in ports}
-        if len(bodies) == 1 and all(
-            json.loads(get(p, f"/projects/{project}/status"))["dirty_objects"] == 0 for p in ports
-        ):
-            return time.monotonic() - start
-        time.sleep(0.02)
-    raise RuntimeError(f"no convergence within {timeout}s")
+    result = check_convergence([f"http://127.0.0.1:{p}" for p in ports], [project], timeout, poll=0.02)
+    if not result["converged"]:
+        raise RuntimeError(f"no convergence within {timeout}s: {result['mismatches'][:3]}")
+    return float(result["seconds"])
 
 
 def histogram(port: int, name: str) -> dict[float, float]:
@@ -109,7 +105,7 @@ def main() -> int:
             ports = [
                 stack.enter_context(
                     replica(ddb.endpoint, f"replica-{n}", autosave_interval=args.autosave, sync_interval=args.sync)
-                )
+                ).port
                 for n in "abc"
             ]
             times, edits = [], 0

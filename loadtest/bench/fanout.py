@@ -68,10 +68,10 @@ def run(endpoint: str, seconds: float) -> dict[str, Any]:
     """Medians of REPEATS interleaved runs each, every run on a fresh server."""
     bare_runs, ours_runs = [], []
     for _ in range(REPEATS):
-        with baseline("baseline_quart.py") as quart_port:
-            bare_runs.append(uvloop.run(_run(f"ws://127.0.0.1:{quart_port}/relay/fan-{time.time_ns()}", seconds)))
-        with replica(endpoint) as port:
-            ours_runs.append(uvloop.run(_run(f"ws://127.0.0.1:{port}/ws/fan-{time.time_ns()}", seconds)))
+        with baseline("baseline_quart.py") as quart:
+            bare_runs.append(uvloop.run(_run(f"ws://127.0.0.1:{quart.port}/relay/fan-{time.time_ns()}", seconds)))
+        with replica(endpoint) as server:
+            ours_runs.append(uvloop.run(_run(f"{server.ws_url('fan-')}{time.time_ns()}", seconds)))
     bare, ours = (sorted(runs, key=lambda r: r["deliveries_per_s"])[len(runs) // 2] for runs in (bare_runs, ours_runs))
     return {
         "readers": READERS,

@@ -49,11 +49,10 @@ async def _idle(port: int, n: int, measure: Any) -> int:
 
 
 def _connections(endpoint: str, **settings: object) -> dict[str, float]:
-    with replica(endpoint, autosave_interval=3600, **settings):
-        pid = replica.pid  # type: ignore[attr-defined]
+    with replica(endpoint, autosave_interval=3600, **settings) as server:
         time.sleep(0.5)
-        before = rss_bytes(pid)
-        after = uvloop.run(_idle(replica.port, 1000, lambda: rss_bytes(pid)))  # type: ignore[attr-defined]
+        before = rss_bytes(server.pid)
+        after = uvloop.run(_idle(server.port, 1000, lambda: rss_bytes(server.pid)))
     return {
         "rss_delta_mib": round((after - before) / 2**20, 2),
         "rss_bytes_per_connection": round((after - before) / 1000),
@@ -63,13 +62,12 @@ def _connections(endpoint: str, **settings: object) -> dict[str, float]:
 def run(endpoint: str) -> dict[str, Any]:
     # Saving is off while measuring: a save pass leaves boto3's and the allocator's
     # high-water marks in RSS, which would be charged to the objects.
-    with replica(endpoint, max_objects_per_project=20_000, autosave_interval=3600) as port:
-        pid = replica.pid  # type: ignore[attr-defined]
+    with replica(endpoint, max_objects_per_project=20_000, autosave_interval=3600) as server:
         time.sleep(0.5)
-        before = rss_bytes(pid)
-        json_bytes = uvloop.run(_fill(port, 10_000))
+        before = rss_bytes(server.pid)
+        json_bytes = uvloop.run(_fill(server.port, 10_000))
         time.sleep(0.5)
-        after_objects = rss_bytes(pid)
+        after_objects = rss_bytes(server.pid)
     per_object = (after_objects - before) / 10_000
     # The client offers permessage-deflate, as browsers do.
     return {

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import uvloop
-from common import baseline, cpu_seconds, pct, process, replica, table
+from common import baseline, cpu_seconds, pct, replica, table
 from websockets.asyncio.client import connect
 
 CLIENTS = (8, 32, 128)
@@ -105,8 +105,8 @@ def run(endpoint: str, seconds: float) -> dict[str, Any]:
         for repeat in range(REPEATS):
             for name, start, shared, times in variants:
                 if repeat < times:
-                    with start() as port:
-                        runs[name].append(measure([port], clients, seconds, shared, process.last_pid))  # type: ignore[attr-defined]
+                    with start() as server:
+                        runs[name].append(measure([server.port], clients, seconds, shared, server.pid))
         row: dict[str, Any] = {"clients": clients}
         for name, results in runs.items():
             row[name] = sorted(results, key=lambda r: r["ops_per_s"])[len(results) // 2]
@@ -138,7 +138,7 @@ class _replicas:
         self.managers = [replica(endpoint) for _ in range(n)]
 
     def __enter__(self) -> list[int]:
-        return [m.__enter__() for m in self.managers]
+        return [m.__enter__().port for m in self.managers]
 
     def __exit__(self, *exc: object) -> None:
         for m in self.managers:

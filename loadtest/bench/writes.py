@@ -91,7 +91,8 @@ def _measure(port: int, scenario: Any) -> dict[str, Any]:
 
 
 def run(endpoint: str) -> dict[str, Any]:
-    with replica(endpoint) as port:  # the default 5 s auto-save interval
+    with replica(endpoint) as server:  # the default 5 s auto-save interval
+        port = server.port
         return {"drag": _measure(port, drag), "burst": _measure(port, burst), "mixed": _measure(port, mixed)}
 
 
