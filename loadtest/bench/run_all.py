@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fanout
 import memory
+import robustness
 import roundtrip
 import storage
 import writes
@@ -108,6 +109,7 @@ def main() -> int:
             ("cold_load", lambda: storage.cold_load(ddb.endpoint)),
             ("memory", lambda: memory.run(ddb.endpoint)),
             ("scaling", lambda: roundtrip.scaling(ddb.endpoint, args.seconds)),
+            ("robustness", lambda: robustness.run(ddb.endpoint)),
         ]
         for name, step in steps:
             t = time.monotonic()
@@ -158,6 +160,7 @@ def main() -> int:
                     ]
                 ],
             ),
+            robustness.markdown(results["robustness"]),
         ]
     )
     made = plots(results, args.out)

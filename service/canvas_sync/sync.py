@@ -42,7 +42,7 @@ from typing import Any
 
 from .metrics import Metrics
 from .model import HybridClock, ObjectState
-from .state import CanvasState, Project, RemoteMerge
+from .state import CanvasState, Project, RemoteMerge, gc_paused
 from .store import Saved, Store
 from .store.base import token_ms
 
@@ -286,7 +286,7 @@ class SyncWorker:
         async with self._limit:
             try:
                 if since is None:
-                    states = await asyncio.to_thread(self.store.load_project, pid)
+                    states = await asyncio.to_thread(self._read_whole, pid)
                     records: list[Saved] = []
                 else:
                     records = await asyncio.to_thread(self.store.changes_since, pid, since)
@@ -298,6 +298,13 @@ class SyncWorker:
         self.metrics.sync_pulls.labels(kind, "success").inc()
         pulled(cursor, time.monotonic(), full, [r.saved_at for r in records])
         await self.apply(project, states, records)
+
+    def _read_whole(self, pid: str) -> list[ObjectState]:
+        """A reconcile's read (in a thread). The cyclic GC is paused as for a load: a full
+        collection over a big project's new objects holds the GIL, and so the loop, for tens
+        of milliseconds."""
+        with gc_paused():
+            return self.store.load_project(pid)
 
     async def apply(
         self, project: Project, states: Sequence[ObjectState], records: Sequence[Saved] = ()
