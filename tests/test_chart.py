@@ -299,7 +299,19 @@ tests:
         values: '0+10x30'
       - series: 'canvas_ready{{{SEL}}}'
         values: '0x30'
+      - series: 'canvas_autosave_quarantined_objects{{{SEL}}}'
+        values: '0 0 1x28'
+      - series: 'canvas_clock_clamped_stamps_total{{{SEL}}}'
+        values: '0x10 1x20'
     alert_rule_test:
+      - {{eval_time: 2m, alertname: CanvasSyncObjectsQuarantined, exp_alerts: []}}
+      - eval_time: 5m
+        alertname: CanvasSyncObjectsQuarantined
+        exp_alerts: [{{exp_labels: {{severity: critical, namespace: canvas, pod: p1}}}}]
+      - {{eval_time: 5m, alertname: CanvasSyncClockAhead, exp_alerts: []}}
+      - eval_time: 12m
+        alertname: CanvasSyncClockAhead
+        exp_alerts: [{{exp_labels: {{severity: warning, namespace: canvas, pod: p1}}}}]
       - {{eval_time: 3m, alertname: CanvasSyncAutosaveFailing, exp_alerts: []}}
       - eval_time: 20m
         alertname: CanvasSyncAutosaveFailing
@@ -342,7 +354,7 @@ def test_alert_rules_pass_promtool_check_and_unit_tests(promtool: str, tmp_path:
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules()))
     check = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yaml")], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 6 rules found" in check.stdout
+    assert "SUCCESS: 8 rules found" in check.stdout
     # the unit tests compare labels; annotation templates were checked above
     bare = rules()
     for group in bare["groups"]:
