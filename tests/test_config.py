@@ -49,6 +49,10 @@ def test_environment_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
         ("CANVAS_LOG_LEVEL", "loud"),
         ("CANVAS_CREATE_TABLE", "perhaps"),
         ("CANVAS_TABLE", "no spaces"),
+        ("CANVAS_MAX_STORED_OBJECT_BYTES", "1000"),  # below CANVAS_MAX_OBJECT_BYTES
+        ("CANVAS_MAX_STORED_OBJECT_BYTES", "500000"),  # above what DynamoDB stores
+        ("CANVAS_MAX_CLOCK_DRIFT", "0"),
+        ("CANVAS_MAX_TOMBSTONES_PER_PROJECT", "-1"),
     ],
 )
 def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:

@@ -302,3 +302,21 @@ def test_merging_unchanged_states_costs_no_merge(canvas: CanvasState, monkeypatc
     assert merges == [] and result.changed == [] and canvas.dirty.counts() == (0, 0)
     newer = ObjectState.created("o7", "rect", {"x": 70}, (stamp[0] + 1, 0, "b"))
     assert canvas.merge_remote(project, [newer]).changed == ["o7"] and merges == ["o7"]
+
+
+def test_expiry_reads_only_the_oldest_deletes() -> None:
+    """Forgetting costs what is forgotten: the scan stops at the first delete within the horizon."""
+    wall = [1_000_000]
+    canvas = CanvasState(HybridClock("a", wall_ms=lambda: wall[0]), Limits(tombstone_ttl_ms=60_000))
+    project = hold(canvas)
+    for i in range(3):
+        canvas.apply(project, Create(None, f"o{i}", "rect", {}))
+        canvas.apply(project, Delete(None, f"o{i}"))
+        wall[0] += 10_000
+    late = ObjectState("old", (False, (wall[0] - 50_000, 0, "b")), ("rect", (1, 0, "b")))
+    canvas.merge_remote(project, [late])  # merged after newer deletes: behind them
+    assert list(project.tombstones) == ["o0", "o1", "o2", "old"]
+    wall[0] = 1_000_000 + 65_000  # o0 is 65 s old, o1 55 s, "old" 75 s
+    assert canvas.expire_tombstones() == 1 and list(project.tombstones) == ["o1", "o2", "old"]
+    wall[0] += 20_000
+    assert canvas.expire_tombstones() == 3 and project.tombstones == {}

@@ -13,6 +13,7 @@ their names and stamps, so they count).
 from __future__ import annotations
 
 import gc
+import itertools
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -70,7 +71,9 @@ class Project:
     views: dict[str, str] = field(default_factory=dict)
     """Canonical JSON of each live object, kept current so snapshots cost no encoding."""
     tombstones: dict[str, int] = field(default_factory=dict)
-    """Deleted objects still remembered: object id -> delete time (ms)."""
+    """Deleted objects still remembered: object id -> delete time (ms), oldest first
+    (in the order the deletes reached this replica, which is close enough: see
+    :meth:`CanvasState.expire_tombstones`)."""
     connections: set[Subscriber] = field(default_factory=set)
     last_active: float = field(default_factory=time.monotonic)
 
@@ -80,6 +83,7 @@ class Project:
         view = state.view()
         if view is None:
             self.views.pop(state.id, None)
+            self.tombstones.pop(state.id, None)  # to the end: the newest delete
             self.tombstones[state.id] = state.alive[1][0]
             return None
         self.tombstones.pop(state.id, None)
@@ -143,6 +147,7 @@ class CanvasState:
                 continue
             latest = max(latest, state.latest_stamp())
             project.set_object(state)
+        project.tombstones = dict(sorted(project.tombstones.items(), key=lambda item: item[1]))
         self.clock.observe(latest)
         return project
 
@@ -167,12 +172,15 @@ class CanvasState:
         """Forget tombstones older than the horizon (``CANVAS_TOMBSTONE_TTL``); how many.
 
         The table's copies expire on the same horizon (their TTL), so memory, loads and
-        reconciles stay bounded by what clients deleted lately.
+        reconciles stay bounded by what clients deleted lately. Each project is read from
+        its oldest delete up to the first one still within the horizon, so a pass costs
+        what it forgets, not what is held. A delete merged late from another replica may
+        sit behind newer ones and is forgotten with them, at most one horizon later.
         """
         horizon = (self.clock.wall_ms() if now_ms is None else now_ms) - self.limits.tombstone_ttl_ms
         dropped = 0
         for project in self.projects.values():
-            old = [oid for oid, deleted_ms in project.tombstones.items() if deleted_ms < horizon]
+            old = [oid for oid, _ in itertools.takewhile(lambda item: item[1] < horizon, project.tombstones.items())]
             for oid in old:
                 del project.tombstones[oid]
                 del project.objects[oid]
