@@ -236,14 +236,14 @@ class ObjectState:
         return len(encode_doc(self).encode())
 
     def stored_size_bound(self, view_bytes: int) -> int:
-        """An upper bound of :meth:`stored_size`, from the view's size, without encoding.
+        """An upper bound of :meth:`stored_size` from the view's size, in constant time.
 
-        Edits check it first and compute the exact size only when the bound is too large.
+        Every stored entry beyond the view is at most a removed property (``"name":null,``)
+        plus a stamp naming a replica, and names and replica ids are at most 64 characters.
+        Edits check this first and encode the document only when the bound is too large.
         """
-        replica_bytes = len(self._base[2])
-        removed = sum(len(name) + 8 for name, value in self._values.items() if value is None)  # "name":null,
-        stamps = sum(len(name) + _STAMP_BYTES + len(stamp[2]) for name, stamp in (self._stamps or {}).items())
-        return view_bytes + _DOC_BYTES + replica_bytes + removed + stamps
+        entries = len(self._values) + (len(self._stamps) if self._stamps else 0)
+        return view_bytes + _DOC_BYTES + _NAME_BYTES + entries * _ENTRY_BYTES
 
     def pruned(self) -> ObjectState:
         """Drop properties older than the last create/delete: they can never show again."""
@@ -304,8 +304,12 @@ class ObjectState:
         )
 
 
+_NAME_BYTES = 64
+"""Property names (protocol.PROP_RE) and replica ids (config) are at most this long."""
 _STAMP_BYTES = 48
 """Bytes of one ``"name":[ms,counter,"replica"],`` entry beyond the two names: generous."""
+_ENTRY_BYTES = (_NAME_BYTES + 8) + (_NAME_BYTES + _STAMP_BYTES + _NAME_BYTES)
+"""At most, per stored name: its removal's ``"name":null,`` and its stamp."""
 _DOC_BYTES = 100
 """Bytes of a document's own keys and punctuation beyond the view and its stamps: generous."""
 _DOC_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)

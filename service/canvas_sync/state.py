@@ -243,15 +243,15 @@ class CanvasState:
     def _update(self, project: Project, cmd: Update) -> str | None:
         state = self._live(project, cmd.id, cmd.req)
         view: dict[str, Any] = state.view() or {}
-        changes: dict[str, Any] = {}
+        absent = []
         for name, value in cmd.props.items():
-            if value is None:
-                if name not in view:
-                    continue  # removing what is not there: nothing to remember
+            if value is not None:
+                view[name] = value
+            elif name in view:
                 del view[name]
             else:
-                view[name] = value
-            changes[name] = value
+                absent.append(name)  # removing what is not there: nothing to remember
+        changes = {k: v for k, v in cmd.props.items() if k not in absent} if absent else cmd.props
         if not changes:
             return None
         if len(view) - 2 > protocol.MAX_PROPS:
