@@ -43,7 +43,13 @@ def replica(replicas: Any) -> Replica:
 def test_snapshot_ack_and_fanout(replica: Replica) -> None:
     with client(replica) as a, client(replica) as b, client(replica, "other") as c:
         for ws, project in ((a, "p1"), (b, "p1"), (c, "other")):
-            assert recv(ws) == {"op": "snapshot", "project": project, "replica": "replica-a", "objects": []}
+            assert recv(ws) == {
+                "op": "snapshot",
+                "project": project,
+                "replica": "replica-a",
+                "objects": [],
+                "presence": [],
+            }
         assert call(a, {"op": "create", "req": "1", "object": {"id": "r1", "type": "rect", "x": 1, "y": 0.1}}) == {
             "op": "ack",
             "req": "1",

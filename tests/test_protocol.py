@@ -111,5 +111,26 @@ def test_encoding_is_canonical() -> None:
         "project": "p",
         "replica": "r",
         "objects": [{"id": "a"}],
+        "presence": [],
     }
     assert json.loads(protocol.upsert('{"id":"a"}')) == {"op": "upsert", "object": {"id": "a"}}
+    for text in (
+        protocol.snapshot("p", "r", [], [{"client": "c", "state": {"x": 1}}]),
+        protocol.presence("c", '{"x":1}', "alice"),
+        protocol.presence("c", '{"x":1}'),
+        protocol.presence_leave("c"),
+    ):
+        assert protocol.encode(json.loads(text)) == text  # keys sorted, compact: canonical
+
+
+def test_presence_messages() -> None:
+    cmd = parse('{"op":"presence","req":"1","state":{"cursor":[1,2],"name":"Ann","colour":"#f00"}}')
+    assert isinstance(cmd, protocol.Presence) and cmd.state["name"] == "Ann" and cmd.req == "1"
+    assert cmd.state_json == '{"colour":"#f00","cursor":[1,2],"name":"Ann"}'
+    for bad in ('{"op":"presence"}', '{"op":"presence","state":[1]}', '{"op":"presence","state":"x"}'):
+        with pytest.raises(ProtocolError) as info:
+            parse(bad)
+        assert info.value.code == "bad_message"
+    with pytest.raises(ProtocolError) as info:
+        parse(json.dumps({"op": "presence", "req": "r", "state": {"name": "x" * 1100}}))
+    assert (info.value.code, info.value.req) == ("too_large", "r")

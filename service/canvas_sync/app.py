@@ -69,20 +69,22 @@ def create_app(service: CanvasService) -> Quart:
         )
         service.connections.add(conn)
         project.connections.add(conn)
-        conn.send(protocol.snapshot(project.id, service.settings.replica_id, project.snapshot_jsons()))
+        conn.send(service.snapshot(project))
         writer = asyncio.create_task(conn.pump(ws_obj))
         service.writers.add(writer)
 
         async def read() -> None:
             while True:
                 data = await ws_obj.receive()
+                reply: str | None
                 if isinstance(data, bytes):
                     reply = protocol.error(
                         ProtocolError("bad_message", "binary frames are not accepted; send JSON text")
                     )
                 else:
                     reply = service.handle(project, conn, data)
-                await conn.reply(ws_obj, reply)
+                if reply is not None:
+                    await conn.reply(ws_obj, reply)
 
         reader = asyncio.create_task(read())
         try:
@@ -95,6 +97,7 @@ def create_app(service: CanvasService) -> Quart:
             service.connections.discard(conn)
             project.connections.discard(conn)
             project.last_active = time.monotonic()
+            service.left(project, conn)
         return None
 
     @app.get("/projects/<project_id>/objects")

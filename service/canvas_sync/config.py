@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(20.0, gt=0)
     log_level: LogLevel = LogLevel.info
 
+    redis_url: str | None = None
+    """redis:// or rediss:// URL of Redis/Valkey for the live relay; unset: no relay."""
+
     # Beyond the contract: documented in the README's configuration table.
     event_loop: EventLoop = EventLoop.uvloop
     """uvloop measured about 40% more WebSocket round trips than asyncio's own loop."""
@@ -80,6 +83,14 @@ class Settings(BaseSettings):
     every stamp); at most 384 KiB, below DynamoDB's 400 KB item limit."""
     max_clock_drift: float = Field(300.0, gt=0)
     """Seconds ahead of the wall clock a stamp read from the table may move this replica's clock."""
+    relay_heads_interval: float = Field(15.0, gt=0)
+    """While the relay is healthy: seconds between reads of each held project's #head."""
+    relay_reconcile_interval: float = Field(600.0, gt=0)
+    """While the relay is healthy: seconds between full re-reads of each held project."""
+    relay_heartbeat: float = Field(1.0, gt=0)
+    """Seconds between relay heartbeats; silence for three means a replica (or our subscription) is gone."""
+    relay_queue_size: int = Field(10_000, gt=0)
+    """Messages waiting to be published; beyond it they are dropped (receivers catch up)."""
     sync_max_backoff: float = Field(30.0, gt=0)
     """Longest pause before retrying a project's (or the heads') failed read."""
     websocket_compression: bool = True
@@ -87,6 +98,13 @@ class Settings(BaseSettings):
     several-fold, but each such connection keeps a zlib state, about 95 KB resident."""
     clock_offset_ms: int = 0
     """Added to the wall clock; for tests that simulate a replica with a skewed clock."""
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// (TLS) or unix://")
+        return value or None
 
     @field_validator("max_stored_object_bytes")
     @classmethod

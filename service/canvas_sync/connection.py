@@ -7,6 +7,7 @@ is full is too slow to keep up, and is closed with 1013 rather than letting memo
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,8 @@ class Connection:
         self, queue_size: int, rate_per_second: float = 0.0, on_slow: Callable[[], None] = lambda: None
     ) -> None:
         self.on_slow = on_slow
+        self.client_id = secrets.token_hex(6)
+        """Who this connection is to other clients (presence); unique per connection."""
         self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=queue_size)
         self._sending = asyncio.Lock()  # one frame at a time, in queue order
         self.close_code: int | None = None

@@ -145,6 +145,13 @@ class DirtySet:
         with self._lock:
             return project in self._dirty or project in self._saving or project in self._quarantined
 
+    def unsaved_states(self, project: str) -> list[ObjectState]:
+        """What only memory holds of a project (waiting or being saved; the newer wins)."""
+        with self._lock:
+            states = {**self._saving.get(project, {}), **self._dirty.get(project, {})}
+            states.update({o: q.state for o, q in self._quarantined.get(project, {}).items()})
+            return list(states.values())
+
     def last_save(self, project: str) -> float | None:
         with self._lock:
             return self._last_save.get(project)

@@ -15,6 +15,7 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 disable_created_metrics()  # the *_created series only double the scrape size
 
 LAG_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
+RELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -92,6 +93,47 @@ class Metrics:
             "Stamps read from the table further ahead of the wall clock than CANVAS_MAX_CLOCK_DRIFT",
             registry=r,
         )
+        self.relay_connected = Gauge(
+            "canvas_relay_connected",
+            "1 while the live relay (Redis/Valkey) is connected and hears its own heartbeat",
+            registry=r,
+        )
+        self.relay_published = Counter("canvas_relay_published", "Messages published to the relay", registry=r)
+        self.relay_received = Counter(
+            "canvas_relay_received", "Relay messages received from other replicas, by kind", ["kind"], registry=r
+        )
+        self.relay_dropped = Counter(
+            "canvas_relay_dropped",
+            "Messages not published (reason: queue_full, publish_error); receivers see the gap and catch up",
+            ["reason"],
+            registry=r,
+        )
+        self.relay_gaps = Counter(
+            "canvas_relay_gaps",
+            "Losses detected: a sequence gap, a new epoch, a heartbeat ahead",
+            ["reason"],
+            registry=r,
+        )
+        self.relay_catch_ups = Counter(
+            "canvas_relay_catch_ups",
+            "Projects caught up from DynamoDB after a relay loss, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.relay_rebuilds = Counter(
+            "canvas_relay_rebuilds", "Subscriptions rebuilt (an error, or our own heartbeat not heard)", registry=r
+        )
+        self.relay_lag = Histogram(
+            "canvas_relay_lag_seconds",
+            "From an edit's publish on another replica to its arrival here",
+            buckets=RELAY_BUCKETS,
+            registry=r,
+        )
+        self.presence_updates = Counter(
+            "canvas_presence_updates",
+            "Presence states sent to clients after coalescing (local and relayed)",
+            registry=r,
+        )
         self.worker_alive = Gauge("canvas_autosave_worker_alive", "1 while the auto-save thread runs", registry=r)
         self.ready = Gauge("canvas_ready", "1 while /readyz answers 200", registry=r)
         for op in ("create", "update", "delete"):
@@ -101,6 +143,8 @@ class Metrics:
             self.project_loads.labels(outcome)
             for kind in ("heads", "feed", "reconcile", "before_save"):
                 self.sync_pulls.labels(kind, outcome)
+        for reason in ("queue_full", "publish_error"):
+            self.relay_dropped.labels(reason)
 
     def observe_batch(self, outcome: str, seconds: float, written: int) -> None:
         self.batches.labels(outcome).inc()
@@ -117,12 +161,14 @@ class Metrics:
         quarantined: Callable[[], float],
         worker_alive: Callable[[], float],
         ready: Callable[[], float],
+        relay_connected: Callable[[], float],
     ) -> None:
         """Gauges read live values at scrape time instead of being kept in step by hand."""
         self.connections.set_function(connections)
         self.projects_loaded.set_function(projects)
         self.dirty_objects.set_function(dirty)
         self.quarantined.set_function(quarantined)
+        self.relay_connected.set_function(relay_connected)
         self.worker_alive.set_function(worker_alive)
         self.ready.set_function(ready)
 

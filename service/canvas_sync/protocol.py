@@ -21,6 +21,7 @@ MAX_PROPS = 64
 MAX_TYPE_CHARS = 32
 MAX_REQ_CHARS = 64
 MAX_DEPTH = 4
+MAX_PRESENCE_BYTES = 1024
 RESERVED = ("id", "type")
 
 
@@ -61,7 +62,15 @@ class Ping:
     req: str | None
 
 
-Command = Create | Update | Delete | Ping
+@dataclass(frozen=True, slots=True)
+class Presence:
+    req: str | None
+    state: dict[str, Any]
+    """Free-form (cursor, selection, name, colour); its JSON at most MAX_PRESENCE_BYTES."""
+    state_json: str
+
+
+Command = Create | Update | Delete | Ping | Presence
 
 
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -195,7 +204,15 @@ def parse(text: str, max_object_bytes: int) -> Command:
         return Update(req, object_id, {sys.intern(k): v for k, v in changes.items()})
     if op == "delete":
         return Delete(req, _object_id(message, "id", req))
-    raise ProtocolError("bad_message", f"unknown op {op!r}: expected create, update, delete or ping", req)
+    if op == "presence":
+        state = message.get("state")
+        if not isinstance(state, dict):
+            raise ProtocolError("bad_message", "'state' must be a JSON object", req)
+        state_json = encode(state)
+        if len(state_json.encode()) > MAX_PRESENCE_BYTES:
+            raise ProtocolError("too_large", f"a presence state is at most {MAX_PRESENCE_BYTES} bytes of JSON", req)
+        return Presence(req, state, state_json)
+    raise ProtocolError("bad_message", f"unknown op {op!r}: expected create, update, delete, ping or presence", req)
 
 
 def ack(req: str | None) -> str:
@@ -222,6 +239,20 @@ def deleted(object_id: str) -> str:
     return encode({"op": "delete", "id": object_id})
 
 
-def snapshot(project: str, replica: str, object_jsons: list[str]) -> str:
+def snapshot(project: str, replica: str, object_jsons: list[str], presence: list[dict[str, Any]] | None = None) -> str:
     objects = ",".join(object_jsons)
-    return f'{{"objects":[{objects}],"op":"snapshot","project":{encode(project)},"replica":{encode(replica)}}}'
+    present = encode(presence or [])
+    return (
+        f'{{"objects":[{objects}],"op":"snapshot","presence":{present},'
+        f'"project":{encode(project)},"replica":{encode(replica)}}}'
+    )
+
+
+def presence(client: str, state_json: str, sub: str | None = None) -> str:
+    """Another client's presence; ``state_json`` is its canonical JSON, encoded once."""
+    who = f',"sub":{encode(sub)}' if sub is not None else ""
+    return f'{{"client":{encode(client)},"op":"presence","state":{state_json}{who}}}'
+
+
+def presence_leave(client: str) -> str:
+    return f'{{"client":{encode(client)},"op":"presence_leave"}}'

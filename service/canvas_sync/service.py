@@ -4,10 +4,14 @@ It owns everything with a lifetime (state, store, auto-save thread, background t
 that tests can run it in-process and ``serve`` can shut it down in the right order: not
 ready, sockets closed with 1001, the table's copies merged, final flush, read-back.
 
-Threads: the asyncio loop owns the projects, their connections and the sync cursors. The
-auto-save thread owns nothing but its pass: it takes states from the dirty set and hands
-back what failed. Reads and writes of DynamoDB run in threads and hand their results to
-the loop, which does every merge and every send.
+Threads: the asyncio loop owns the projects, their connections, presence, the relay and
+the sync cursors. The auto-save thread owns nothing but its pass: it takes states from
+the dirty set and hands back what failed. Reads and writes of DynamoDB run in threads and
+hand their results to the loop, which does every merge and every send.
+
+With ``CANVAS_REDIS_URL`` the service is also the relay's handler: it publishes each
+edit's state, merges what other replicas relay, answers a hello with what only its
+memory holds, and hands catch-ups to sync.
 """
 
 from __future__ import annotations
@@ -23,16 +27,25 @@ from .config import Settings
 from .connection import GOING_AWAY, Connection
 from .dirty import DirtySet
 from .metrics import Metrics
-from .model import HybridClock, Stamp
+from .model import HybridClock, ObjectState, Stamp
+from .presence import Presence
 from .protocol import Create, Delete, Ping, ProtocolError, Update
+from .protocol import Presence as PresenceCommand
+from .relay import Kind, Message, RedisTransport, Relay, Transport
 from .state import CanvasState, Limits, Project, gc_paused
 from .store import DynamoStore, Store, make_client
-from .sync import SyncWorker
+from .sync import RelayPace, SyncWorker
 
 log = logging.getLogger(__name__)
 
 CLAMP_LOG_EVERY = 60.0
 """Seconds between two log lines about clamped clock stamps (each one is counted)."""
+PRESENCE_FLUSH = 0.05
+"""Presence updates go out at most this often per client (20 a second), the latest one only."""
+PRESENCE_REFRESH = 5.0
+"""Seconds between relaying every local client's presence (heals a lost update or leave)."""
+EARLY_LIMIT = 10_000
+"""Relayed states kept for a project while it loads; beyond it, catch up from the table."""
 
 
 class NotReady(Exception):
@@ -40,7 +53,9 @@ class NotReady(Exception):
 
 
 class CanvasService:
-    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+    def __init__(
+        self, settings: Settings, store: Store | None = None, relay_transport: Transport | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self._clamp_logged = 0.0
@@ -67,6 +82,27 @@ class CanvasService:
             tombstone_ttl=settings.tombstone_ttl,
         )
         self.store.observer = self.metrics.observe_batch
+        self.presence = Presence(settings.replica_id, ttl=3 * PRESENCE_REFRESH)
+        self._presence_pending: dict[tuple[str, str], Connection] = {}
+        self._early: dict[str, list[ObjectState]] = {}
+        self.relay: Relay | None = None
+        transport = relay_transport or (RedisTransport(settings.redis_url) if settings.redis_url else None)
+        pace = None
+        if transport is not None:
+            self.relay = Relay(
+                transport,
+                settings.replica_id,
+                self,
+                self.metrics,
+                heartbeat=settings.relay_heartbeat,
+                queue_size=settings.relay_queue_size,
+            )
+            pace = RelayPace(
+                healthy=lambda: self.relay is not None and self.relay.healthy,
+                heads_interval=settings.relay_heads_interval,
+                reconcile_interval=settings.relay_reconcile_interval,
+                catch_up_window=2 * settings.autosave_interval + settings.sync_overlap,
+            )
         self.sync = SyncWorker(
             self.state,
             self.store,
@@ -76,6 +112,7 @@ class CanvasService:
             settings.sync_overlap,
             settings.reconcile_interval,
             max_backoff=settings.sync_max_backoff,
+            relay=pace,
         )
         self.autosave = AutosaveWorker(
             self.dirty,
@@ -102,6 +139,7 @@ class CanvasService:
             quarantined=self.dirty.quarantined_count,
             worker_alive=lambda: 1.0 if self.autosave.alive else 0.0,
             ready=lambda: 1.0 if self.ready else 0.0,
+            relay_connected=lambda: 1.0 if self.relay is not None and self.relay.healthy else 0.0,
         )
 
     def _clock_clamped(self, stamp: Stamp) -> None:
@@ -128,7 +166,11 @@ class CanvasService:
             asyncio.create_task(self._become_ready(), name="canvas-ready"),
             asyncio.create_task(self._housekeeping(), name="canvas-housekeeping"),
             asyncio.create_task(self.sync.run(), name="canvas-sync"),
+            asyncio.create_task(self._presence_loop(), name="canvas-presence"),
         ]
+        if self.relay is not None:
+            await self.relay.start()
+            log.info("live relay on", extra={"event": "relay_on", "epoch": self.relay.epoch})
 
     async def _become_ready(self) -> None:
         """Poll the table (creating it if configured) until it answers; then serve."""
@@ -161,6 +203,11 @@ class CanvasService:
     def housekeeping(self) -> None:
         for pid in self.state.evict_idle(self.settings.project_idle_timeout):
             log.info("project evicted", extra={"event": "evicted", "project": pid})
+            self.presence.forget(pid)
+            if self.relay is not None:
+                task = asyncio.ensure_future(self.relay.unsubscribe(pid))
+                self.writers.add(task)  # kept referenced until done
+                task.add_done_callback(self.writers.discard)
         if expired := self.state.expire_tombstones():
             log.info("expired tombstones forgotten", extra={"event": "tombstones_expired", "objects": expired})
 
@@ -185,6 +232,8 @@ class CanvasService:
             "shutdown flush done" if flushed else "shutdown flush incomplete: unsaved objects remain",
             extra={"event": "shutdown_flush", "dirty_before": dirty, "unsaved": left, "quarantined": quarantined},
         )
+        if self.relay is not None:
+            await self.relay.stop()
         await asyncio.to_thread(self.store.close)
         return flushed
 
@@ -235,6 +284,9 @@ class CanvasService:
 
     async def _load(self, project_id: str) -> Project:
         start = time.perf_counter()
+        if self.relay is not None:  # before reading: what is relayed meanwhile is kept for after
+            self._early[project_id] = []
+            await self.relay.subscribe(project_id)
         loaded_at = self.clock.wall_ms()  # the change feed takes over from here
 
         def read_and_build() -> Project:  # in a thread: a big project never blocks the loop
@@ -256,7 +308,13 @@ class CanvasService:
         except Exception:
             self.metrics.project_loads.labels("error").inc()
             log.exception("project load failed", extra={"event": "load_failed", "project": project_id})
+            self._early.pop(project_id, None)
+            if self.relay is not None:
+                await self.relay.unsubscribe(project_id)
             raise
+        early = self._early.pop(project_id, None)
+        if early:
+            self._merge_relayed(project, early)
         seconds = time.perf_counter() - start
         self.metrics.project_loads.labels("success").inc()
         self.metrics.project_load_seconds.observe(seconds)
@@ -273,8 +331,8 @@ class CanvasService:
 
     # --- one client message ------------------------------------------------------------
 
-    def handle(self, project: Project, conn: Connection, text: str) -> str:
-        """Apply one text frame and fan out to the others; returns the sender's reply.
+    def handle(self, project: Project, conn: Connection, text: str) -> str | None:
+        """Apply one text frame and fan out to the others; returns the sender's reply (if any).
 
         Every frame spends from the connection's rate limit, malformed ones included.
         """
@@ -285,6 +343,8 @@ class CanvasService:
                 raise self._rate_limited(command.req)
             if isinstance(command, Ping):
                 return protocol.pong(command.req)
+            if isinstance(command, PresenceCommand):
+                return self._presence(project, conn, command)
             fanout = self.state.apply(project, command)
         except ProtocolError as error:
             if not allowed and error.code != "rate_limited":
@@ -294,7 +354,134 @@ class CanvasService:
         self._edit_counters[type(command)].inc()
         if fanout is not None:
             project.broadcast(fanout, exclude=conn)
+            if self.relay is not None:
+                self.relay.publish_state(project.id, project.objects[command.id])
         return protocol.ack(command.req)
+
+    # --- presence -----------------------------------------------------------------------
+
+    def snapshot(self, project: Project) -> str:
+        """The first message of a connection: objects and who is here."""
+        return protocol.snapshot(
+            project.id, self.settings.replica_id, project.snapshot_jsons(), self.presence.snapshot(project.id)
+        )
+
+    def _presence(self, project: Project, conn: Connection, command: PresenceCommand) -> str | None:
+        """Keep the latest state; it goes out with the next flush (at most 20 a second)."""
+        if self.presence.set(project.id, conn.client_id, command.state, time.monotonic()):
+            self._presence_pending[(project.id, conn.client_id)] = conn
+        return protocol.ack(command.req) if command.req is not None else None
+
+    def left(self, project: Project, conn: Connection) -> None:
+        """A connection closed: its presence leaves, here and on every replica."""
+        self._presence_pending.pop((project.id, conn.client_id), None)
+        if self.presence.leave(project.id, conn.client_id):
+            project.broadcast(protocol.presence_leave(conn.client_id))
+            if self.relay is not None:
+                self.relay.publish_presence(project.id, conn.client_id, None)
+
+    def flush_presence(self) -> None:
+        pending, self._presence_pending = self._presence_pending, {}
+        for (pid, client), conn in pending.items():
+            project, entry = self.state.get(pid), self.presence.entry(pid, client)
+            if project is None or entry is None:
+                continue
+            project.broadcast(protocol.presence(client, protocol.encode(entry.state), entry.sub), exclude=conn)
+            self.metrics.presence_updates.inc()
+            if self.relay is not None:
+                self.relay.publish_presence(pid, client, entry.state, entry.sub)
+
+    async def _presence_loop(self) -> None:
+        refreshed = time.monotonic()
+        while True:
+            await asyncio.sleep(PRESENCE_FLUSH)
+            try:
+                self.flush_presence()
+                now = time.monotonic()
+                if now - refreshed >= PRESENCE_REFRESH:
+                    refreshed = now
+                    self._refresh_presence(now)
+            except Exception:  # one failure must not stop presence for good
+                log.exception("presence flush failed")
+
+    def _refresh_presence(self, now: float) -> None:
+        for pid, client in self.presence.expire(now):
+            self._announce_leave(pid, client)
+        if self.relay is not None:
+            for pid in self.presence.projects():
+                local = self.presence.local(pid)
+                if local and self.state.get(pid) is not None:
+                    self.relay.publish_presences(pid, local)
+
+    def _announce_leave(self, pid: str, client: str) -> None:
+        project = self.state.get(pid)
+        if project is not None:
+            project.broadcast(protocol.presence_leave(client))
+
+    # --- the relay's handler (on the loop) ------------------------------------------------
+
+    def held(self) -> list[str]:
+        return list(self.state.projects)
+
+    def on_state(self, project_id: str, state: ObjectState, sent_ms: int) -> None:
+        project = self.state.get(project_id)
+        if project is not None:
+            self._merge_relayed(project, [state])
+            return
+        early = self._early.get(project_id)
+        if early is None:
+            return
+        if len(early) >= EARLY_LIMIT:
+            early.clear()
+            self.sync.catch_up(project_id)
+        early.append(state)
+
+    def _merge_relayed(self, project: Project, states: list[ObjectState]) -> None:
+        result = self.state.merge_remote(project, states)
+        for message in result.messages:
+            project.broadcast(message)
+
+    def on_presence(self, message: Message) -> None:
+        project = self.state.get(message.project)
+        if project is None:
+            return
+        now = time.monotonic()
+        if message.kind == Kind.PRESENCE_ALL:
+            gone, changed = self.presence.refresh(message.project, message.replica, message.state or {}, now)
+        elif message.state is None:
+            gone = [message.client] if self.presence.leave(message.project, message.client) else []
+            changed = []
+        else:
+            gone = []
+            changed = (
+                [message.client]
+                if self.presence.set(message.project, message.client, message.state, now, message.replica, message.sub)
+                else []
+            )
+        for client in gone:
+            project.broadcast(protocol.presence_leave(client))
+        for client in changed:
+            entry = self.presence.entry(message.project, client)
+            if entry is not None:
+                project.broadcast(protocol.presence(client, protocol.encode(entry.state), entry.sub))
+                self.metrics.presence_updates.inc()
+
+    def on_hello(self, project_id: str) -> None:
+        """Another replica joined or lost messages: send what only this memory holds."""
+        if self.state.get(project_id) is None or self.relay is None:
+            return
+        for state in self.dirty.unsaved_states(project_id):
+            self.relay.publish_state(project_id, state)
+        local = self.presence.local(project_id)
+        if local:
+            self.relay.publish_presences(project_id, local)
+
+    def on_catch_up(self, project_id: str, reason: str) -> None:
+        self.sync.catch_up(project_id)
+
+    def on_replica_gone(self, replica: str) -> None:
+        for pid, client in self.presence.replica_gone(replica):
+            self._announce_leave(pid, client)
 
     def _rate_limited(self, req: str | None) -> ProtocolError:
         return ProtocolError("rate_limited", f"more than {self.settings.rate_limit:g} messages per second", req)
@@ -302,6 +489,7 @@ class CanvasService:
     def health(self) -> dict[str, Any]:
         status = "shutting_down" if self.shutting_down else ("ok" if self.ready else "starting")
         return {
+            "relay": self.relay.status() if self.relay is not None else {"enabled": False},
             "replica": self.settings.replica_id,
             "status": status,
             "autosave": self.autosave.status(),

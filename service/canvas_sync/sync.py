@@ -89,6 +89,10 @@ class Cursor:
     feed_from_ms: int | None = None
     """Lowest ``saved_at`` announced by the tokens that opened the current feed window."""
     backoff: Backoff = field(default_factory=Backoff)
+    heads_at: float = float("-inf")
+    """Monotonic time of the last read of this project's head."""
+    fast_until: float = 0.0
+    """Until then its head is read every pass even while the relay is healthy (a catch-up)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,24 @@ def note_heads(cursor: Cursor, tokens: Mapping[str, str], now: float, overlap_s:
         lowest = min(token_ms(token) for token in changed)
         cursor.feed_from_ms = lowest if cursor.feed_from_ms is None else min(cursor.feed_from_ms, lowest)
     cursor.feed_until = now + overlap_s
+
+
+def heads_due(cursors: Mapping[str, Cursor], now: float, slow_interval: float | None) -> list[str]:
+    """Projects whose head to read this pass: all of them, unless the relay is healthy
+    (``slow_interval`` set); then those not read for that long, and those catching up."""
+    if slow_interval is None:
+        return list(cursors)
+    return [pid for pid, c in cursors.items() if now < c.fast_until or now - c.heads_at >= slow_interval]
+
+
+def catch_up(cursor: Cursor, now: float, overlap_s: float, window_s: float) -> None:
+    """Something may have been missed (a relay gap, a rebuilt subscription, a fresh load):
+    query the feed now, for the overlap window, and read the head every pass for
+    ``window_s``, long enough for the other replicas' next save to land."""
+    if now >= cursor.feed_until:
+        cursor.feed_from_ms = None
+    cursor.feed_until = max(cursor.feed_until, now + overlap_s)
+    cursor.fast_until = max(cursor.fast_until, now + window_s)
 
 
 def feed_since(cursor: Cursor, overlap_ms: int) -> int:
@@ -151,6 +173,18 @@ def pulled(cursor: Cursor, now: float, full: bool, saved_at: Sequence[int] = ())
 # --- the task that does the reads -----------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RelayPace:
+    """How sync slows down while the live relay is healthy (it carries the edits then)."""
+
+    healthy: Callable[[], bool]
+    heads_interval: float
+    """Seconds between reads of a project's head while the relay is healthy."""
+    reconcile_interval: float
+    catch_up_window: float
+    """After a catch-up (or a load), read the head every pass for this long."""
+
+
 class SyncWorker:
     def __init__(
         self,
@@ -165,7 +199,9 @@ class SyncWorker:
         max_backoff: float = 30.0,
         on_repair: Callable[[], None] = lambda: None,
         rand: Callable[[], float] = random.random,
+        relay: RelayPace | None = None,
     ) -> None:
+        self.relay = relay
         self.on_repair = on_repair
         self.state = state
         self.store = store
@@ -185,10 +221,24 @@ class SyncWorker:
         self.last_error: str | None = None
         self._held: dict[str, Project] = {}
         self._limit = asyncio.Semaphore(concurrency)
+        self._catch_ups: set[str] = set()
+        self._wake = asyncio.Event()
+
+    def catch_up(self, project: str) -> None:
+        """Pull a project now and watch its head closely for a while (the relay asks)."""
+        self._catch_ups.add(project)
+        self._wake.set()
+
+    def _slow(self) -> bool:
+        return self.relay is not None and self.relay.healthy()
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
             try:
                 await self.pass_once()
             except Exception:  # a bug here must not stop pulling for good
@@ -216,12 +266,13 @@ class SyncWorker:
         except Exception as error:
             heads_failed = True
             errors.append(error)
+        reconcile_interval = self.relay.reconcile_interval if self._slow() and self.relay else self.reconcile_interval
         todo = plan(
             self.cursors,
             now,
             overlap_ms=int(self.overlap * 1000),
-            reconcile_interval=self.reconcile_interval,
-            max_reconciles=reconcile_budget(len(self.cursors), self.interval, self.reconcile_interval),
+            reconcile_interval=reconcile_interval,
+            max_reconciles=reconcile_budget(len(self.cursors), self.interval, reconcile_interval),
         )
         results = await asyncio.gather(
             *(self._pull(pid, None) for pid in todo.reconcile),
@@ -251,9 +302,10 @@ class SyncWorker:
         self.last_pull_at = time.time()
 
     def _track_projects(self, now: float) -> None:
-        """A cursor for each newly held project; none for evicted ones."""
+        """A cursor for each newly held project; none for evicted ones; catch-ups noted."""
         for pid in [pid for pid in self._held if self.state.get(pid) is not self._held[pid]]:
             del self._held[pid], self.cursors[pid]
+        window = self.relay.catch_up_window if self.relay else 0.0
         for pid, project in self.state.projects.items():
             if pid not in self._held:
                 self._held[pid] = project
@@ -262,19 +314,29 @@ class SyncWorker:
                     if project.loaded_heads is None
                     else {w: t for w, t in project.loaded_heads.items() if w != self.clock.replica_id}
                 )
-                self.cursors[pid] = Cursor(project.loaded_at_ms, now, heads)
+                # what was relayed before this replica subscribed is in the table by the next saves
+                self.cursors[pid] = Cursor(project.loaded_at_ms, now, heads, fast_until=now + window)
+        for pid in self._catch_ups & self.cursors.keys():
+            catch_up(self.cursors[pid], now, self.overlap, window)
+        self._catch_ups.clear()
 
     async def _read_heads(self, now: float) -> None:
-        if not self.cursors:
+        slow = self.relay.heads_interval if self._slow() and self.relay else None
+        due = heads_due(self.cursors, now, slow)
+        if not due:
             return
         try:
-            heads = await asyncio.to_thread(self.store.heads, list(self.cursors))
+            heads = await asyncio.to_thread(self.store.heads, due)
         except Exception:
             self.metrics.sync_pulls.labels("heads", "error").inc()
             raise
         self.metrics.sync_pulls.labels("heads", "success").inc()
         me = self.clock.replica_id
-        for pid, cursor in self.cursors.items():
+        for pid in due:
+            cursor = self.cursors.get(pid)
+            if cursor is None:  # evicted while the read was in flight
+                continue
+            cursor.heads_at = now
             tokens = {writer: token for writer, token in heads.get(pid, {}).items() if writer != me}
             note_heads(cursor, tokens, now, self.overlap)
 
