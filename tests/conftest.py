@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +18,8 @@ from typing import Any
 
 import pytest
 from canvas_sync.dynamodb_local import DynamoDBLocal, Unavailable, free_port
+from canvas_sync.redis_local import RedisServer
+from canvas_sync.redis_local import Unavailable as RedisUnavailable
 from canvas_sync.replicas import ReplicaProcess
 from canvas_sync.store import DynamoStore, make_client
 
@@ -120,69 +118,12 @@ def replicas(dynamodb_local: DynamoDBLocal, table: str, tmp_path: Path) -> Itera
         replica.kill()
 
 
-class RedisServer:
-    """One redis-server on loopback (Debian's package; .ci/run installs it) that a test may
-    kill, restart on the same port, or pause with SIGSTOP."""
-
-    def __init__(self, port: int, log_path: Path) -> None:
-        self.port = port
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        binary = shutil.which("redis-server")
-        assert binary
-        command = [
-            binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-        ]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"redis-server did not answer on {self.port}")
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def pause(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
-
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A fresh redis-server for one test (they start in milliseconds)."""
-    if shutil.which("redis-server") is None:
-        missing("redis-server is not installed (Debian package redis-server; .ci/run installs it)")
-    server = RedisServer(free_port(), tmp_path / "redis.log").start()
+    try:
+        server = RedisServer(log_path=tmp_path / "redis.log").start()
+    except RedisUnavailable as error:
+        missing(f"{error}; .ci/run installs it")
     yield server
-    if server.process and server.process.poll() is None:
-        server.resume()
-    server.kill()
+    server.stop()

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 from canvas_sync.dynamodb_local import DynamoDBLocal
+from canvas_sync.redis_local import RedisServer
 from canvas_sync.store import DynamoStore, make_client
-from conftest import RedisServer, Replica, http_json, http_text, wait_until
+from conftest import Replica, http_json, http_text, wait_until
 from convergence_check import check_convergence
 from websockets.sync.client import connect
 

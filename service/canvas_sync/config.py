@@ -11,7 +11,7 @@ import socket
 from enum import StrEnum
 from typing import Any
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CANVAS_"
@@ -53,6 +53,8 @@ class Settings(BaseSettings):
 
     redis_url: str | None = None
     """redis:// or rediss:// URL of Redis/Valkey for the live relay; unset: no relay."""
+    redis_password: SecretStr | None = None
+    """Password (AUTH) for the relay's Redis, kept out of the URL (the chart fills it from a Secret)."""
 
     # Beyond the contract: documented in the README's configuration table.
     event_loop: EventLoop = EventLoop.uvloop

@@ -1,8 +1,10 @@
 """``canvas-sync dev``: the zero-setup local run.
 
-Starts DynamoDB Local (or, without Java or npm, moto's server, saying so), creates the
-table, starts N replica processes on consecutive ports, prints their URLs, and stops
-everything on Ctrl-C or SIGTERM, letting each replica flush first.
+Starts DynamoDB Local (or, without Java or npm, moto's server, saying so), a local
+redis-server for the live relay when one is installed (or says that the replicas will see
+each other only through the table), creates the table, starts N replica processes on
+consecutive ports, prints their URLs, and stops everything on Ctrl-C or SIGTERM, letting
+each replica flush first.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections.abc import Callable
 
 from .config import Settings
 from .dynamodb_local import DynamoDBLocal, Unavailable, free_port
+from .redis_local import RedisServer
+from .redis_local import Unavailable as RedisUnavailable
 from .replicas import ReplicaError, ReplicaProcess
 from .store import DynamoStore, make_client
 
@@ -41,8 +45,26 @@ def start_database() -> tuple[str, Callable[[], None]]:
     return f"http://127.0.0.1:{port}", server.stop
 
 
+def start_relay(settings: Settings) -> tuple[str | None, Callable[[], None]]:
+    """A Redis URL for the relay (``CANVAS_REDIS_URL`` if set, else a local redis-server) and
+    a function that stops what was started; no URL when neither is there."""
+    if settings.redis_url:
+        return settings.redis_url, lambda: None
+    try:
+        server = RedisServer().start()
+    except RedisUnavailable as error:
+        log.warning(
+            "no redis-server: the replicas will see each other only through the table (seconds, not milliseconds)",
+            extra={"event": "relay_off", "reason": str(error)},
+        )
+        return None, lambda: None
+    log.info("redis-server started for the live relay", extra={"event": "redis_local", "url": server.url})
+    return server.url, server.stop
+
+
 def run_dev(settings: Settings, replicas: int, host: str, base_port: int) -> int:
     endpoint, stop_database = start_database()
+    redis_url, stop_relay = start_relay(settings)
     started: list[ReplicaProcess] = []
     stopping = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -52,6 +74,8 @@ def run_dev(settings: Settings, replicas: int, host: str, base_port: int) -> int
         store.close()
         for i in range(replicas):
             replica = ReplicaProcess.configure(f"replica-{i + 1}", base_port + i, endpoint, settings.table, host=host)
+            if redis_url:
+                replica.env["CANVAS_REDIS_URL"] = redis_url
             started.append(replica.start(wait=False))
         for replica in started:
             try:
@@ -60,6 +84,10 @@ def run_dev(settings: Settings, replicas: int, host: str, base_port: int) -> int
                 print(f"canvas-sync dev: {error}", file=sys.stderr)
                 return 1
         print(f"\nDynamoDB: {endpoint}  table: {settings.table}")
+        if redis_url:
+            print(f"Live relay: {redis_url} (edits and cursors reach the other replicas in milliseconds)")
+        else:
+            print("Live relay: off (no redis-server here): replicas see each other through the table, seconds later")
         for replica in started:
             url = replica.url
             print(f"{replica.name}: {url}   page {url}/?project=demo   WebSocket {replica.ws_url('<project>')}")
@@ -78,5 +106,6 @@ def run_dev(settings: Settings, replicas: int, host: str, base_port: int) -> int
                 replica.terminate(settings.shutdown_timeout + 5)
             except subprocess.TimeoutExpired:
                 replica.kill()
+        stop_relay()
         stop_database()
     return 0

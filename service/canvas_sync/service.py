@@ -86,7 +86,10 @@ class CanvasService:
         self._presence_pending: dict[tuple[str, str], Connection] = {}
         self._early: dict[str, list[ObjectState]] = {}
         self.relay: Relay | None = None
-        transport = relay_transport or (RedisTransport(settings.redis_url) if settings.redis_url else None)
+        if relay_transport is None and settings.redis_url:
+            password = settings.redis_password.get_secret_value() if settings.redis_password else None
+            relay_transport = RedisTransport(settings.redis_url, password=password)
+        transport = relay_transport
         pace = None
         if transport is not None:
             self.relay = Relay(

@@ -50,15 +50,18 @@ class RedisTransport:
     nothing is retried under us, since the relay's own recovery covers every loss.
     """
 
-    def __init__(self, url: str, timeout: float = 2.0) -> None:
+    def __init__(self, url: str, timeout: float = 2.0, password: str | None = None) -> None:
         self.url = url
         self.timeout = timeout
+        self.password = password
         self._client = self._connect()
         self._pubsub: Any = None
 
     def _connect(self) -> Any:
+        extra: dict[str, Any] = {"password": self.password} if self.password else {}
         return redis.Redis.from_url(
             self.url,
+            **extra,
             protocol=2,
             socket_timeout=self.timeout,
             socket_connect_timeout=self.timeout,
