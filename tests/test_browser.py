@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from canvas_sync.redis_local import RedisServer
 from conftest import OUTPUT, Replica, missing, wait_until
 
 pytestmark = pytest.mark.dynamodb_local
@@ -127,6 +128,45 @@ def test_two_pages_on_two_replicas_share_one_canvas(browser: Any, replicas: Any)
     wait_until(lambda: len(shapes(page_b)) == 3, what="the saved canvas after reload")
     page_b.screenshot(path=SHOTS / "5-reloaded-after-restart.png")
     (SHOTS / "reconnect.txt").write_text(f"{reconnect_s:.2f}\n")
+
+
+def test_cursors_and_drags_live_across_replicas_with_the_relay(
+    browser: Any, replicas: Any, redis_server: RedisServer
+) -> None:
+    """With the relay, two pages on two replicas see each other's cursor and drags at once
+    (auto-save an hour away: the table plays no part)."""
+    slow = {"autosave_interval": 3600, "sync_interval": 3600, "redis_url": redis_server.url, "relay_heartbeat": 0.2}
+    a, b = replicas("replica-a", **slow), replicas("replica-b", **slow)
+    page_a = browser.new_page(viewport={"width": 1000, "height": 640})
+    page_a.goto(f"{a.url}/?project=live&name=Alice")
+    page_b = browser.new_page(viewport={"width": 1000, "height": 640})
+    page_b.goto(f"{b.url}/?project=live&name=Bob")
+    for page in (page_a, page_b):
+        page.wait_for_selector('[data-testid="status"][data-state="online"]', timeout=10_000)
+    assert page_b.text_content('[data-testid="me"]') == "Bob"
+    page_a.mouse.move(300, 300)
+    page_a.mouse.move(320, 310)
+    page_b.wait_for_selector('[data-cursor][data-name="Alice"]', timeout=5_000)
+    page_b.mouse.move(500, 200)
+    page_a.wait_for_selector('[data-cursor][data-name="Bob"]', timeout=5_000)
+
+    page_a.click("button[data-add=rect]")
+    wait_until(lambda: len(shapes(page_b)) == 1, what="the shape on B, through the relay")
+    (shape_id,) = shapes(page_b)
+    element = f'[data-id="{shape_id}"]'
+    page_b.wait_for_selector(f'{element}[data-selected-by="Alice"]', timeout=5_000)  # A's selection shows on B
+    box = page_a.locator(element).bounding_box()
+    page_a.mouse.move(box["x"] + 20, box["y"] + 20)
+    page_a.mouse.down()
+    for step in range(1, 11):
+        page_a.mouse.move(box["x"] + 20 + 10 * step, box["y"] + 20 + 5 * step)
+        time.sleep(0.02)
+    page_a.mouse.up()
+    moved = float(page_a.get_attribute(element, "data-x"))
+    wait_until(lambda: float(page_b.get_attribute(element, "data-x")) == moved, what="the drag on B")
+    page_b.screenshot(path=SHOTS / "6-cursor-and-selection-from-another-replica.png")
+    page_a.close()
+    page_b.wait_for_selector('[data-cursor][data-name="Alice"]', state="detached", timeout=5_000)
 
 
 def test_the_page_is_served_with_its_assets(replicas: Any) -> None:

@@ -1,5 +1,8 @@
 // canvas-sync demo page: an SVG canvas on one project, live over /ws/<project>.
 //
+// Other people show as cursors in their colour with their name, and their selection as
+// an outline: presence, sent at most 20 times a second and never stored.
+//
 // Edits are applied locally at once and sent. Until the server acks them they sit in
 // `unacked`; edits made while disconnected wait in `outbox`. On every (re)connect the
 // server's snapshot replaces the local state, then the unacked and queued edits are
@@ -10,6 +13,8 @@ const params = new URLSearchParams(location.search);
 const project = params.get("project") || "demo";
 const COLOURS = ["#e53935", "#fb8c00", "#fdd835", "#43a047", "#00acc1", "#1e88e5", "#8e24aa", "#6d4c41", "#ffffff"];
 const DRAG_INTERVAL_MS = 33; // about 30 updates a second while dragging
+const PRESENCE_INTERVAL_MS = 50; // the server relays at most 20 a second per client anyway
+const NAMES = ["Ada", "Alan", "Grace", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Tim"];
 const SVG_NS = "http://www.w3.org/2000/svg";
 
 const board = document.getElementById("board");
@@ -17,7 +22,14 @@ const statusEl = document.getElementById("status");
 const queuedEl = document.getElementById("queued");
 const clientId = Math.random().toString(36).slice(2, 8);
 
+const me = {
+  name: params.get("name") || `${NAMES[Math.floor(Math.random() * NAMES.length)]}`,
+  colour: COLOURS[Math.floor(Math.random() * (COLOURS.length - 1))],
+};
 let objects = new Map(); // id -> object, as the user sees it
+const others = new Map(); // client -> presence state (cursor, selection, name, colour)
+let presenceSent = 0;
+let presenceTimer = null;
 let selected = null;
 let colour = COLOURS[5];
 let ws = null;
@@ -66,6 +78,10 @@ function receive(message) {
       document.getElementById("replica").textContent = message.replica;
       setStatus("online", "online");
       objects = new Map(message.objects.map((o) => [o.id, o]));
+      others.clear();
+      for (const p of message.presence ?? []) others.set(p.client, p.state);
+      renderPresence();
+      sendPresence(true);
       // Replay what the server has not confirmed, then what waited offline.
       const replay = [...unacked.values(), ...outbox].filter((m) => stillMeaningful(m));
       unacked.clear();
@@ -89,6 +105,14 @@ function receive(message) {
       objects.delete(message.id);
       document.querySelector(`[data-id="${CSS.escape(message.id)}"]`)?.remove();
       if (selected === message.id) selected = null;
+      break;
+    case "presence":
+      others.set(message.client, message.state);
+      renderPresence();
+      break;
+    case "presence_leave":
+      others.delete(message.client);
+      renderPresence();
       break;
   }
   showQueued();
@@ -146,6 +170,10 @@ function applyLocally(message) {
 function renderAll() {
   board.replaceChildren();
   for (const object of objects.values()) render(object);
+  const layer = document.createElementNS(SVG_NS, "g");
+  layer.id = "presence"; // other people's cursors, always on top
+  board.appendChild(layer);
+  renderPresence();
 }
 
 function render(object) {
@@ -157,7 +185,7 @@ function render(object) {
     el.dataset.id = object.id;
     el.setAttribute("role", "img");
     el.addEventListener("pointerdown", startDrag);
-    board.appendChild(el);
+    board.insertBefore(el, document.getElementById("presence"));
   }
   const { x = 0, y = 0, w = 160, h = 100, fill = "#1e88e5" } = object;
   el.setAttribute("aria-label", `${object.type} ${object.id}`);
@@ -180,6 +208,61 @@ function render(object) {
 function select(id) {
   selected = id;
   board.querySelectorAll("[data-id]").forEach((el) => el.classList.toggle("selected", el.dataset.id === id));
+  sendPresence();
+}
+
+// --- presence: where the others are -------------------------------------------------------
+
+let cursor = null;
+
+function sendPresence(now = false) {
+  if (!online || ws.readyState !== WebSocket.OPEN) return;
+  const wait = PRESENCE_INTERVAL_MS - (performance.now() - presenceSent);
+  if (!now && wait > 0) {
+    presenceTimer ??= setTimeout(() => { presenceTimer = null; sendPresence(true); }, wait);
+    return;
+  }
+  presenceSent = performance.now();
+  ws.send(JSON.stringify({ op: "presence", state: { ...me, cursor, selection: selected } }));
+}
+
+function renderPresence() {
+  const layer = document.getElementById("presence");
+  layer.replaceChildren();
+  board.querySelectorAll("[data-selected-by]").forEach((el) => {
+    el.removeAttribute("data-selected-by");
+    el.style.removeProperty("outline");
+  });
+  for (const [client, state] of others) {
+    const colour = /^#[0-9a-f]{6}$/i.test(state.colour ?? "") ? state.colour : "#555";
+    const name = String(state.name ?? "someone").slice(0, 32);
+    if (state.selection) {
+      const el = board.querySelector(`[data-id="${CSS.escape(String(state.selection))}"]`);
+      if (el) {
+        el.dataset.selectedBy = name;
+        el.style.outline = `3px dashed ${colour}`;
+      }
+    }
+    if (!Array.isArray(state.cursor)) continue;
+    const [x, y] = state.cursor.map(Number);
+    const g = document.createElementNS(SVG_NS, "g");
+    g.dataset.cursor = client;
+    g.dataset.name = name;
+    g.setAttribute("transform", `translate(${x} ${y})`);
+    g.setAttribute("pointer-events", "none");
+    const arrow = document.createElementNS(SVG_NS, "path");
+    arrow.setAttribute("d", "M0 0 L0 22 L6 16 L11 27 L15 25 L10 15 L18 15 Z");
+    arrow.setAttribute("fill", colour);
+    arrow.setAttribute("stroke", "#fff");
+    const label = document.createElementNS(SVG_NS, "text");
+    label.setAttribute("x", "16");
+    label.setAttribute("y", "40");
+    label.setAttribute("fill", colour);
+    label.setAttribute("font-size", "18");
+    label.textContent = name;
+    g.append(arrow, label);
+    layer.appendChild(g);
+  }
 }
 
 function toSvg(event) {
@@ -273,6 +356,15 @@ for (const c of COLOURS) {
   palette.appendChild(b);
 }
 board.addEventListener("pointerdown", (e) => { if (e.target === board) select(null); });
+board.addEventListener("pointermove", (e) => {
+  const p = toSvg(e);
+  cursor = [Math.round(p.x), Math.round(p.y)];
+  sendPresence();
+});
+board.addEventListener("pointerleave", () => { cursor = null; sendPresence(); });
+document.getElementById("me").textContent = me.name;
+document.getElementById("me").style.color = me.colour;
+renderAll();
 document.addEventListener("keydown", (e) => {
   if ((e.key === "Delete" || e.key === "Backspace") && document.activeElement?.tagName !== "INPUT") removeSelected();
 });
