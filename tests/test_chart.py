@@ -259,8 +259,8 @@ def test_helm_test_pod_probes_the_service() -> None:
 # --- alerts and dashboard -----------------------------------------------------------------
 
 
-def rules() -> dict[str, Any]:
-    (rule,) = by_kind(render({"metrics": {"prometheusRule": {"enabled": True}}}), "PrometheusRule")
+def rules(**values: Any) -> dict[str, Any]:
+    (rule,) = by_kind(render({"metrics": {"prometheusRule": {"enabled": True}}, **values}), "PrometheusRule")
     return rule["spec"]
 
 
@@ -364,6 +364,96 @@ def test_alert_rules_pass_promtool_check_and_unit_tests(promtool: str, tmp_path:
     (tmp_path / "tests.yaml").write_text(textwrap.dedent(PROMTOOL_TESTS))
     run = subprocess.run([promtool, "test", "rules", str(tmp_path / "tests.yaml")], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+RELAY_PROMTOOL_TESTS = f"""
+rule_files: [rules.yaml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'canvas_relay_connected{{{SEL}}}'
+        values: '1 1 0x30'
+      - series: 'canvas_relay_lag_seconds_bucket{{le="0.25", {SEL}}}'
+        values: '0x30'
+      - series: 'canvas_relay_lag_seconds_bucket{{le="0.5", {SEL}}}'
+        values: '0+10x30'
+      - series: 'canvas_relay_lag_seconds_bucket{{le="+Inf", {SEL}}}'
+        values: '0+10x30'
+    alert_rule_test:
+      - {{eval_time: 3m, alertname: CanvasSyncRelayDown, exp_alerts: []}}
+      - eval_time: 6m
+        alertname: CanvasSyncRelayDown
+        exp_alerts: [{{exp_labels: {{severity: warning, namespace: canvas, pod: p1}}}}]
+      - eval_time: 20m
+        alertname: CanvasSyncRelayLagging
+        exp_alerts: [{{exp_labels: {{severity: warning, namespace: canvas}}}}]
+"""
+
+
+def test_relay_alerts_exist_only_with_a_relay_and_pass_promtool(promtool: str, tmp_path: Path) -> None:
+    names = {r["alert"] for g in rules()["groups"] for r in g["rules"]}
+    assert not names & {"CanvasSyncRelayDown", "CanvasSyncRelayLagging"}  # no relay: canvas_relay_connected is 0
+    (rule,) = by_kind(
+        render({"redis": {"enabled": True}, "metrics": {"prometheusRule": {"enabled": True}}}), "PrometheusRule"
+    )
+    spec = rule["spec"]
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
+    check = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yaml")], capture_output=True, text=True)
+    assert check.returncode == 0 and "SUCCESS: 10 rules found" in check.stdout, check.stdout + check.stderr
+    for group in spec["groups"]:
+        for r in group["rules"]:
+            r.pop("annotations", None)
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
+    (tmp_path / "tests.yaml").write_text(textwrap.dedent(RELAY_PROMTOOL_TESTS))
+    run = subprocess.run([promtool, "test", "rules", str(tmp_path / "tests.yaml")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+# --- the live relay ----------------------------------------------------------------------------
+
+
+def env_of(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (config,) = [o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"] == FULLNAME]
+    container = app_deployment(objects)["spec"]["template"]["spec"]["containers"][0]
+    return {**config["data"], **{e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}}
+
+
+def egress_ports(objects: list[dict[str, Any]]) -> set[int]:
+    (policy,) = by_kind(objects, "NetworkPolicy")
+    return {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}
+
+
+def test_in_chart_valkey_for_the_relay() -> None:
+    objects = render({"redis": {"enabled": True}, "networkPolicy": {"enabled": True}})
+    env = env_of(objects)
+    assert env["CANVAS_REDIS_URL"] == f"redis://{FULLNAME}-valkey:6379/0"
+    assert env["CANVAS_RELAY_HEADS_INTERVAL"] == "15" and "CANVAS_REDIS_PASSWORD" not in env
+    names = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    assert {("Deployment", f"{FULLNAME}-valkey"), ("Service", f"{FULLNAME}-valkey")} <= names
+    assert 6379 in egress_ports(objects)
+    assert "Live relay: the in-chart Valkey" in notes({"redis": {"enabled": True}})
+
+
+def test_external_redis_with_its_password_from_an_existing_secret() -> None:
+    url = "rediss://master.canvas.abc123.euw1.cache.amazonaws.com:6380/0"
+    values = {"externalRedis": {"url": url, "existingSecret": "redis-auth"}, "networkPolicy": {"enabled": True}}
+    objects = render(values)
+    env = env_of(objects)
+    assert env["CANVAS_REDIS_URL"] == url
+    assert env["CANVAS_REDIS_PASSWORD"] == {"secretKeyRef": {"name": "redis-auth", "key": "redis-password"}}
+    assert not [o for o in objects if o["metadata"]["name"].endswith("-valkey")]
+    assert 6380 in egress_ports(objects)
+    assert all("CANVAS_REDIS" not in json.dumps(o) for o in by_kind(objects, "Secret"))  # no secret generated
+
+
+def test_no_relay_is_said_and_two_relays_are_refused() -> None:
+    assert "CANVAS_REDIS_URL" not in env_of(render({}))
+    assert "no live relay" in notes({})
+    with pytest.raises(helm.HelmError, match="choose one"):
+        render({"redis": {"enabled": True}, "externalRedis": {"url": "redis://elsewhere:6379/0"}})
+    with pytest.raises(helm.HelmError, match="existingSecret"):
+        render({"externalRedis": {"existingSecret": "s"}})
 
 
 def metric_names(text: str) -> set[str]:

@@ -145,6 +145,11 @@ class Metrics:
                 self.sync_pulls.labels(kind, outcome)
         for reason in ("queue_full", "publish_error"):
             self.relay_dropped.labels(reason)
+        for reason in ("gap", "new_epoch", "heartbeat"):
+            self.relay_gaps.labels(reason)
+            self.relay_catch_ups.labels(reason)
+        for reason in ("rebuild", "too_big"):
+            self.relay_catch_ups.labels(reason)
 
     def observe_batch(self, outcome: str, seconds: float, written: int) -> None:
         self.batches.labels(outcome).inc()

@@ -74,6 +74,30 @@ annotations:
 {{- end -}}
 {{- end -}}
 
+{{- define "canvas-sync.redis.fullname" -}}
+{{- printf "%s-valkey" (include "canvas-sync.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The relay's Redis URL: the in-chart Valkey, externalRedis.url, or empty (no relay). */}}
+{{- define "canvas-sync.redisUrl" -}}
+{{- if .Values.redis.enabled -}}
+{{- printf "redis://%s:%d/0" (include "canvas-sync.redis.fullname" .) (int .Values.redis.port) -}}
+{{- else -}}
+{{- .Values.externalRedis.url -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The port the relay connects to (for the NetworkPolicy). */}}
+{{- define "canvas-sync.redisPort" -}}
+{{- if .Values.redis.enabled -}}
+{{- .Values.redis.port -}}
+{{- else if regexMatch "^rediss?://[^/]*:[0-9]+(/.*)?$" .Values.externalRedis.url -}}
+{{- regexReplaceAll "^rediss?://[^/]*:([0-9]+)(/.*)?$" .Values.externalRedis.url "${1}" -}}
+{{- else -}}
+6379
+{{- end -}}
+{{- end -}}
+
 {{/* Refuse value combinations that cannot work, with a message that says why. */}}
 {{- define "canvas-sync.validate" -}}
 {{- if and .Values.dynamodbLocal.enabled (eq .Values.dynamodbLocal.mode "sidecar") -}}
@@ -83,6 +107,12 @@ annotations:
 {{- end -}}
 {{- if and .Values.dynamodbLocal.enabled (eq (int .Values.dynamodbLocal.port) (int .Values.containerPort)) -}}
 {{- fail "dynamodbLocal.port and containerPort must differ" -}}
+{{- end -}}
+{{- if and .Values.redis.enabled .Values.externalRedis.url -}}
+{{- fail "redis.enabled runs a Valkey in the chart and externalRedis.url names another: choose one" -}}
+{{- end -}}
+{{- if and .Values.externalRedis.existingSecret (not .Values.externalRedis.url) -}}
+{{- fail "externalRedis.existingSecret holds the password of externalRedis.url, which is empty" -}}
 {{- end -}}
 {{- if and .Values.dynamodbLocal.enabled .Values.dynamodb.createTable -}}
 {{- fail "dynamodb.createTable runs before install, when DynamoDB Local is not up yet; with dynamodbLocal.enabled the app creates the table itself: set dynamodb.createTable=false" -}}
