@@ -394,10 +394,7 @@ tests:
 def test_relay_alerts_exist_only_with_a_relay_and_pass_promtool(promtool: str, tmp_path: Path) -> None:
     names = {r["alert"] for g in rules()["groups"] for r in g["rules"]}
     assert not names & {"CanvasSyncRelayDown", "CanvasSyncRelayLagging"}  # no relay: canvas_relay_connected is 0
-    (rule,) = by_kind(
-        render({"redis": {"enabled": True}, "metrics": {"prometheusRule": {"enabled": True}}}), "PrometheusRule"
-    )
-    spec = rule["spec"]
+    spec = rules(redis={"enabled": True})
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
     check = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yaml")], capture_output=True, text=True)
     assert check.returncode == 0 and "SUCCESS: 10 rules found" in check.stdout, check.stdout + check.stderr
@@ -464,7 +461,7 @@ def metric_names(text: str) -> set[str]:
 def test_every_metric_in_panels_and_alerts_is_exported(replicas: Any) -> None:
     dashboard = json.loads((CHART / "files" / "dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    expected = metric_names("\n".join(exprs)) | metric_names(json.dumps(rules()))
+    expected = metric_names("\n".join(exprs)) | metric_names(json.dumps(rules(redis={"enabled": True})))
     required_panels = {
         "canvas_websocket_connections",
         "canvas_edits_total",
