@@ -27,8 +27,9 @@ from typing import Any
 
 import gevent
 import websocket
-from locust import User, between, events, task
+from locust import User, between, constant, events, task
 from locust.env import Environment
+from locust.exception import StopUser
 from locust.runners import WorkerRunner
 from locust.stats import StatsEntry
 
@@ -39,6 +40,7 @@ from convergence_check import check_convergence  # beside this file, also in the
 EXPECTED_RACES = {"conflict", "not_found"}
 COLOURS = ["#e53935", "#1e88e5", "#43a047", "#fdd835", "#8e24aa", "#fb8c00", "#00acc1", "#6d4c41"]
 EDIT_NAMES = ("create", "update (drag)", "update (recolour)", "update (text)", "delete")
+CROSS_REPLICA = "cross-replica (ack on one replica -> upsert on every other)"
 
 
 @events.init_command_line_parser.add_listener
@@ -223,7 +225,11 @@ class CanvasUser(User):
         return False
 
     def pick(self, kind: str | None = None) -> str | None:
-        ids = [oid for oid, o in self.objects.items() if kind is None or o.get("type") == kind]
+        ids = [
+            oid
+            for oid, o in self.objects.items()
+            if (kind is None and o.get("type") != "probe") or o.get("type") == kind
+        ]
         return random.choice(ids) if ids else None
 
     # --- what people do -------------------------------------------------------------------
@@ -288,6 +294,76 @@ class CanvasUser(User):
         self.connect()
 
 
+class CrossReplicaWatcher(User):
+    """How long an edit takes to reach the other replicas' clients (the relay, or the table).
+
+    One of these per run: it edits a probe object on the first replica every 200 ms and
+    keeps a watcher socket open on every other replica; each edit counts once every
+    watcher has its upsert, timed from the edit's ack. With one replica it stops at once.
+    """
+
+    fixed_count = 1
+    wait_time = constant(0.2)
+
+    def on_start(self) -> None:
+        urls = user_urls(self.environment)
+        if len(urls) < 2:
+            raise StopUser()
+        options = self.environment.parsed_options
+        self.project = f"{options.project_prefix}-0"
+        self.probe = f"probe-{random.getrandbits(32):08x}"
+        self.seq = 0
+        self.pending: dict[int, list[float]] = {}  # seq -> [acked at, watchers still waiting]
+        self.writer = self._open(urls[0])
+        self.watchers = [self._open(url) for url in urls[1:]]
+        self._call({"op": "create", "object": {"id": self.probe, "type": "probe", "seq": 0}})
+        self.readers = [gevent.spawn(self._watch, ws) for ws in self.watchers]
+
+    def _open(self, base: str) -> websocket.WebSocket:
+        ws = websocket.create_connection(base.replace("http", "ws", 1) + f"/ws/{self.project}", timeout=10)
+        ws.recv()  # the snapshot
+        return ws
+
+    def _call(self, message: dict[str, Any]) -> None:
+        self.writer.send(json.dumps({**message, "req": "probe"}))
+        while json.loads(self.writer.recv()).get("req") != "probe":
+            pass
+
+    def _watch(self, ws: websocket.WebSocket) -> None:
+        while True:
+            try:
+                message = json.loads(ws.recv())
+            except (OSError, websocket.WebSocketException, ValueError):
+                return
+            if message.get("op") != "upsert" or message["object"]["id"] != self.probe:
+                continue
+            entry = self.pending.get(message["object"].get("seq"))
+            if entry is None:
+                continue
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self.pending[message["object"]["seq"]]
+                self.environment.events.request.fire(
+                    request_type="WS",
+                    name=CROSS_REPLICA,
+                    response_time=max(0.0, time.perf_counter() - entry[0]) * 1000,
+                    response_length=0,
+                    exception=None,
+                    context={"project": self.project},
+                )
+
+    def on_stop(self) -> None:
+        for ws in (self.writer, *self.watchers):
+            ws.shutdown()
+        gevent.killall(self.readers)
+
+    @task
+    def edit_probe(self) -> None:
+        self.seq += 1
+        self._call({"op": "update", "id": self.probe, "props": {"seq": self.seq}})
+        self.pending[self.seq] = [time.perf_counter(), len(self.watchers)]
+
+
 # --- the check at the end -------------------------------------------------------------------
 
 
@@ -307,6 +383,17 @@ def edit_statistics(environment: Environment) -> dict[str, Any]:
     }
 
 
+def cross_replica_statistics(environment: Environment) -> dict[str, Any]:
+    """Ack on one replica to the upsert on every other (the CrossReplicaWatcher's samples)."""
+    entry = environment.stats.entries.get((CROSS_REPLICA, "WS"))
+    if entry is None or not entry.num_requests:
+        return {"samples": 0}
+    return {
+        "samples": entry.num_requests,
+        **{f"p{q}_ms": round(entry.get_response_time_percentile(q / 100), 2) for q in (50, 99)},
+    }
+
+
 @events.test_stop.add_listener
 def _check_on_stop(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, WorkerRunner):
@@ -316,6 +403,7 @@ def _check_on_stop(environment: Environment, **_: Any) -> None:
     urls = check_urls(environment)
     result = check_convergence(urls, projects, options.convergence_timeout)
     result["stats"] = edit_statistics(environment)
+    result["cross_replica"] = cross_replica_statistics(environment)
     environment.canvas_convergence = result  # type: ignore[attr-defined]
     if result["converged"]:
         print(

@@ -20,6 +20,8 @@ import urllib.request
 from pathlib import Path
 
 from canvas_sync.dynamodb_local import DynamoDBLocal, Unavailable, free_port
+from canvas_sync.redis_local import RedisServer
+from canvas_sync.redis_local import Unavailable as RedisUnavailable
 from canvas_sync.replicas import ReplicaError, ReplicaProcess
 from canvas_sync.store import DynamoStore, make_client
 
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--autosave", type=float, default=5.0, help="CANVAS_AUTOSAVE_INTERVAL of the replicas")
     parser.add_argument("--sync", type=float, default=1.0, help="CANVAS_SYNC_INTERVAL of the replicas")
     parser.add_argument("--convergence-timeout", type=float, default=30.0)
+    parser.add_argument("--redis", action="store_true", help="start a redis-server: replicas relay live")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     out = args.out or HERE / "reports" / time.strftime("%Y%m%d-%H%M%S")
@@ -75,9 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run-local: {error}", file=sys.stderr)
         return 2
     replicas: list[ReplicaProcess] = []
+    relay: RedisServer | None = None
     try:
         DynamoStore(make_client(database.endpoint), TABLE).create_table()
         replicas = configure_replicas(args.replicas, database.endpoint, out, args.autosave, args.sync)
+        if args.redis:
+            relay = RedisServer(log_path=out / "redis.log").start()
+            for replica in replicas:
+                replica.env["CANVAS_REDIS_URL"] = relay.url
         for replica in replicas:
             replica.start(wait=False)
         for replica in replicas:
@@ -128,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         edits_accepted = sum(counter(u, "canvas_edits_total") for u in urls)
         written = sum(counter(u, "canvas_autosave_objects_written_total") for u in urls)
         stats = result.get("stats", {})
+        cross = result.get("cross_replica", {})
         summary = {
             "replicas": args.replicas,
             "users": args.users,
@@ -137,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
             "ack_p95_ms": stats.get("p95_ms"),
             "ack_p99_ms": stats.get("p99_ms"),
             "fail_ratio": stats.get("fail_ratio"),
+            "relay": bool(args.redis),
+            "cross_replica_p50_ms": cross.get("p50_ms"),
+            "cross_replica_p99_ms": cross.get("p99_ms"),
             "converged": result.get("converged"),
             "convergence_s": result.get("seconds"),
             "edits_accepted": int(edits_accepted),
@@ -147,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print("\n".join(["", "run-local summary", *(f"  {k}: {v}" for k, v in summary.items())]))
         return 0 if code == 0 and result.get("converged") else 1
-    except ReplicaError as error:
+    except (ReplicaError, RedisUnavailable) as error:
         print(f"run-local: {error}", file=sys.stderr)
         return 1
     finally:
@@ -158,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                 replica.terminate(30)
             except subprocess.TimeoutExpired:
                 replica.kill()
+        if relay is not None:
+            relay.stop()
         database.stop()
 
 

@@ -17,7 +17,7 @@ from canvas_sync.model import HybridClock, ObjectState
 from canvas_sync.state import CanvasState, Project
 from canvas_sync.store import DynamoStore, MemoryStore, Store, make_client
 from canvas_sync.store.memory import InjectedFault
-from canvas_sync.sync import Backoff, Cursor, SyncWorker, feed_since, note_heads, plan, reconcile_budget
+from canvas_sync.sync import Backoff, Cursor, SyncWorker, feed_since, heads_due, note_heads, plan, reconcile_budget
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -59,6 +59,17 @@ def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
     assert not backoff.ready(114.0) and backoff.ready(115.0)
     backoff.succeeded()
     assert backoff.failures == 0 and backoff.ready(0.0)
+
+
+def test_heads_are_read_slowly_while_the_relay_is_healthy_and_in_batches() -> None:
+    cursors = {f"p{i}": Cursor(0, 0.0, heads_at=float(i)) for i in range(10)}  # read at t=0..9
+    assert heads_due(cursors, now=10.0, slow_interval=None) == list(cursors)  # no relay: every pass
+    assert heads_due(cursors, now=10.0, slow_interval=15.0) == []
+    assert sorted(heads_due(cursors, now=15.0, slow_interval=15.0)) == [
+        f"p{i}" for i in range(8)
+    ]  # p0 due; 7.5 s+ join
+    cursors["p9"].fast_until = 20.0  # catching up: every pass
+    assert heads_due(cursors, now=12.0, slow_interval=15.0) == ["p9"] + [f"p{i}" for i in range(5)]
 
 
 def test_reconciles_are_spread_at_twice_the_steady_rate() -> None:

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fanout
 import memory
+import relay
 import robustness
 import roundtrip
 import storage
@@ -110,6 +111,7 @@ def main() -> int:
             ("memory", lambda: memory.run(ddb.endpoint)),
             ("scaling", lambda: roundtrip.scaling(ddb.endpoint, args.seconds)),
             ("robustness", lambda: robustness.run(ddb.endpoint)),
+            ("relay", lambda: relay.run(ddb.endpoint)),
         ]
         for name, step in steps:
             t = time.monotonic()
@@ -161,6 +163,7 @@ def main() -> int:
                 ],
             ),
             robustness.markdown(results["robustness"]),
+            relay.markdown(results["relay"]),
         ]
     )
     made = plots(results, args.out)

@@ -66,6 +66,9 @@ class Metrics:
             ["kind", "outcome"],
             registry=r,
         )
+        self.heads_read = Counter(
+            "canvas_sync_heads_read", "Project #head items read (one read unit each, consistent reads)", registry=r
+        )
         self.sync_merged = Counter(
             "canvas_sync_objects_merged", "Objects whose state changed by merging what another save wrote", registry=r
         )

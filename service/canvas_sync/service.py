@@ -44,6 +44,8 @@ PRESENCE_FLUSH = 0.05
 """Presence updates go out at most this often per client (20 a second), the latest one only."""
 PRESENCE_REFRESH = 5.0
 """Seconds between relaying every local client's presence (heals a lost update or leave)."""
+HELLO_EVERY = 1.0
+"""Seconds between two answers to hellos on one project (gaps can come in bursts)."""
 EARLY_LIMIT = 10_000
 """Relayed states kept for a project while it loads; beyond it, catch up from the table."""
 
@@ -85,6 +87,9 @@ class CanvasService:
         self.presence = Presence(settings.replica_id, ttl=3 * PRESENCE_REFRESH)
         self._presence_pending: dict[tuple[str, str], Connection] = {}
         self._early: dict[str, list[ObjectState]] = {}
+        self._hellos: set[str] = set()
+        """Projects whose hello waits for an answer (given by the presence loop)."""
+        self._hello_answered: dict[str, float] = {}
         self.relay: Relay | None = None
         if relay_transport is None and settings.redis_url:
             password = settings.redis_password.get_secret_value() if settings.redis_password else None
@@ -207,6 +212,7 @@ class CanvasService:
         for pid in self.state.evict_idle(self.settings.project_idle_timeout):
             log.info("project evicted", extra={"event": "evicted", "project": pid})
             self.presence.forget(pid)
+            self._hello_answered.pop(pid, None)
             if self.relay is not None:
                 task = asyncio.ensure_future(self.relay.unsubscribe(pid))
                 self.writers.add(task)  # kept referenced until done
@@ -401,6 +407,8 @@ class CanvasService:
             try:
                 self.flush_presence()
                 now = time.monotonic()
+                if self._hellos:
+                    self._answer_hellos(now)
                 if now - refreshed >= PRESENCE_REFRESH:
                     refreshed = now
                     self._refresh_presence(now)
@@ -470,14 +478,24 @@ class CanvasService:
                 self.metrics.presence_updates.inc()
 
     def on_hello(self, project_id: str) -> None:
-        """Another replica joined or lost messages: send what only this memory holds."""
-        if self.state.get(project_id) is None or self.relay is None:
-            return
-        for state in self.dirty.unsaved_states(project_id):
-            self.relay.publish_state(project_id, state)
-        local = self.presence.local(project_id)
-        if local:
-            self.relay.publish_presences(project_id, local)
+        """Another replica joined or lost messages: it gets what only this memory holds, at
+        the next presence tick, and at most once a second per project (a lossy link must not
+        turn every gap into a resend of everything)."""
+        self._hellos.add(project_id)
+
+    def _answer_hellos(self, now: float) -> None:
+        for project_id in list(self._hellos):
+            if now - self._hello_answered.get(project_id, float("-inf")) < HELLO_EVERY:
+                continue
+            self._hellos.discard(project_id)
+            self._hello_answered[project_id] = now
+            if self.state.get(project_id) is None or self.relay is None:
+                continue
+            for state in self.dirty.unsaved_states(project_id):
+                self.relay.publish_state(project_id, state)
+            local = self.presence.local(project_id)
+            if local:
+                self.relay.publish_presences(project_id, local)
 
     def on_catch_up(self, project_id: str, reason: str) -> None:
         self.sync.catch_up(project_id)

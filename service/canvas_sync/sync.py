@@ -119,10 +119,16 @@ def note_heads(cursor: Cursor, tokens: Mapping[str, str], now: float, overlap_s:
 
 def heads_due(cursors: Mapping[str, Cursor], now: float, slow_interval: float | None) -> list[str]:
     """Projects whose head to read this pass: all of them, unless the relay is healthy
-    (``slow_interval`` set); then those not read for that long, and those catching up."""
+    (``slow_interval`` set); then those not read for that long and those catching up, and
+    with them any read more than half that long ago: heads are read 100 to a request, so
+    projects loaded at different times fall into the same requests instead of one each."""
     if slow_interval is None:
         return list(cursors)
-    return [pid for pid, c in cursors.items() if now < c.fast_until or now - c.heads_at >= slow_interval]
+    due = [pid for pid, c in cursors.items() if now < c.fast_until or now - c.heads_at >= slow_interval]
+    if not due:
+        return []
+    chosen = set(due)
+    return due + [pid for pid, c in cursors.items() if pid not in chosen and now - c.heads_at >= slow_interval / 2]
 
 
 def catch_up(cursor: Cursor, now: float, overlap_s: float, window_s: float) -> None:
@@ -234,8 +240,9 @@ class SyncWorker:
 
     async def run(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+            try:  # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()
@@ -331,6 +338,7 @@ class SyncWorker:
             self.metrics.sync_pulls.labels("heads", "error").inc()
             raise
         self.metrics.sync_pulls.labels("heads", "success").inc()
+        self.metrics.heads_read.inc(len(due))
         me = self.clock.replica_id
         for pid in due:
             cursor = self.cursors.get(pid)

@@ -84,11 +84,13 @@ class RedisTransport:
 
     async def subscribe(self, channels: list[str]) -> None:
         if channels:
-            await asyncio.wait_for(self._subscriber().subscribe(*channels), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                await self._subscriber().subscribe(*channels)
 
     async def unsubscribe(self, channels: list[str]) -> None:
         if channels and self._pubsub is not None:
-            await asyncio.wait_for(self._pubsub.unsubscribe(*channels), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                await self._pubsub.unsubscribe(*channels)
 
     async def receive(self, timeout: float) -> tuple[str, bytes] | None:
         pubsub = self._subscriber()
@@ -105,7 +107,8 @@ class RedisTransport:
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             try:
-                await asyncio.wait_for(pubsub.aclose(), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    await pubsub.aclose()
             except (*TransportError, RuntimeError):
                 pass  # the connection is broken anyway: that is why we reset it
 
@@ -165,7 +168,8 @@ class MemoryTransport:
     async def receive(self, timeout: float) -> tuple[str, bytes] | None:
         self._check()
         try:
-            return await asyncio.wait_for(self.inbox.get(), timeout)
+            async with asyncio.timeout(timeout):
+                return await self.inbox.get()
         except TimeoutError:
             return None
 

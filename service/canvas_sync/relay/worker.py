@@ -102,6 +102,9 @@ class Relay:
         self._heartbeat_sent = 0.0
         self._replicas_heard: dict[str, float] = {}
         self._hello_at: dict[str, float] = {}
+        self._asked: dict[str, float] = {}
+        """When we last said hello after a loss on a project."""
+        self._to_ask: set[str] = set()
         """When another replica last said hello on a project: older publish answers are stale."""
         self._tasks: list[asyncio.Task[None]] = []
         self._rebuild = asyncio.Event()
@@ -119,7 +122,8 @@ class Relay:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:  # bounded: a cancel swallowed by a library must not hold up shutdown
+            await asyncio.wait(self._tasks, timeout=2.0)
         try:
             await self.transport.close()
         except (*TransportError, RuntimeError):
@@ -240,6 +244,7 @@ class Relay:
             )
             self._heartbeat_sent = time.monotonic()
             self._check_replicas()
+            self._ask()
 
     def _check_replicas(self) -> None:
         now = time.monotonic()
@@ -269,6 +274,8 @@ class Relay:
         self.subscribed.discard(project)
         self.peers.pop(project, None)
         self._hello_at.pop(project, None)
+        self._asked.pop(project, None)
+        self._to_ask.discard(project)
         self.receiver.forget_project(project)
         try:
             await self.transport.unsubscribe([channel(project)])
@@ -375,4 +382,16 @@ class Relay:
         self.metrics.relay_catch_ups.labels(reason).inc()
         log.info("relay catch-up", extra={"event": "relay_catch_up", "project": project, "reason": reason})
         self.handler.on_catch_up(project, reason)
-        self.hello(project)  # the holders' unsaved states come back at once; the table has the rest
+        self._to_ask.add(project)
+        self._ask()
+
+    def _ask(self) -> None:
+        """Say hello after losses (the holders' unsaved states come back at once; the table has
+        the rest), at most once a second per project: a burst of gaps asks once, a later one
+        waits for the next heartbeat tick."""
+        now = time.monotonic()
+        for project in list(self._to_ask):
+            if now - self._asked.get(project, float("-inf")) >= 1.0:
+                self._to_ask.discard(project)
+                self._asked[project] = now
+                self.hello(project)

@@ -1,0 +1,384 @@
+"""10. The live relay: how fast other replicas see an edit, what it costs, what it survives.
+
+- latency: 3 replicas with the relay; a writer on A updates one object 500 times (about
+  100 a second); watchers on B and C. Ack on A to the upsert on both, beside the same
+  measure for a watcher on A itself (same-replica fan-out: the floor), and without the
+  relay (the table: auto-save + sync pass).
+- drops: two services in one process on the in-memory broker, which drops 5% of the
+  state messages at random; how many losses were detected, and how long until equal.
+- restart: Redis killed while both replicas keep editing, then started again; seconds
+  until every replica and the table are byte-equal.
+- reads: 20 idle held projects for 60 s; DynamoDB read requests per held project per
+  minute with the relay healthy and without a relay.
+- solo: round trips on projects nobody else holds, relay on over relay off (median of 3
+  interleaved runs at 32 clients).
+
+    python loadtest/bench/relay.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import statistics
+import sys
+import time
+from typing import Any
+
+import roundtrip
+import uvloop
+from canvas_sync.config import load_settings
+from canvas_sync.connection import Connection
+from canvas_sync.dynamodb_local import DynamoDBLocal
+from canvas_sync.redis_local import RedisServer
+from canvas_sync.relay import Kind, MemoryBroker, Receiver, Verdict, decode
+from canvas_sync.service import CanvasService
+from canvas_sync.store import DynamoStore, MemoryStore, make_client
+from common import TABLE, counter, pct, replica, table
+from convergence_check import check_convergence
+from websockets.asyncio.client import connect
+
+
+async def _latency(
+    writer_url: str, watcher_urls: list[str], project: str, edits: int = 500, gap: float = 0.01
+) -> list[float]:
+    """Seconds from each edit's ack on the writer to its upsert at every watcher (edits whose
+    state arrived; through the table, edits saved in one pass arrive as the last of them)."""
+    arrived: dict[int, list[float]] = {}
+    acked: dict[int, float] = {}
+    watchers = [await connect(_ws(u, project), max_size=None) for u in watcher_urls]
+    for ws in watchers:
+        await ws.recv()
+
+    async def watch(ws: Any) -> None:
+        async for text in ws:
+            message = json.loads(text)
+            if message.get("op") == "upsert" and message["object"]["id"] == "o":
+                arrived.setdefault(message["object"].get("x", -1), []).append(time.perf_counter())
+
+    tasks = [asyncio.create_task(watch(ws)) for ws in watchers]
+    async with connect(_ws(writer_url, project), max_size=None) as ws:
+        await ws.recv()
+        await ws.send(json.dumps({"op": "create", "req": "c", "object": {"id": "o", "type": "rect", "x": -1}}))
+        while '"req":"c"' not in await ws.recv():
+            pass
+        await asyncio.sleep(0.5)
+        for i in range(edits):
+            await ws.send(json.dumps({"op": "update", "req": str(i), "id": "o", "props": {"x": i}}))
+            while f'"req":"{i}"' not in await ws.recv():
+                pass
+            acked[i] = time.perf_counter()
+            await asyncio.sleep(gap)
+        deadline = time.monotonic() + 15
+        while len(arrived.get(edits - 1, ())) < len(watchers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    for task in tasks:
+        task.cancel()
+    for w in watchers:
+        await w.close()
+    return [max(0.0, max(arrived[i]) - acked[i]) for i in acked if len(arrived.get(i, ())) == len(watchers)]
+
+
+def _ws(base: str, project: str) -> str:
+    return f"{base.replace('http', 'ws', 1)}/ws/{project}"
+
+
+def _summary(samples: list[float]) -> dict[str, Any]:
+    return {
+        "samples": len(samples),
+        "p50_ms": round(pct(samples, 50) * 1000, 2),
+        "p99_ms": round(pct(samples, 99) * 1000, 2),
+    }
+
+
+def latency(endpoint: str, redis_url: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with (
+        replica(endpoint, "lat-a", redis_url=redis_url) as a,
+        replica(endpoint, "lat-b", redis_url=redis_url) as b,
+        replica(endpoint, "lat-c", redis_url=redis_url) as c,
+    ):
+        time.sleep(1)  # relays healthy
+        out["cross_replica"] = _summary(uvloop.run(_latency(a.url, [b.url, c.url], f"lat-{time.time_ns()}")))
+        out["same_replica"] = _summary(uvloop.run(_latency(a.url, [a.url], f"lat-{time.time_ns()}")))
+    with replica(endpoint, "tab-a") as a, replica(endpoint, "tab-b") as b:  # seconds each: a few edits
+        samples = uvloop.run(_latency(a.url, [b.url], f"tab-{time.time_ns()}", edits=6, gap=2.5))
+        out["through_the_table"] = _summary(samples)
+    return out
+
+
+class _Recording(Receiver):
+    """Remembers which sequence numbers each detection covered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.covered: set[tuple[str, int]] = set()
+
+    def on_message(self, replica: str, epoch: str, project: str, seq: int) -> Verdict:
+        last = self._last.get((replica, project))
+        verdict = super().on_message(replica, epoch, project, seq)
+        if verdict == Verdict.GAP and last is not None:
+            self.covered.update((project, s) for s in range(last[1] + 1, seq))
+        return verdict
+
+    def on_heartbeat(self, replica: str, epoch: str, seqs: Any, held: Any) -> list[str]:
+        before = {p: self._last.get((replica, p)) for p in held}
+        behind = super().on_heartbeat(replica, epoch, seqs, held)
+        for project in behind:
+            known = before.get(project)
+            if known is not None:
+                self.covered.update((project, s) for s in range(known[1] + 1, seqs[project] + 1))
+        return behind
+
+
+def drops(rate: float = 0.05, edits: int = 2000) -> dict[str, Any]:
+    async def run() -> dict[str, Any]:
+        broker = MemoryBroker()
+        rng = random.Random(7)
+        dropped: set[tuple[str, int]] = set()
+
+        def drop(channel: str, data: bytes) -> bool:
+            message = decode(data)
+            if message.kind == Kind.STATE and message.replica == "a" and rng.random() < rate:
+                dropped.add((message.project, message.seq))
+                return True
+            return False
+
+        store = MemoryStore("shared")
+        services = []
+        for name in ("a", "b"):
+            settings = load_settings(
+                replica_id=name, autosave_interval=3600, sync_interval=0.2, relay_heartbeat=0.2, rate_limit=0
+            )
+            svc = CanvasService(settings, MemoryStore(name, shared=store), broker.transport())
+            await svc.start()
+            services.append(svc)
+        a, b = services
+        while not (a.relay and a.relay.healthy and b.relay and b.relay.healthy and a.ready and b.ready):
+            await asyncio.sleep(0.05)
+        assert b.relay is not None
+        b.relay.receiver = recording = _Recording()
+        pa, _ = await a.project("d"), await b.project("d")
+        conn = Connection(10_000)
+        pa.connections.add(conn)
+        a.handle(pa, conn, json.dumps({"op": "create", "object": {"id": "seed", "type": "rect"}}))
+        await asyncio.sleep(0.3)
+        broker.drop = drop
+        for i in range(edits):
+            oid = f"o{i % 200}"
+            op = (
+                {"op": "create", "object": {"id": oid, "type": "rect", "x": i}}
+                if i < 200
+                else {"op": "update", "id": oid, "props": {"x": i}}
+            )
+            a.handle(pa, conn, json.dumps(op))
+            if i % 20 == 0:
+                await asyncio.sleep(0.005)
+        stopped = time.monotonic()
+        broker.drop = lambda channel, data: False
+        while time.monotonic() - stopped < 10 and b.state.get("d").views != pa.views:  # type: ignore[union-attr]
+            await asyncio.sleep(0.01)
+        equal_after = time.monotonic() - stopped
+        result = {
+            "state_messages_dropped": len(dropped),
+            "losses_detected": len(dropped & recording.covered),
+            "detected_ratio": round(len(dropped & recording.covered) / max(1, len(dropped)), 4),
+            "equal": b.state.get("d").views == pa.views,  # type: ignore[union-attr]
+            "equal_after_s": round(equal_after, 3),
+        }
+        for svc in services:
+            await svc.shutdown()
+        return result
+
+    return uvloop.run(run())
+
+
+async def _edit(url: str, project: str, ids: list[str], stop: asyncio.Event) -> int:
+    n = 0
+    async with connect(_ws(url, project)) as ws:
+        await ws.recv()
+        while not stop.is_set():
+            n += 1
+            oid = random.choice(ids)
+            await ws.send(json.dumps({"op": "create", "req": str(n), "object": {"id": f"{oid}-{n}", "type": "rect"}}))
+            while f'"req":"{n}"' not in await ws.recv():
+                pass
+            await asyncio.sleep(0.005)
+    return n
+
+
+def restart(endpoint: str, rounds: int = 2) -> dict[str, Any]:
+    seconds = []
+    with (
+        RedisServer() as redis,
+        replica(endpoint, "rs-a", redis_url=redis.url, relay_heartbeat=0.2, autosave_interval=1) as a,
+        replica(endpoint, "rs-b", redis_url=redis.url, relay_heartbeat=0.2, autosave_interval=1) as b,
+    ):
+        for r in range(rounds):
+            project = f"restart-{r}-{time.time_ns()}"
+
+            async def run(project: str = project) -> None:
+                stop = asyncio.Event()
+                editors = [asyncio.create_task(_edit(u, project, ["a", "b"], stop)) for u in (a.url, b.url)]
+                await asyncio.sleep(1)
+                redis.kill()
+                await asyncio.sleep(2)  # both keep editing; nothing is relayed
+                stop.set()
+                await asyncio.gather(*editors)
+
+            uvloop.run(run())
+            redis.start()
+            back = time.monotonic()
+            result = check_convergence([a.url, b.url], [project], 20, poll=0.05)
+            store = DynamoStore(make_client(endpoint), TABLE)
+            table_objects = sorted(s.id for s in store.load_project(project) if s.is_alive)
+            store.close()
+            memory = sorted(o["id"] for o in json.loads(urlopen(f"{a.url}/projects/{project}/objects"))["objects"])
+            assert result["converged"] and table_objects == memory, (result, len(table_objects), len(memory))
+            seconds.append(time.monotonic() - back)
+    return {"rounds": rounds, "seconds_to_equal": [round(s, 2) for s in seconds]}
+
+
+def urlopen(url: str) -> bytes:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return bytes(response.read())
+
+
+def reads(endpoint: str, projects: int = 20, window: float = 60.0) -> dict[str, Any]:
+    """Read requests of held, idle projects (heads reads, feeds and reconciles), and the head
+    items read (a read unit each), in steady state: after the catch-up window of a load."""
+    kinds = ("heads", "feed", "reconcile")
+    with (
+        RedisServer() as redis,
+        replica(endpoint, "rd-relay", redis_url=redis.url) as relayed,
+        replica(endpoint, "rd-table") as plain,
+    ):
+        servers = (relayed, plain)
+        for server in servers:
+            for i in range(projects):
+                urlopen(f"{server.url}/projects/reads-{server.name}-{i}/objects")
+        time.sleep(25)  # past the 20 s after a load when heads are read every pass
+
+        def total(server: Any) -> tuple[float, float]:
+            requests = sum(
+                counter(server.port, "canvas_sync_pulls_total", f'kind="{k}",outcome="success"') for k in kinds
+            )
+            return requests, counter(server.port, "canvas_sync_heads_read_total")
+
+        before = {s.name: total(s) for s in servers}
+        time.sleep(window)
+        after = {s.name: total(s) for s in servers}
+    rate = {
+        (s.name, i): (after[s.name][i] - before[s.name][i]) / projects * 60 / window for s in servers for i in (0, 1)
+    }
+    with_relay, without = rate[("rd-relay", 0)], rate[("rd-table", 0)]
+    return {
+        "held_projects": projects,
+        "window_s": window,
+        "with_relay": round(with_relay, 3),
+        "without_relay": round(without, 3),
+        "fewer": round(without / max(with_relay, 1e-9), 1),
+        "heads_read_with_relay": round(rate[("rd-relay", 1)], 2),
+        "heads_read_without": round(rate[("rd-table", 1)], 2),
+    }
+
+
+def solo(endpoint: str, clients: int = 32, seconds: float = 3.0, repeats: int = 5) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+    with RedisServer() as redis:
+        for _ in range(repeats):
+            for name, extra in (("off", {}), ("on", {"redis_url": redis.url})):
+                with replica(endpoint, **extra) as server:
+                    runs[name].append(roundtrip.measure([server.port], clients, seconds, False, server.pid))
+    median = {k: sorted(v, key=lambda r: r["ops_per_s"])[len(v) // 2] for k, v in runs.items()}
+    cpu = {k: statistics.median(r["server_cpu_us_per_op"] for r in v) for k, v in runs.items()}
+    return {
+        "clients": clients,
+        "relay_off": median["off"],
+        "relay_on": median["on"],
+        "runs_ops_per_s": {k: [r["ops_per_s"] for r in v] for k, v in runs.items()},
+        "ratio": round(median["on"]["ops_per_s"] / median["off"]["ops_per_s"], 3),
+        "cpu_ratio": round(cpu["off"] / cpu["on"], 3),
+    }
+
+
+def run(endpoint: str) -> dict[str, Any]:
+    started = time.monotonic()
+    out: dict[str, Any] = {}
+    with RedisServer() as redis:
+        steps = [
+            ("latency", lambda: latency(endpoint, redis.url)),
+            ("drops", drops),
+            ("restart", lambda: restart(endpoint)),
+            ("reads", lambda: reads(endpoint)),
+            ("solo", lambda: solo(endpoint)),
+        ]
+        for name, step in steps:
+            out[name] = step()
+            print(f"  relay: {name} done at {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
+    return out
+
+
+def markdown(r: dict[str, Any]) -> str:
+    lat, d, rs, rd, s = r["latency"], r["drops"], r["restart"], r["reads"], r["solo"]
+    return table(
+        "10. Live relay (Redis pub/sub between replicas)",
+        ["measure", "figure", "baseline in the same run", "ratio"],
+        [
+            [
+                "edit ack on A -> upsert on B and C, p50 / p99 (3 replicas, relay)",
+                f"{lat['cross_replica']['p50_ms']} / {lat['cross_replica']['p99_ms']} ms",
+                f"same replica: {lat['same_replica']['p50_ms']} / {lat['same_replica']['p99_ms']} ms",
+                "",
+            ],
+            [
+                "the same without a relay (through the table), p50 / p99",
+                f"{lat['through_the_table']['p50_ms']} / {lat['through_the_table']['p99_ms']} ms",
+                "",
+                "",
+            ],
+            [
+                "injected drops detected (5% of state messages)",
+                f"{d['losses_detected']} of {d['state_messages_dropped']}",
+                "",
+                f"{d['detected_ratio'] * 100:.1f}%",
+            ],
+            ["replicas equal after the last edit (drops injected)", f"{d['equal_after_s']} s", "", ""],
+            [
+                "Redis killed while editing, then restarted: byte-equal with the table after",
+                " / ".join(f"{x} s" for x in rs["seconds_to_equal"]),
+                "",
+                "",
+            ],
+            [
+                f"read requests per held project per minute ({rd['held_projects']} idle projects, steady state)",
+                f"{rd['with_relay']} with the relay",
+                f"{rd['without_relay']} without",
+                f"{rd['fewer']}x fewer",
+            ],
+            [
+                "head items read per held project per minute (a read unit each)",
+                f"{rd['heads_read_with_relay']} with the relay",
+                f"{rd['heads_read_without']} without",
+                "",
+            ],
+            [
+                f"round trips, {s['clients']} clients on their own projects (median of 5 interleaved)",
+                f"{s['relay_on']['ops_per_s']} ops/s relay on",
+                f"{s['relay_off']['ops_per_s']} ops/s relay off",
+                f"{s['ratio']} (CPU {s['cpu_ratio']})",
+            ],
+        ],
+    )
+
+
+if __name__ == "__main__":
+    with DynamoDBLocal() as ddb:
+        DynamoStore(make_client(ddb.endpoint), TABLE).create_table()
+        result = run(ddb.endpoint)
+    print(json.dumps(result, indent=2))
+    print(markdown(result))
+    sys.exit(0)
