@@ -88,10 +88,11 @@ def test_failed_and_partial_batches_are_retried_and_nothing_is_lost(ddb_store: D
 
 
 class BlockingClient:
-    """Holds every BatchWriteItem call until released."""
+    """Holds every BatchWriteItem call until released: a save slowed by throttling and retries."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, timeout: float = 10.0) -> None:
         self.client = client
+        self.timeout = timeout
         self.inside, self.release = threading.Event(), threading.Event()
 
     def __getattr__(self, name: str) -> Any:
@@ -99,7 +100,7 @@ class BlockingClient:
 
     def batch_write_item(self, **kwargs: Any) -> Any:
         self.inside.set()
-        assert self.release.wait(5)
+        assert self.release.wait(self.timeout)
         return self.client.batch_write_item(**kwargs)
 
 

@@ -51,9 +51,9 @@ def shapes(page: Any) -> list[str]:
     return page.eval_on_selector_all("#board [data-id]", "els => els.map(e => e.dataset.id)")
 
 
-def open_page(browser: Any, replica: Replica, project: str) -> Any:
+def open_page(browser: Any, replica: Replica, project: str, name: str | None = None) -> Any:
     page = browser.new_page(viewport={"width": 1000, "height": 640})
-    page.goto(f"{replica.url}/?project={project}")
+    page.goto(f"{replica.url}/?project={project}" + (f"&name={name}" if name else ""))
     page.wait_for_selector('[data-testid="status"][data-state="online"]', timeout=10_000)
     return page
 
@@ -137,12 +137,7 @@ def test_cursors_and_drags_live_across_replicas_with_the_relay(
     (auto-save an hour away: the table plays no part)."""
     slow = {"autosave_interval": 3600, "sync_interval": 3600, "redis_url": redis_server.url, "relay_heartbeat": 0.2}
     a, b = replicas("replica-a", **slow), replicas("replica-b", **slow)
-    page_a = browser.new_page(viewport={"width": 1000, "height": 640})
-    page_a.goto(f"{a.url}/?project=live&name=Alice")
-    page_b = browser.new_page(viewport={"width": 1000, "height": 640})
-    page_b.goto(f"{b.url}/?project=live&name=Bob")
-    for page in (page_a, page_b):
-        page.wait_for_selector('[data-testid="status"][data-state="online"]', timeout=10_000)
+    page_a, page_b = open_page(browser, a, "live", "Alice"), open_page(browser, b, "live", "Bob")
     assert page_b.text_content('[data-testid="me"]') == "Bob"
     page_a.mouse.move(300, 300)
     page_a.mouse.move(320, 310)

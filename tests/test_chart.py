@@ -272,6 +272,21 @@ def promtool() -> str:
     return path
 
 
+def check_rules(promtool: str, tmp_path: Path, spec: dict[str, Any], tests: str, count: int) -> None:
+    """promtool checks the rules (annotation templates included), then unit-tests them."""
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
+    check = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yaml")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"SUCCESS: {count} rules found" in check.stdout
+    for group in spec["groups"]:  # the unit tests compare labels; annotations were checked above
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
+    (tmp_path / "tests.yaml").write_text(textwrap.dedent(tests))
+    run = subprocess.run([promtool, "test", "rules", str(tmp_path / "tests.yaml")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
 SEL = f'namespace="canvas", service="{FULLNAME}", pod="p1"'
 PROMTOOL_TESTS = f"""
 rule_files: [rules.yaml]
@@ -351,19 +366,7 @@ tests:
 
 
 def test_alert_rules_pass_promtool_check_and_unit_tests(promtool: str, tmp_path: Path) -> None:
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules()))
-    check = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yaml")], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 8 rules found" in check.stdout
-    # the unit tests compare labels; annotation templates were checked above
-    bare = rules()
-    for group in bare["groups"]:
-        for rule in group["rules"]:
-            rule.pop("annotations", None)
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(bare))
-    (tmp_path / "tests.yaml").write_text(textwrap.dedent(PROMTOOL_TESTS))
-    run = subprocess.run([promtool, "test", "rules", str(tmp_path / "tests.yaml")], capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout + run.stderr
+    check_rules(promtool, tmp_path, rules(), PROMTOOL_TESTS, count=8)
 
 
 RELAY_PROMTOOL_TESTS = f"""
@@ -395,16 +398,7 @@ def test_relay_alerts_exist_only_with_a_relay_and_pass_promtool(promtool: str, t
     names = {r["alert"] for g in rules()["groups"] for r in g["rules"]}
     assert not names & {"CanvasSyncRelayDown", "CanvasSyncRelayLagging"}  # no relay: canvas_relay_connected is 0
     spec = rules(redis={"enabled": True})
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
-    check = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yaml")], capture_output=True, text=True)
-    assert check.returncode == 0 and "SUCCESS: 10 rules found" in check.stdout, check.stdout + check.stderr
-    for group in spec["groups"]:
-        for r in group["rules"]:
-            r.pop("annotations", None)
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
-    (tmp_path / "tests.yaml").write_text(textwrap.dedent(RELAY_PROMTOOL_TESTS))
-    run = subprocess.run([promtool, "test", "rules", str(tmp_path / "tests.yaml")], capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout + run.stderr
+    check_rules(promtool, tmp_path, spec, RELAY_PROMTOOL_TESTS, count=10)
 
 
 # --- the live relay ----------------------------------------------------------------------------

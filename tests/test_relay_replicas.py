@@ -71,9 +71,19 @@ def converged(replicas: list[Replica], project: str, endpoint: str, table: str, 
     return float(result["seconds"])
 
 
+def relaying(replicas: Any, redis_server: RedisServer, *names: str) -> list[Replica]:
+    """Replica processes on one redis-server, once every relay is healthy."""
+    nodes = [replicas(name, redis_url=redis_server.url, **SETTINGS) for name in names]
+    wait_until(lambda: all(relay_healthy(n) for n in nodes), timeout=10)
+    return nodes
+
+
+def relay_healthy(replica: Replica) -> bool:
+    return bool(http_json(f"{replica.url}/health")[1]["relay"]["healthy"])
+
+
 def test_edits_and_presence_reach_every_replica_in_milliseconds(replicas: Any, redis_server: RedisServer) -> None:
-    nodes = [replicas(name, redis_url=redis_server.url, **SETTINGS) for name in ("a", "b", "c")]
-    wait_until(lambda: all(http_json(f"{n.url}/health")[1]["relay"]["healthy"] for n in nodes), timeout=10)
+    nodes = relaying(replicas, redis_server, *("a", "b", "c"))
     wa, wb, wc = (Watcher(n, "live") for n in nodes)
     lags = []
     for i in range(20):
@@ -98,8 +108,7 @@ def test_edits_and_presence_reach_every_replica_in_milliseconds(replicas: Any, r
 def test_redis_killed_and_restarted_loses_nothing(
     replicas: Any, redis_server: RedisServer, dynamodb_local: DynamoDBLocal, table: str
 ) -> None:
-    nodes = [replicas(name, redis_url=redis_server.url, **SETTINGS) for name in ("a", "b")]
-    wait_until(lambda: all(http_json(f"{n.url}/health")[1]["relay"]["healthy"] for n in nodes), timeout=10)
+    nodes = relaying(replicas, redis_server, *("a", "b"))
     wa, wb = Watcher(nodes[0], "kill"), Watcher(nodes[1], "kill")
     for i in range(10):
         wa.call({"op": "create", "object": {"id": f"a{i}", "type": "rect"}})
@@ -108,10 +117,10 @@ def test_redis_killed_and_restarted_loses_nothing(
     for i in range(10, 40):  # edits while Redis is down: acked from memory, relayed to nobody
         assert wa.call({"op": "create", "object": {"id": f"a{i}", "type": "rect", "x": i}})["op"] == "ack"
         assert wb.call({"op": "update", "id": f"b{i % 10}", "props": {"x": i}})["op"] == "ack"
-    wait_until(lambda: not http_json(f"{nodes[0].url}/health")[1]["relay"]["healthy"], timeout=5)
+    wait_until(lambda: not relay_healthy(nodes[0]), timeout=5)
     redis_server.start()
     back = time.monotonic()
-    wait_until(lambda: all(http_json(f"{n.url}/health")[1]["relay"]["healthy"] for n in nodes), timeout=15)
+    wait_until(lambda: all(relay_healthy(n) for n in nodes), timeout=15)
     seconds = converged(nodes, "kill", dynamodb_local.endpoint, table, timeout=10)
     print(f"equal with the table {time.monotonic() - back:.2f}s after Redis came back")
     assert len(nodes[1].objects("kill")) == 50  # a0..a39 and b0..b9
@@ -125,8 +134,7 @@ def test_redis_killed_and_restarted_loses_nothing(
 def test_redis_paused_past_the_timeout_never_slows_edits(
     replicas: Any, redis_server: RedisServer, dynamodb_local: DynamoDBLocal, table: str
 ) -> None:
-    nodes = [replicas(name, redis_url=redis_server.url, **SETTINGS) for name in ("a", "b")]
-    wait_until(lambda: all(http_json(f"{n.url}/health")[1]["relay"]["healthy"] for n in nodes), timeout=10)
+    nodes = relaying(replicas, redis_server, *("a", "b"))
     wa = Watcher(nodes[0], "pause")
     Watcher(nodes[1], "pause").close()  # b holds the project too
     redis_server.pause()  # SIGSTOP: connections stay open, nothing answers (a half-open peer)
@@ -146,15 +154,14 @@ def test_redis_paused_past_the_timeout_never_slows_edits(
         assert not health["healthy"] and health["queued"] <= 10_000  # bounded
     finally:
         redis_server.resume()
-    wait_until(lambda: all(http_json(f"{n.url}/health")[1]["relay"]["healthy"] for n in nodes), timeout=15)
+    wait_until(lambda: all(relay_healthy(n) for n in nodes), timeout=15)
     converged(nodes, "pause", dynamodb_local.endpoint, table, timeout=10)
     assert len(nodes[1].objects("pause")) == i
     wa.close()
 
 
 def test_a_killed_replicas_presences_leave(replicas: Any, redis_server: RedisServer) -> None:
-    nodes = [replicas(name, redis_url=redis_server.url, **SETTINGS) for name in ("a", "b")]
-    wait_until(lambda: all(http_json(f"{n.url}/health")[1]["relay"]["healthy"] for n in nodes), timeout=10)
+    nodes = relaying(replicas, redis_server, *("a", "b"))
     wa, wb = Watcher(nodes[0], "crash"), Watcher(nodes[1], "crash")
     wa.ws.send(json.dumps({"op": "presence", "state": {"name": "Ann"}}))
     ann = wb.wait(lambda m: m.get("op") == "presence")["client"]

@@ -20,6 +20,7 @@ from canvas_sync.store.memory import InjectedFault
 from canvas_sync.sync import Backoff, Cursor, SyncWorker, feed_since, heads_due, note_heads, plan, reconcile_budget
 from hypothesis import given
 from hypothesis import strategies as st
+from test_autosave import BlockingClient
 
 OVERLAP = 0.3
 
@@ -320,22 +321,6 @@ def test_only_projects_another_replica_saved_are_queried_in_dynamodb(nodes: tupl
     only_other_replicas_saves_are_queried(*nodes)
 
 
-class DelayedBatches:
-    """Holds BatchWriteItem calls until released: a save slowed by throttling and retries."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self.inside, self.release = threading.Event(), threading.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.client, name)
-
-    def batch_write_item(self, **kwargs: Any) -> Any:
-        self.inside.set()
-        assert self.release.wait(10)
-        return self.client.batch_write_item(**kwargs)
-
-
 @pytest.mark.dynamodb_local
 def test_a_batch_delayed_past_the_overlap_is_still_pulled(
     nodes: tuple[Node, Node], dynamodb_local: DynamoDBLocal
@@ -343,7 +328,7 @@ def test_a_batch_delayed_past_the_overlap_is_still_pulled(
     a, b = nodes
     a.hold("p")
     a.pass_once()
-    b.store.client = delayed = DelayedBatches(b.store.client)  # type: ignore[attr-defined]
+    b.store.client = delayed = BlockingClient(b.store.client)  # type: ignore[attr-defined]
     saver = threading.Thread(target=b.save, args=("p", "late"), kwargs={"x": 1})
     saver.start()  # b's pass has fixed its saved_at and waits on its batch
     assert delayed.inside.wait(5)

@@ -30,12 +30,11 @@ import roundtrip
 import uvloop
 from canvas_sync.config import load_settings
 from canvas_sync.connection import Connection
-from canvas_sync.dynamodb_local import DynamoDBLocal
 from canvas_sync.redis_local import RedisServer
 from canvas_sync.relay import Kind, MemoryBroker, Receiver, Verdict, decode
 from canvas_sync.service import CanvasService
 from canvas_sync.store import DynamoStore, MemoryStore, make_client
-from common import TABLE, counter, pct, replica, table
+from common import TABLE, counter, pct, replica, standalone, table
 from convergence_check import check_convergence
 from websockets.asyncio.client import connect
 
@@ -376,9 +375,4 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    with DynamoDBLocal() as ddb:
-        DynamoStore(make_client(ddb.endpoint), TABLE).create_table()
-        result = run(ddb.endpoint)
-    print(json.dumps(result, indent=2))
-    print(markdown(result))
-    sys.exit(0)
+    sys.exit(standalone(run, markdown))

@@ -26,13 +26,12 @@ from typing import Any
 import uvloop
 from botocore.awsrequest import AWSResponse
 from canvas_sync.dirty import DirtyObject
-from canvas_sync.dynamodb_local import DynamoDBLocal
 from canvas_sync.metrics import Metrics
 from canvas_sync.model import HybridClock, ObjectState
 from canvas_sync.state import CanvasState, Limits
 from canvas_sync.store import DynamoStore, make_client
 from canvas_sync.sync import SyncWorker
-from common import TABLE, replica, rss_bytes, table, wait_clean
+from common import TABLE, replica, rss_bytes, standalone, table, wait_clean
 from websockets.asyncio.client import connect
 
 THROTTLED = (
@@ -254,9 +253,4 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    with DynamoDBLocal() as ddb:
-        DynamoStore(make_client(ddb.endpoint), TABLE).create_table()
-        result = run(ddb.endpoint)
-    print(json.dumps(result, indent=2))
-    print(markdown(result))
-    sys.exit(0)
+    sys.exit(standalone(run, markdown))
