@@ -14,26 +14,27 @@ import urllib.request
 from typing import Any
 
 
-def fetch(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=10) as response:
+def fetch(url: str, token: str | None = None) -> bytes:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
         return bytes(response.read())
 
 
-def objects(url: str, project: str) -> bytes:
+def objects(url: str, project: str, token: str | None = None) -> bytes:
     """One replica's canonical JSON of a project."""
-    return fetch(f"{url}/projects/{project}/objects")
+    return fetch(f"{url}/projects/{project}/objects", token)
 
 
-def unsettled(urls: list[str], project: str) -> bool:
+def unsettled(urls: list[str], project: str, token: str | None = None) -> bool:
     """True while the replicas differ on the project or any still has something unsaved."""
-    if len({objects(u, project) for u in urls}) > 1:
+    if len({objects(u, project, token) for u in urls}) > 1:
         return True
-    return any(json.loads(fetch(f"{u}/projects/{project}/status"))["dirty_objects"] for u in urls)
+    return any(json.loads(fetch(f"{u}/projects/{project}/status", token))["dirty_objects"] for u in urls)
 
 
-def mismatches(urls: list[str], project: str) -> list[dict[str, Any]]:
+def mismatches(urls: list[str], project: str, token: str | None = None) -> list[dict[str, Any]]:
     """Objects that differ between replicas, with each replica's copy."""
-    views = {u: {o["id"]: o for o in json.loads(objects(u, project))["objects"]} for u in urls}
+    views = {u: {o["id"]: o for o in json.loads(objects(u, project, token))["objects"]} for u in urls}
     ids = sorted(set().union(*views.values()))
     return [
         {"project": project, "id": oid, "copies": {u: views[u].get(oid) for u in urls}}
@@ -42,14 +43,17 @@ def mismatches(urls: list[str], project: str) -> list[dict[str, Any]]:
     ]
 
 
-def check_convergence(urls: list[str], projects: list[str], timeout: float, poll: float = 0.1) -> dict[str, Any]:
-    """Poll until every project has converged or ``timeout`` passes; a JSON-able report."""
+def check_convergence(
+    urls: list[str], projects: list[str], timeout: float, poll: float = 0.1, token: str | None = None
+) -> dict[str, Any]:
+    """Poll until every project has converged or ``timeout`` passes; a JSON-able report.
+    ``token``: a bearer token that may view the projects, where authentication is on."""
     started = time.monotonic()
     pending = list(projects)
     last_error: str | None = None
     while True:
         try:
-            pending = [p for p in pending if unsettled(urls, p)]
+            pending = [p for p in pending if unsettled(urls, p, token)]
             last_error = None
         except OSError as error:
             last_error = str(error)
@@ -63,7 +67,7 @@ def check_convergence(urls: list[str], projects: list[str], timeout: float, poll
                 "mismatches": [],
             }
         if elapsed > timeout:
-            found = [m for p in pending for m in mismatches(urls, p)] if last_error is None else []
+            found = [m for p in pending for m in mismatches(urls, p, token)] if last_error is None else []
             return {
                 "converged": False,
                 "seconds": round(elapsed, 3),

@@ -98,11 +98,47 @@ def _options(parser: Any) -> None:
         help="failure ratio above which the run fails",
     )
     group.add_argument(
+        "--token",
+        env_var="CANVAS_LOAD_TOKEN",
+        default="",
+        help="a bearer token every user and the check use (it must grant the projects)",
+    )
+    group.add_argument(
+        "--token-key",
+        env_var="CANVAS_LOAD_TOKEN_KEY",
+        default="",
+        help="an ES256 private key (canvas-sync keygen): each user mints its own token (its own subject)",
+    )
+    group.add_argument(
         "--convergence-report",
         env_var="CANVAS_CONVERGENCE_REPORT",
         default="",
         help="write the check and the edit statistics as JSON to this file",
     )
+
+
+def token_for(environment: Environment, sub: str, role: str = "editor") -> str | None:
+    """A user's token: minted with --token-key (one subject per user), else --token, else none."""
+    options = environment.parsed_options
+    if options.token_key:
+        import jwt  # only where tokens are minted; PyJWT is in the load-test image
+
+        key = Path(options.token_key)
+        kid = key.with_name("kid").read_text().strip() if key.with_name("kid").exists() else None
+        now = int(time.time())
+        claims = {
+            "sub": sub,
+            "aud": "canvas-sync",
+            "iat": now,
+            "exp": now + 6 * 3600,
+            "projects": {f"{options.project_prefix}-*": role},
+        }
+        return jwt.encode(claims, key.read_bytes(), algorithm="ES256", headers={"kid": kid} if kid else None)
+    return options.token or None
+
+
+def subprotocols(token: str | None) -> list[str] | None:
+    return ["canvas-sync.v1", f"canvas-sync.bearer.{token}"] if token else None
 
 
 def _split(urls: str) -> list[str]:
@@ -142,6 +178,7 @@ class CanvasUser(User):
         self.created = 0
         self.req = 0
         self.ws: websocket.WebSocket | None = None
+        self.token = token_for(self.environment, f"load-user-{self.number}")
         self.connect()
 
     def on_stop(self) -> None:
@@ -178,7 +215,7 @@ class CanvasUser(User):
         url = self.base.replace("http", "ws", 1) + f"/ws/{self.project}"
         started = time.perf_counter()
         try:
-            self.ws = websocket.create_connection(url, timeout=10)
+            self.ws = websocket.create_connection(url, timeout=10, subprotocols=subprotocols(self.token))
             text = self.ws.recv()
             snapshot = json.loads(text)
         except (OSError, websocket.WebSocketException, ValueError) as error:
@@ -320,7 +357,9 @@ class CrossReplicaWatcher(User):
         self.readers = [gevent.spawn(self._watch, ws) for ws in self.watchers]
 
     def _open(self, base: str) -> websocket.WebSocket:
-        ws = websocket.create_connection(base.replace("http", "ws", 1) + f"/ws/{self.project}", timeout=10)
+        url = base.replace("http", "ws", 1) + f"/ws/{self.project}"
+        token = token_for(self.environment, "load-watcher")
+        ws = websocket.create_connection(url, timeout=10, subprotocols=subprotocols(token))
         ws.recv()  # the snapshot
         return ws
 
@@ -401,7 +440,9 @@ def _check_on_stop(environment: Environment, **_: Any) -> None:
     options = environment.parsed_options
     projects = [f"{options.project_prefix}-{i}" for i in range(max(1, options.projects))]
     urls = check_urls(environment)
-    result = check_convergence(urls, projects, options.convergence_timeout)
+    result = check_convergence(
+        urls, projects, options.convergence_timeout, token=token_for(environment, "load-check", "viewer")
+    )
     result["stats"] = edit_statistics(environment)
     result["cross_replica"] = cross_replica_statistics(environment)
     environment.canvas_convergence = result  # type: ignore[attr-defined]

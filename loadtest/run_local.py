@@ -24,6 +24,7 @@ from canvas_sync.redis_local import RedisServer
 from canvas_sync.redis_local import Unavailable as RedisUnavailable
 from canvas_sync.replicas import ReplicaError, ReplicaProcess
 from canvas_sync.store import DynamoStore, make_client
+from canvas_sync.tokens import generate_keys
 
 HERE = Path(__file__).resolve().parent
 TABLE = "loadtest"
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         DynamoStore(make_client(database.endpoint), TABLE).create_table()
         replicas = configure_replicas(args.replicas, database.endpoint, out, args.autosave, args.sync)
+        private, jwks = generate_keys(out / "keys")  # tokens on, as in production: Locust mints them
+        for replica in replicas:
+            replica.env.update(CANVAS_AUTH="jwt", CANVAS_AUTH_JWKS_URL=jwks.resolve().as_uri())
         if args.redis:
             relay = RedisServer(log_path=out / "redis.log").start()
             for replica in replicas:
@@ -119,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             str(args.convergence_timeout),
             "--convergence-report",
             str(report),
+            "--token-key",
+            str(private),
             "--html",
             str(out / "report.html"),
             "--csv",

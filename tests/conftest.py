@@ -106,6 +106,7 @@ def replicas(dynamodb_local: DynamoDBLocal, table: str, tmp_path: Path) -> Itera
             "table": table,
             "autosave_interval": 0.5,
             "shutdown_timeout": 10,
+            "auth": "off",  # the tests of authentication switch it on with keys of their own
             **settings,
         }
         replica = Replica.configure(name, free_port(), log_path=tmp_path / f"{name}.log", **settings)

@@ -31,10 +31,15 @@ def values_of(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) or {}
 
 
+AUTH = {"auth": {"jwksUrl": "https://login.example.com/.well-known/jwks.json"}}
+"""What every render needs unless a test says otherwise: the chart refuses to run open by default."""
+
+
 def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Every rendered object (hooks and tests included)."""
+    values = {**AUTH, **(values or {})}
     with helm.Chart.load(str(CHART)) as chart:
-        manifests = chart.render(values or {}, name=RELEASE, namespace="canvas", is_install=True)
+        manifests = chart.render(values, name=RELEASE, namespace="canvas", is_install=True)
     return [
         doc
         for path, text in sorted(manifests.items())
@@ -46,7 +51,7 @@ def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
 
 def notes(values: dict[str, Any]) -> str:
     with helm.Chart.load(str(CHART)) as chart:
-        return chart.render(values, name=RELEASE, namespace="canvas")["canvas-sync/templates/NOTES.txt"]
+        return chart.render({**AUTH, **values}, name=RELEASE, namespace="canvas")["canvas-sync/templates/NOTES.txt"]
 
 
 def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -525,3 +530,45 @@ def test_loadtest_job_finds_pods_through_endpoint_slices() -> None:
     allowed = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
     assert all(job["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in allowed.items())
     assert not by_kind(render({}), "Role")
+
+
+# --- authentication ----------------------------------------------------------------------------
+
+
+def test_the_chart_never_runs_open_by_default() -> None:
+    with pytest.raises(helm.HelmError, match=r"auth\.enabled needs auth\.jwksUrl"):
+        render({"auth": {}})
+    with pytest.raises(helm.HelmError, match="choose one"):
+        render({"auth": {"jwksUrl": "https://issuer.example/jwks.json", "existingSecret": "s"}})
+    env = env_of(render({"auth": {"enabled": False}}))
+    assert env["CANVAS_AUTH"] == "off" and "CANVAS_AUTH_JWKS_URL" not in env
+    assert "authentication is OFF" in notes({"auth": {"enabled": False}})
+
+
+def test_auth_from_a_jwks_or_an_existing_secret_and_tokens_for_the_test_pods() -> None:
+    env = env_of(
+        render(
+            {
+                "auth": {
+                    "jwksUrl": "https://issuer.example/jwks.json",
+                    "issuer": "https://issuer.example/",
+                    "allowedOrigins": ["https://app.example"],
+                    "algorithms": ["ES256"],
+                }
+            }
+        )
+    )
+    assert (env["CANVAS_AUTH"], env["CANVAS_AUTH_JWKS_URL"], env["CANVAS_AUTH_ISSUER"]) == (
+        "jwt",
+        "https://issuer.example/jwks.json",
+        "https://issuer.example/",
+    )
+    assert env["CANVAS_ALLOWED_ORIGINS"] == "https://app.example" and env["CANVAS_AUTH_ALGORITHMS"] == "ES256"
+    objects = render({"auth": {"existingSecret": "hs", "testTokenSecret": "test-token"}, "loadtest": {"enabled": True}})
+    assert env_of(objects)["CANVAS_AUTH_SECRET"] == {"secretKeyRef": {"name": "hs", "key": "auth-secret"}}
+    assert not by_kind(objects, "Secret")  # no secret generated into a release
+    (probe,) = [o for o in by_kind(objects, "Pod") if o["metadata"]["name"].endswith("test-websocket")]
+    token = {"secretKeyRef": {"name": "test-token", "key": "token"}}
+    assert probe["spec"]["containers"][0]["env"] == [{"name": "CANVAS_PROBE_TOKEN", "valueFrom": token}]
+    (job,) = [o for o in by_kind(objects, "Job") if "loadtest" in o["metadata"]["name"]]
+    assert {"name": "CANVAS_LOAD_TOKEN", "valueFrom": token} in job["spec"]["template"]["spec"]["containers"][0]["env"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -69,7 +71,15 @@ def _dev(tmp_path: Path, env: dict[str, str], replicas: int = 2) -> tuple[str, l
                 time.sleep(0.2)
             urls = re.findall(r"replica-\d+: (http://\S+)", out.read_text())
             for url in urls:
-                with urllib.request.urlopen(f"{url}/projects/demo/objects", timeout=5) as response:
+                with pytest.raises(urllib.error.HTTPError) as refused:  # dev runs with authentication on
+                    urllib.request.urlopen(f"{url}/projects/demo/objects", timeout=5)
+                assert refused.value.code == 401
+                with urllib.request.urlopen(f"{url}/dev/token?project=demo&name=test", timeout=5) as response:
+                    token = json.loads(response.read())["token"]
+                authorized = urllib.request.Request(
+                    f"{url}/projects/demo/objects", headers={"Authorization": f"Bearer {token}"}
+                )
+                with urllib.request.urlopen(authorized, timeout=5) as response:
                     assert response.status == 200
         finally:
             proc.send_signal(signal.SIGINT)

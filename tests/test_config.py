@@ -6,10 +6,24 @@ import pytest
 from canvas_sync.config import ConfigError, load_settings
 
 
+@pytest.fixture(autouse=True)
+def _auth_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The other settings are the point here; the tests of authentication undo this."""
+    monkeypatch.setenv("CANVAS_AUTH", "off")
+
+
 def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("CANVAS_PORT", "CANVAS_HOST", "CANVAS_TABLE", "CANVAS_AUTOSAVE_INTERVAL"):
+    for name in ("CANVAS_PORT", "CANVAS_HOST", "CANVAS_TABLE", "CANVAS_AUTOSAVE_INTERVAL", "CANVAS_AUTH"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CANVAS_AUTH_SECRET", "s" * 32)
     s = load_settings()
+    assert (s.auth, s.auth_audience, s.auth_leeway, s.auth_query_token, s.origins) == (
+        "jwt",
+        "canvas-sync",
+        30,
+        False,
+        [],
+    )
     assert (s.host, s.port, s.table, s.dynamodb_endpoint, s.create_table) == (
         "0.0.0.0",
         8080,
@@ -61,3 +75,19 @@ def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, name: str
         load_settings()
     message = str(info.value)
     assert name in message and repr(value) in message and "\n" not in message
+
+
+def test_authentication_is_on_by_default_and_needs_one_key_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CANVAS_AUTH", "CANVAS_AUTH_SECRET", "CANVAS_AUTH_JWKS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="CANVAS_AUTH=jwt needs exactly one of"):
+        load_settings()  # serve never starts open by accident
+    assert load_settings(auth="off").auth == "off"
+    with pytest.raises(ConfigError, match="exactly one"):
+        load_settings(auth_secret="s" * 32, auth_jwks_url="https://issuer.example/jwks.json")
+    with pytest.raises(ConfigError, match="CANVAS_AUTH_SECRET"):
+        load_settings(auth_secret="short")
+    with pytest.raises(ConfigError, match="CANVAS_AUTH_JWKS_URL"):
+        load_settings(auth_jwks_url="ftp://nope")
+    monkeypatch.setenv("CANVAS_ALLOWED_ORIGINS", "https://app.example, https://admin.example")
+    assert load_settings(auth="off").origins == ["https://app.example", "https://admin.example"]

@@ -125,6 +125,9 @@ def test_the_image_entry_command_serves(
         HOME=str(tmp_path), CANVAS_PORT=str(port), CANVAS_DYNAMODB_ENDPOINT=dynamodb_local.endpoint, CANVAS_TABLE=table
     )
     command = dockerfile_json("ENTRYPOINT") + dockerfile_json("CMD")
+    unconfigured = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert unconfigured.returncode == 2 and "CANVAS_AUTH=jwt needs" in unconfigured.stderr  # never open by accident
+    env["CANVAS_AUTH_SECRET"] = "a shared secret of at least 32 bytes"
     proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_status(f"http://127.0.0.1:{port}/readyz", 200, proc)

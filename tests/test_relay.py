@@ -165,7 +165,13 @@ async def cluster(
 ) -> AsyncIterator[list[CanvasService]]:
     store = MemoryStore("shared")
     services = []
-    values: dict[str, Any] = {"autosave_interval": 3600, "sync_interval": 0.05, "relay_heartbeat": 0.2, **settings}
+    values: dict[str, Any] = {
+        "autosave_interval": 3600,
+        "sync_interval": 0.05,
+        "relay_heartbeat": 0.2,
+        "auth": "off",
+        **settings,
+    }
     for i in range(n):
         name = f"r{i}"
         svc = CanvasService(load_settings(replica_id=name, **values), MemoryStore(name, shared=store), make_transport())

@@ -19,7 +19,13 @@ from canvas_sync.store.memory import InjectedFault
 
 
 def service(store: MemoryStore | None = None, **settings: Any) -> CanvasService:
-    values: dict[str, Any] = {"replica_id": "a", "autosave_interval": 3600, "sync_interval": 3600, **settings}
+    values: dict[str, Any] = {
+        "replica_id": "a",
+        "autosave_interval": 3600,
+        "sync_interval": 3600,
+        "auth": "off",
+        **settings,
+    }
     return CanvasService(load_settings(**values), store or MemoryStore("a"))
 
 

@@ -74,7 +74,7 @@ def baseline(script: str, *args: str) -> Iterator[Server]:
 def replica(endpoint: str, name: str | None = None, **settings: object) -> Iterator[ReplicaProcess]:
     """One replica process; each gets its own replica id (the clock breaks ties by it)."""
     port = free_port()
-    settings = {"rate_limit": 0, "log_level": "warning", **settings}
+    settings = {"rate_limit": 0, "log_level": "warning", "auth": "off", **settings}
     name = name or f"bench-{port}"
     server = ReplicaProcess.configure(name, port, endpoint, TABLE, log_path=Path(os.devnull), **settings)
     try:

@@ -148,7 +148,12 @@ def drops(rate: float = 0.05, edits: int = 2000) -> dict[str, Any]:
         services = []
         for name in ("a", "b"):
             settings = load_settings(
-                replica_id=name, autosave_interval=3600, sync_interval=0.2, relay_heartbeat=0.2, rate_limit=0
+                replica_id=name,
+                autosave_interval=3600,
+                sync_interval=0.2,
+                relay_heartbeat=0.2,
+                rate_limit=0,
+                auth="off",
             )
             svc = CanvasService(settings, MemoryStore(name, shared=store), broker.transport())
             await svc.start()

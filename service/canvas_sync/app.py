@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
 
-from quart import Quart, Response, send_from_directory, websocket
+from quart import Quart, Response, request, send_from_directory, websocket
 
 from . import protocol
+from .auth import SUBPROTOCOL, Identity, Role
 from .connection import Connection
 from .metrics import CONTENT_TYPE_LATEST
 from .protocol import ProtocolError
-from .service import CanvasService, NotReady
+from .service import CanvasService, NotReady, Refusal
 from .state import Project
+from .tokens import mint
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,13 @@ def _problem(status: int, code: str, message: str) -> Response:
 
 def _bad_project(project_id: str) -> Response:
     return _problem(400, "bad_project", f"project id {project_id!r} must match {protocol.ID_RE.pattern}")
+
+
+def _refused(refusal: Refusal) -> Response:
+    response = _problem(refusal.status, refusal.code, refusal.message)
+    if refusal.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="canvas-sync"'
+    return response
 
 
 def create_app(service: CanvasService) -> Quart:
@@ -57,16 +67,48 @@ def create_app(service: CanvasService) -> Quart:
         except Exception:  # logged by the load with the detail; the client learns only that it failed
             return _problem(503, "store_unavailable", "could not load the project from the database; try again")
 
+    async def admitted(
+        project_id: str, subprotocols: list[str] | None = None
+    ) -> tuple[Identity | None, Role] | Response:
+        """Origin, token and grant, before anything is loaded (HTTP routes and upgrades alike)."""
+        if not protocol.is_valid_id(project_id):
+            return _bad_project(project_id)
+        ctx = websocket if subprotocols is not None else request
+        try:
+            return await service.admit(project_id, ctx.headers, subprotocols or [], ctx.args, ctx.remote_addr)
+        except Refusal as refusal:
+            return _refused(refusal)
+
     @app.websocket("/ws/<project_id>")
     async def ws(project_id: str) -> Response | None:
+        offered = list(websocket.requested_subprotocols)
+        admission = await admitted(project_id, offered)
+        if isinstance(admission, Response):
+            return admission  # refuses the upgrade with this status
+        identity, role = admission
+        address = websocket.remote_addr
+        try:
+            service.reserve(identity, address, project_id)
+        except Refusal as refusal:
+            return _refused(refusal)
+        try:
+            return await serve_socket(project_id, identity, role, SUBPROTOCOL if SUBPROTOCOL in offered else None)
+        finally:
+            service.release(identity, address, project_id)
+
+    async def serve_socket(
+        project_id: str, identity: Identity | None, role: Role, subprotocol: str | None
+    ) -> Response | None:
         project = await load(project_id)
         if isinstance(project, Response):
-            return project  # refuses the upgrade with this status
-        await websocket.accept()
+            return project
+        await websocket.accept(subprotocol=subprotocol)
         ws_obj = websocket._get_current_object()  # type: ignore[attr-defined]  # werkzeug LocalProxy
         conn = Connection(
             service.settings.send_queue_size, service.settings.rate_limit, service.metrics.slow_clients.inc
         )
+        conn.sub, conn.editor = (identity.sub if identity else None), role == Role.EDITOR
+        service.watch_expiry(conn, identity)
         service.connections.add(conn)
         project.connections.add(conn)
         conn.send(service.snapshot(project))
@@ -98,10 +140,14 @@ def create_app(service: CanvasService) -> Quart:
             project.connections.discard(conn)
             project.last_active = time.monotonic()
             service.left(project, conn)
+            service.watch_expiry(conn, None)
         return None
 
     @app.get("/projects/<project_id>/objects")
     async def objects(project_id: str) -> Response:
+        admission = await admitted(project_id)
+        if isinstance(admission, Response):
+            return admission
         project = await load(project_id)
         if isinstance(project, Response):
             return project
@@ -110,8 +156,9 @@ def create_app(service: CanvasService) -> Quart:
 
     @app.get("/projects/<project_id>/status")
     async def status(project_id: str) -> Response:
-        if not protocol.is_valid_id(project_id):
-            return _bad_project(project_id)
+        admission = await admitted(project_id)
+        if isinstance(admission, Response):
+            return admission
         project = service.state.get(project_id)
         return _json(
             {
@@ -124,6 +171,26 @@ def create_app(service: CanvasService) -> Quart:
                 "last_save_at": service.dirty.last_save(project_id) if project else None,
             }
         )
+
+    if service.settings.dev_token_key:
+        key = Path(service.settings.dev_token_key)
+
+        @app.get("/dev/token")
+        async def dev_token() -> Response:
+            """Development only (`canvas-sync dev`): an editor token for the demo page."""
+            project_id = request.args.get("project", "demo")
+            if not protocol.is_valid_id(project_id):
+                return _bad_project(project_id)
+            name = re.sub(r"[^A-Za-z0-9_.-]", "", request.args.get("name", ""))[:32] or "guest"
+            token = mint(
+                f"dev-{name}",
+                {project_id: "editor"},
+                3600,
+                private_key=key,
+                audience=service.settings.auth_audience,
+                issuer=service.settings.auth_issuer,
+            )
+            return _json({"token": token, "expires_in": 3600})
 
     @app.get("/")
     async def page() -> Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from botocore.exceptions import NoRegionError
 
@@ -24,6 +25,22 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("create-table", help="create the DynamoDB table and its index if missing")
     probe = sub.add_parser("probe", help="open a WebSocket, ping, expect a pong (exit 0) (the Helm test)")
     probe.add_argument("url", help="ws://host:port/ws/<project>")
+    keygen = sub.add_parser("keygen", help="make an ES256 key pair: DIR/private.pem and DIR/jwks.json")
+    keygen.add_argument("--out", type=Path, required=True, help="folder for the keys")
+    token = sub.add_parser("token", help="print a signed token (development, tests, your own issuer)")
+    token.add_argument("--key", type=Path, help="ES256 private key (from keygen)")
+    token.add_argument("--secret", help="HS256 shared secret instead of a key (at least 32 bytes)")
+    token.add_argument("--sub", required=True, help="the subject (who)")
+    token.add_argument(
+        "--project",
+        action="append",
+        default=[],
+        metavar="P=ROLE",
+        help="a grant: PROJECT=editor|viewer, a prefix like team-1:*=viewer, or *=editor (repeatable)",
+    )
+    token.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d (default 1h)")
+    token.add_argument("--aud", default="canvas-sync", help="audience (default canvas-sync)")
+    token.add_argument("--iss", help="issuer")
     dev = sub.add_parser("dev", help="DynamoDB Local + table + N replicas, zero setup")
     dev.add_argument("--replicas", type=int, default=2, help="replicas to start (default 2)")
     dev.add_argument("--host", default="127.0.0.1", help="bind address of the replicas (default 127.0.0.1)")
@@ -35,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("keygen", "token"):
+        return _keys(args)
     if args.command == "probe":
         from .probe import main as probe_main
 
@@ -43,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             settings = load_settings(host=args.host, port=args.port)
         else:
-            settings = load_settings()
+            settings = load_settings(serving=False)
     except ConfigError as error:
         print(f"canvas-sync: {error}", file=sys.stderr)
         return EXIT_CONFIG
@@ -71,6 +90,41 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         print("canvas-sync: --replicas must be at least 1", file=sys.stderr)
         return EXIT_CONFIG
     return run_dev(settings, args.replicas, args.host, args.port)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    """keygen and token: no settings, no logging, just files and a line on stdout."""
+    from .tokens import generate_keys, mint, parse_grant, parse_ttl
+
+    if args.command == "keygen":
+        private, jwks = generate_keys(args.out)
+        print(
+            f"wrote {private} (keep it secret) and {jwks} (serve it, or CANVAS_AUTH_JWKS_URL=file://{jwks.resolve()})"
+        )
+        return 0
+    try:
+        if (args.key is None) == (args.secret is None):
+            raise ValueError("give exactly one of --key and --secret")
+        if args.secret is not None and len(args.secret.encode()) < 32:
+            raise ValueError("an HS256 secret must be at least 32 bytes")
+        grants = dict(parse_grant(g) for g in args.project)
+        if not grants:
+            raise ValueError("give at least one --project P=editor|viewer")
+        print(
+            mint(
+                args.sub,
+                grants,
+                parse_ttl(args.ttl),
+                private_key=args.key,
+                secret=args.secret.encode() if args.secret else None,
+                audience=args.aud,
+                issuer=args.iss,
+            )
+        )
+    except (ValueError, OSError) as error:
+        print(f"canvas-sync token: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
 
 
 def create_table(settings: Settings) -> int:

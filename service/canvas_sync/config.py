@@ -27,6 +27,11 @@ class LogLevel(StrEnum):
     critical = "critical"
 
 
+class AuthMode(StrEnum):
+    jwt = "jwt"
+    off = "off"
+
+
 class EventLoop(StrEnum):
     uvloop = "uvloop"
     asyncio = "asyncio"
@@ -50,6 +55,22 @@ class Settings(BaseSettings):
     max_objects_per_project: int = Field(10000, gt=0)
     shutdown_timeout: float = Field(20.0, gt=0)
     log_level: LogLevel = LogLevel.info
+
+    auth: AuthMode = AuthMode.jwt
+    """jwt: every project route and socket needs a token; off: no checks (development only)."""
+    auth_jwks_url: str | None = None
+    """JWKS of the issuer (https://, or file:// for keys made by `canvas-sync keygen`)."""
+    auth_secret: SecretStr | None = None
+    """HS256 shared secret (at least 32 bytes), instead of a JWKS."""
+    auth_algorithms: str = ""
+    """Comma-separated allow-list (ES256, RS256, HS256); empty: ES256 and RS256 with a JWKS,
+    HS256 with a secret. `alg: none` is never accepted."""
+    auth_issuer: str | None = None
+    auth_audience: str = Field("canvas-sync", min_length=1)
+    auth_leeway: float = Field(30.0, ge=0, le=300)
+    auth_query_token: bool = False
+    allowed_origins: str = ""
+    """Comma-separated browser origins allowed besides the service's own."""
 
     redis_url: str | None = None
     """redis:// or rediss:// URL of Redis/Valkey for the live relay; unset: no relay."""
@@ -93,6 +114,18 @@ class Settings(BaseSettings):
     """Seconds between relay heartbeats; silence for three means a replica (or our subscription) is gone."""
     relay_queue_size: int = Field(10_000, gt=0)
     """Messages waiting to be published; beyond it they are dropped (receivers catch up)."""
+    max_connections_per_subject: int = Field(50, ge=0)
+    """Open sockets one token subject may hold at once on this replica (0: no limit)."""
+    max_connections_per_address: int = Field(500, ge=0)
+    """Open sockets from one client address on this replica (0: no limit; behind a proxy
+    every client shares its address)."""
+    max_connections_per_project: int = Field(1000, ge=0)
+    """Open sockets on one project on this replica (0: no limit)."""
+    rate_limit_close_after: int = Field(50, ge=1)
+    """Messages answered `rate_limited` in a row before the socket is closed (4429)."""
+    dev_token_key: str | None = None
+    """Development only (`canvas-sync dev` sets it): a private key the demo page's
+    /dev/token endpoint signs tokens with. Never set this in production."""
     sync_max_backoff: float = Field(30.0, gt=0)
     """Longest pause before retrying a project's (or the heads') failed read."""
     websocket_compression: bool = True
@@ -100,6 +133,20 @@ class Settings(BaseSettings):
     several-fold, but each such connection keeps a zlib state, about 95 KB resident."""
     clock_offset_ms: int = 0
     """Added to the wall clock; for tests that simulate a replica with a skewed clock."""
+
+    @field_validator("auth_secret")
+    @classmethod
+    def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("an HS256 secret must be at least 32 bytes")
+        return value
+
+    @field_validator("auth_jwks_url")
+    @classmethod
+    def _jwks_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://", "file://")):
+            raise ValueError("must be an https:// (or file://) URL of a JWKS")
+        return value or None
 
     @field_validator("redis_url")
     @classmethod
@@ -119,6 +166,10 @@ class Settings(BaseSettings):
             )
         return value
 
+    @property
+    def origins(self) -> list[str]:
+        return [o.strip() for o in self.allowed_origins.split(",") if o.strip()]
+
 
 def describe_error(error: ValidationError) -> str:
     """One line naming the first bad variable, its value and what is wrong with it."""
@@ -132,9 +183,26 @@ class ConfigError(Exception):
     """Raised with the one-line description; the CLI prints it and exits 2."""
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Read the environment; ``overrides`` (command-line flags) win over it."""
+def load_settings(serving: bool = True, **overrides: Any) -> Settings:
+    """Read the environment; ``overrides`` (command-line flags) win over it.
+
+    ``serving``: the settings are for a replica, which must know how to verify tokens
+    unless authentication is explicitly off (commands like create-table need no keys).
+    """
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as error:
         raise ConfigError(describe_error(error)) from None
+    algorithms = {a.strip() for a in settings.auth_algorithms.split(",") if a.strip()}
+    possible = {"HS256"} if settings.auth_secret else {"ES256", "RS256"}
+    if algorithms - possible:
+        raise ConfigError(
+            f"invalid configuration: CANVAS_AUTH_ALGORITHMS={settings.auth_algorithms!r}: "
+            f"with {'CANVAS_AUTH_SECRET' if settings.auth_secret else 'a JWKS'} only {', '.join(sorted(possible))}"
+        )
+    if serving and settings.auth == AuthMode.jwt and (settings.auth_jwks_url is None) == (settings.auth_secret is None):
+        raise ConfigError(
+            "invalid configuration: CANVAS_AUTH=jwt needs exactly one of CANVAS_AUTH_JWKS_URL and "
+            "CANVAS_AUTH_SECRET (or CANVAS_AUTH=off, for development only)"
+        )
+    return settings

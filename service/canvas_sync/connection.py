@@ -14,6 +14,12 @@ from typing import Any
 
 SLOW_CLIENT = 1013
 GOING_AWAY = 1001
+UNAUTHORIZED = 4401
+"""The token expired, or a renewal was invalid or for another subject."""
+FORBIDDEN = 4403
+"""A renewed token no longer grants this project."""
+FLOODING = 4429
+"""The client kept sending after ``rate_limited``."""
 
 _CLOSE = object()
 
@@ -25,6 +31,14 @@ class Connection:
         self.on_slow = on_slow
         self.client_id = secrets.token_hex(6)
         """Who this connection is to other clients (presence); unique per connection."""
+        self.sub: str | None = None
+        """The token's subject (None without authentication)."""
+        self.editor = True
+        """False for a viewer: it reads and is present, but cannot edit."""
+        self.expiry: asyncio.TimerHandle | None = None
+        """Closes the socket (4401) when the token expires; re-armed by a renewal."""
+        self.refused_in_row = 0
+        """Messages answered ``rate_limited`` in a row."""
         self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=queue_size)
         self._sending = asyncio.Lock()  # one frame at a time, in queue order
         self.close_code: int | None = None

@@ -15,13 +15,15 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
-from .config import Settings
-from .dynamodb_local import DynamoDBLocal, Unavailable, free_port
+from .config import AuthMode, Settings
+from .dynamodb_local import DynamoDBLocal, Unavailable, cache_dir, free_port
 from .redis_local import RedisServer
 from .redis_local import Unavailable as RedisUnavailable
 from .replicas import ReplicaError, ReplicaProcess
 from .store import DynamoStore, make_client
+from .tokens import generate_keys
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +64,22 @@ def start_relay(settings: Settings) -> tuple[str | None, Callable[[], None]]:
     return server.url, server.stop
 
 
+def dev_auth(settings: Settings) -> dict[str, str]:
+    """The replicas' authentication: development keys made once in the cache (the demo page
+    gets tokens from /dev/token), or off when CANVAS_AUTH=off says so."""
+    if settings.auth == AuthMode.off:
+        return {"CANVAS_AUTH": "off"}
+    folder = cache_dir() / "dev-keys"
+    private, jwks = folder / "private.pem", folder / "jwks.json"
+    if not (private.exists() and jwks.exists()):
+        private, jwks = generate_keys(folder)
+    return {"CANVAS_AUTH": "jwt", "CANVAS_AUTH_JWKS_URL": jwks.resolve().as_uri(), "CANVAS_DEV_TOKEN_KEY": str(private)}
+
+
 def run_dev(settings: Settings, replicas: int, host: str, base_port: int) -> int:
     endpoint, stop_database = start_database()
     redis_url, stop_relay = start_relay(settings)
+    auth = dev_auth(settings)
     started: list[ReplicaProcess] = []
     stopping = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -76,6 +91,7 @@ def run_dev(settings: Settings, replicas: int, host: str, base_port: int) -> int
             replica = ReplicaProcess.configure(f"replica-{i + 1}", base_port + i, endpoint, settings.table, host=host)
             if redis_url:
                 replica.env["CANVAS_REDIS_URL"] = redis_url
+            replica.env.update(auth)
             started.append(replica.start(wait=False))
         for replica in started:
             try:
@@ -84,6 +100,12 @@ def run_dev(settings: Settings, replicas: int, host: str, base_port: int) -> int
                 print(f"canvas-sync dev: {error}", file=sys.stderr)
                 return 1
         print(f"\nDynamoDB: {endpoint}  table: {settings.table}")
+        if "CANVAS_DEV_TOKEN_KEY" in auth:
+            key = auth["CANVAS_DEV_TOKEN_KEY"]
+            print(f"Auth: development keys in {Path(key).parent}; the demo page gets a token from /dev/token.")
+            print(f"      Your own: canvas-sync token --key {key} --sub you --project demo=editor")
+        else:
+            print("Auth: OFF (CANVAS_AUTH=off): anyone who reaches these ports may edit everything")
         if redis_url:
             print(f"Live relay: {redis_url} (edits and cursors reach the other replicas in milliseconds)")
         else:

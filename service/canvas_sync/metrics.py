@@ -137,6 +137,12 @@ class Metrics:
             "Presence states sent to clients after coalescing (local and relayed)",
             registry=r,
         )
+        self.refusals = Counter(
+            "canvas_refusals",
+            "Requests refused before they cost anything, by HTTP status (401, 403, 429)",
+            ["status"],
+            registry=r,
+        )
         self.worker_alive = Gauge("canvas_autosave_worker_alive", "1 while the auto-save thread runs", registry=r)
         self.ready = Gauge("canvas_ready", "1 while /readyz answers 200", registry=r)
         for op in ("create", "update", "delete"):
@@ -153,6 +159,8 @@ class Metrics:
             self.relay_catch_ups.labels(reason)
         for reason in ("rebuild", "too_big"):
             self.relay_catch_ups.labels(reason)
+        for status in ("401", "403", "429"):
+            self.refusals.labels(status)
 
     def observe_batch(self, outcome: str, seconds: float, written: int) -> None:
         self.batches.labels(outcome).inc()

@@ -7,6 +7,7 @@ with hypercorn, so no extra client library is needed.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 from urllib.parse import urlsplit
@@ -19,15 +20,18 @@ class ProbeError(Exception):
     pass
 
 
-def probe(url: str, timeout: float = 10.0) -> dict[str, object]:
-    """Returns the pong; raises :class:`ProbeError` with what went wrong."""
+def probe(url: str, timeout: float = 10.0, token: str | None = None) -> dict[str, object]:
+    """Returns the pong; raises :class:`ProbeError` with what went wrong. A token travels as
+    the ``canvas-sync.bearer.`` subprotocol, as a browser's would."""
     parts = urlsplit(url)
     if parts.scheme != "ws" or not parts.hostname:
         raise ProbeError(f"expected ws://host[:port]/ws/<project>, got {url!r}")
     port = parts.port or 80
     conn = WSConnection(ConnectionType.CLIENT)
     with socket.create_connection((parts.hostname, port), timeout=timeout) as sock:
-        sock.sendall(conn.send(Request(host=f"{parts.hostname}:{port}", target=parts.path or "/")))
+        protocols = ["canvas-sync.v1", f"canvas-sync.bearer.{token}"] if token else []
+        request = Request(host=f"{parts.hostname}:{port}", target=parts.path or "/", subprotocols=protocols)
+        sock.sendall(conn.send(request))
         texts: list[str] = []
         buffer = ""
         pinged = False
@@ -65,8 +69,9 @@ def probe(url: str, timeout: float = 10.0) -> dict[str, object]:
 
 
 def main(url: str) -> int:
+    """The token, when authentication is on, comes from ``CANVAS_PROBE_TOKEN`` (never argv)."""
     try:
-        reply = probe(url)
+        reply = probe(url, token=os.environ.get("CANVAS_PROBE_TOKEN") or None)
     except (OSError, ProbeError, ValueError) as error:
         print(f"canvas-sync probe: {url}: {error}", file=sys.stderr)
         return 1

@@ -70,7 +70,15 @@ class Presence:
     state_json: str
 
 
-Command = Create | Update | Delete | Ping | Presence
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """A renewed token for the open socket (same subject)."""
+
+    req: str | None
+    token: str
+
+
+Command = Create | Update | Delete | Ping | Presence | Auth
 
 
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -212,7 +220,14 @@ def parse(text: str, max_object_bytes: int) -> Command:
         if len(state_json.encode()) > MAX_PRESENCE_BYTES:
             raise ProtocolError("too_large", f"a presence state is at most {MAX_PRESENCE_BYTES} bytes of JSON", req)
         return Presence(req, state, state_json)
-    raise ProtocolError("bad_message", f"unknown op {op!r}: expected create, update, delete, ping or presence", req)
+    if op == "auth":
+        token = message.get("token")
+        if not isinstance(token, str) or not token or len(token) > 8192:
+            raise ProtocolError("bad_message", "'token' must be a JWT string", req)
+        return Auth(req, token)
+    raise ProtocolError(
+        "bad_message", f"unknown op {op!r}: expected create, update, delete, ping, presence or auth", req
+    )
 
 
 def ack(req: str | None) -> str:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import zlib
+from typing import Any
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HyperConfig
 from hypercorn.protocol import ws_stream
 from wsproto.extensions import PerMessageDeflate
+from wsproto.frame_protocol import CloseReason
 
 from .app import create_app
 from .config import Settings
@@ -30,11 +33,55 @@ class _DeclineDeflate(PerMessageDeflate):
         return None
 
 
-def set_websocket_compression(enabled: bool) -> None:
+class _BoundedDeflate(PerMessageDeflate):
+    """permessage-deflate that never inflates a message past ``max_message`` bytes.
+
+    wsproto inflates a compressed frame whole before hypercorn counts its bytes, so a
+    100 KiB frame of zeros could make the server allocate 100 MiB. Here each call inflates
+    at most one byte more than the message may still hold; hypercorn sees that byte too
+    many and closes with 1009, and what was left compressed is dropped, never inflated.
+    """
+
+    max_message = 65536
+    _inflated = 0
+    _over = False
+
+    def frame_inbound_payload_data(self, proto: Any, data: bytes) -> bytes | CloseReason:
+        if not self._inbound_compressed or not self._inbound_is_compressible:
+            return data
+        return self._inflate(bytes(data))
+
+    def frame_inbound_complete(self, proto: Any, fin: bool) -> bytes | CloseReason | None:
+        if not fin or not self._inbound_compressed or not self._inbound_is_compressible:
+            return super().frame_inbound_complete(proto, fin)
+        tail = self._inflate(b"\x00\x00\xff\xff")
+        if self._over or self.client_no_context_takeover:
+            self._decompressor = None  # a message too big leaves a window nobody may use
+        self._inflated, self._over = 0, False
+        self._inbound_compressed = None
+        return tail
+
+    def _inflate(self, data: bytes) -> bytes | CloseReason:
+        if self._over:
+            return b""
+        assert self._decompressor is not None
+        room = self.max_message - self._inflated
+        try:
+            out = self._decompressor.decompress(data, room + 1)
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        self._inflated += len(out)
+        if self._inflated > self.max_message or self._decompressor.unconsumed_tail:
+            self._over = True  # the byte too many goes out; the rest is never inflated
+        return out
+
+
+def set_websocket_compression(enabled: bool, max_message_bytes: int = 65536) -> None:
     """hypercorn offers permessage-deflate to every client and has no setting for it, so
     the extension it builds per handshake is swapped here (hypercorn >=0.17, checked by
-    tests/test_app.py)."""
-    ws_stream.PerMessageDeflate = PerMessageDeflate if enabled else _DeclineDeflate  # type: ignore[misc]
+    tests/test_app.py): declined, or accepted with inflation bounded by the message limit."""
+    _BoundedDeflate.max_message = max_message_bytes  # one replica per process: one limit
+    ws_stream.PerMessageDeflate = _BoundedDeflate if enabled else _DeclineDeflate  # type: ignore[misc]
 
 
 def hypercorn_config(settings: Settings) -> HyperConfig:
@@ -54,7 +101,7 @@ async def run(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT; 0 when every dirty object was saved, else 1."""
     service = CanvasService(settings)
     app = create_app(service)
-    set_websocket_compression(settings.websocket_compression)
+    set_websocket_compression(settings.websocket_compression, settings.max_message_bytes)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -22,14 +22,15 @@ import time
 from typing import Any
 
 from . import protocol
+from .auth import AuthError, ConnectionLimits, Identity, Keys, Role, Verifier, origin_allowed, role_for, token_from
 from .autosave import AutosaveWorker
-from .config import Settings
-from .connection import GOING_AWAY, Connection
+from .config import AuthMode, Settings
+from .connection import FLOODING, FORBIDDEN, GOING_AWAY, UNAUTHORIZED, Connection
 from .dirty import DirtySet
 from .metrics import Metrics
 from .model import HybridClock, ObjectState, Stamp
 from .presence import Presence
-from .protocol import Create, Delete, Ping, ProtocolError, Update
+from .protocol import Auth, Create, Delete, Ping, ProtocolError, Update
 from .protocol import Presence as PresenceCommand
 from .relay import Kind, Message, RedisTransport, Relay, Transport
 from .state import CanvasState, Limits, Project, gc_paused
@@ -52,6 +53,14 @@ EARLY_LIMIT = 10_000
 
 class NotReady(Exception):
     """The table is not reachable yet, or shutdown has begun."""
+
+
+class Refusal(Exception):
+    """A request refused before it costs anything: HTTP status, error code, a safe message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
 
 
 class CanvasService:
@@ -84,6 +93,17 @@ class CanvasService:
             tombstone_ttl=settings.tombstone_ttl,
         )
         self.store.observer = self.metrics.observe_batch
+        self.verifier: Verifier | None = None
+        if settings.auth == AuthMode.jwt:
+            secret = settings.auth_secret.get_secret_value().encode() if settings.auth_secret else None
+            algorithms = [a.strip() for a in settings.auth_algorithms.split(",")]
+            keys = Keys(jwks_url=settings.auth_jwks_url, secret=secret, algorithms=algorithms)
+            self.verifier = Verifier(keys, settings.auth_audience, settings.auth_issuer, settings.auth_leeway)
+        self.limits = ConnectionLimits(
+            settings.max_connections_per_subject,
+            settings.max_connections_per_address,
+            settings.max_connections_per_project,
+        )
         self.presence = Presence(settings.replica_id, ttl=3 * PRESENCE_REFRESH)
         self._presence_pending: dict[tuple[str, str], Connection] = {}
         self._early: dict[str, list[ObjectState]] = {}
@@ -179,6 +199,17 @@ class CanvasService:
         if self.relay is not None:
             await self.relay.start()
             log.info("live relay on", extra={"event": "relay_on", "epoch": self.relay.epoch})
+        if self.verifier is None:
+            log.warning(
+                "authentication is OFF: anyone who reaches this replica may read and edit every project "
+                "(CANVAS_AUTH=off is for development only)",
+                extra={"event": "auth_off"},
+            )
+        if self.settings.dev_token_key:
+            log.warning(
+                "development tokens are handed out at /dev/token (CANVAS_DEV_TOKEN_KEY): never in production",
+                extra={"event": "dev_tokens_on"},
+            )
 
     async def _become_ready(self) -> None:
         """Poll the table (creating it if configured) until it answers; then serve."""
@@ -338,6 +369,118 @@ class CanvasService:
         )
         return project
 
+    # --- who may come in ----------------------------------------------------------------
+
+    async def admit(
+        self,
+        project_id: str,
+        headers: Any,
+        subprotocols: list[str],
+        query: Any,
+        address: str | None,
+    ) -> tuple[Identity | None, Role]:
+        """The identity and role of a request on a project, or :class:`Refusal`; checked
+        before an upgrade and before a load, so a refused request costs no read."""
+        origin = headers.get("Origin")
+        if not origin_allowed(origin, headers.get("Host"), self.settings.origins):
+            raise self._refuse(
+                403, "forbidden", "this browser origin may not open sockets here", project_id, address, origin, None
+            )
+        if self.verifier is None:
+            return None, Role.EDITOR
+        token = token_from(headers, subprotocols, query, self.settings.auth_query_token)
+        if token is None:
+            raise self._refuse(401, "unauthorized", "a token is required", project_id, address, origin, None)
+        try:
+            identity = await self.verifier.verify(token)
+        except AuthError as error:
+            raise self._refuse(401, "unauthorized", str(error), project_id, address, origin, None) from None
+        role = role_for(identity.grants, project_id)
+        if role is None:
+            raise self._refuse(
+                403, "forbidden", "the token grants nothing on this project", project_id, address, origin, identity.sub
+            )
+        return identity, role
+
+    def _refuse(
+        self,
+        status: int,
+        code: str,
+        reason: str,
+        project: str,
+        address: str | None,
+        origin: str | None,
+        sub: str | None,
+    ) -> Refusal:
+        self.metrics.refusals.labels(str(status)).inc()
+        log.info(
+            "refused",
+            extra={
+                "event": "refused",
+                "status": status,
+                "reason": reason,
+                "project": project,
+                "sub": sub,
+                "address": address,
+                "origin": origin,
+            },
+        )
+        return Refusal(status, code, reason)
+
+    def reserve(self, identity: Identity | None, address: str | None, project_id: str) -> None:
+        """Count one more connection, or :class:`Refusal` (429) when it does not fit."""
+        sub = identity.sub if identity else None
+        why = self.limits.refusal(sub, address, project_id)
+        if why is not None:
+            raise self._refuse(429, "too_many_connections", why, project_id, address, None, sub)
+        self.limits.opened(sub, address, project_id)
+
+    def release(self, identity: Identity | None, address: str | None, project_id: str) -> None:
+        self.limits.closed(identity.sub if identity else None, address, project_id)
+
+    def watch_expiry(self, conn: Connection, identity: Identity | None) -> None:
+        """Close the socket (4401) when its token expires, leeway included."""
+        if conn.expiry is not None:
+            conn.expiry.cancel()
+            conn.expiry = None
+        if identity is None:
+            return
+        delay = identity.expires_at + self.settings.auth_leeway - time.time()
+        conn.expiry = asyncio.get_running_loop().call_later(max(0.0, delay), conn.close, UNAUTHORIZED, "token expired")
+
+    async def renew(self, project: Project, conn: Connection, command: Auth) -> None:
+        """``{"op":"auth"}``: a new token for the same subject moves the expiry; an invalid one
+        closes the socket with 4401, one without this project's grant with 4403."""
+        assert self.verifier is not None
+        try:
+            identity = await self.verifier.verify(command.token)
+        except AuthError as error:
+            self._refuse(401, "unauthorized", str(error), project.id, None, None, conn.sub)
+            conn.close(UNAUTHORIZED, "invalid token")
+            return
+        if identity.sub != conn.sub:
+            self._refuse(
+                401, "unauthorized", "a renewal must be for the same subject", project.id, None, None, identity.sub
+            )
+            conn.close(UNAUTHORIZED, "a renewal must be for the same subject")
+            return
+        role = role_for(identity.grants, project.id)
+        if role is None:
+            self._refuse(
+                403,
+                "forbidden",
+                "the renewed token grants nothing on this project",
+                project.id,
+                None,
+                None,
+                identity.sub,
+            )
+            conn.close(FORBIDDEN, "no grant for this project")
+            return
+        conn.editor = role == Role.EDITOR
+        self.watch_expiry(conn, identity)
+        conn.send(protocol.ack(command.req))
+
     # --- one client message ------------------------------------------------------------
 
     def handle(self, project: Project, conn: Connection, text: str) -> str | None:
@@ -350,14 +493,27 @@ class CanvasService:
             command = protocol.parse(text, self.settings.max_object_bytes)
             if not allowed:
                 raise self._rate_limited(command.req)
+            conn.refused_in_row = 0
             if isinstance(command, Ping):
                 return protocol.pong(command.req)
             if isinstance(command, PresenceCommand):
                 return self._presence(project, conn, command)
+            if isinstance(command, Auth):
+                if self.verifier is None:
+                    raise ProtocolError("bad_message", "authentication is off on this replica", command.req)
+                task = asyncio.ensure_future(self.renew(project, conn, command))
+                self.writers.add(task)  # kept referenced until done
+                task.add_done_callback(self.writers.discard)
+                return None
+            if not conn.editor:
+                raise ProtocolError("forbidden", "this token may view this project, not edit it", command.req)
             fanout = self.state.apply(project, command)
         except ProtocolError as error:
-            if not allowed and error.code != "rate_limited":
-                error = self._rate_limited(error.req)
+            if not allowed:
+                error = self._rate_limited(error.req) if error.code != "rate_limited" else error
+                conn.refused_in_row += 1
+                if conn.refused_in_row >= self.settings.rate_limit_close_after:
+                    conn.close(FLOODING, "kept sending after rate_limited")
             self.metrics.edit_errors.labels(error.code).inc()
             return protocol.error(error)
         self._edit_counters[type(command)].inc()
@@ -377,7 +533,7 @@ class CanvasService:
 
     def _presence(self, project: Project, conn: Connection, command: PresenceCommand) -> str | None:
         """Keep the latest state; it goes out with the next flush (at most 20 a second)."""
-        if self.presence.set(project.id, conn.client_id, command.state, time.monotonic()):
+        if self.presence.set(project.id, conn.client_id, command.state, time.monotonic(), sub=conn.sub):
             self._presence_pending[(project.id, conn.client_id)] = conn
         return protocol.ack(command.req) if command.req is not None else None
 

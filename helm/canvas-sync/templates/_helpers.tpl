@@ -108,6 +108,12 @@ annotations:
 {{- if and .Values.dynamodbLocal.enabled (eq (int .Values.dynamodbLocal.port) (int .Values.containerPort)) -}}
 {{- fail "dynamodbLocal.port and containerPort must differ" -}}
 {{- end -}}
+{{- if and .Values.auth.enabled (not (or .Values.auth.jwksUrl .Values.auth.existingSecret)) -}}
+{{- fail "auth.enabled needs auth.jwksUrl (your issuer's JWKS) or auth.existingSecret (an HS256 secret); for development only, auth.enabled=false" -}}
+{{- end -}}
+{{- if and .Values.auth.jwksUrl .Values.auth.existingSecret -}}
+{{- fail "auth.jwksUrl and auth.existingSecret are two ways to verify tokens: choose one" -}}
+{{- end -}}
 {{- if and .Values.redis.enabled .Values.externalRedis.url -}}
 {{- fail "redis.enabled runs a Valkey in the chart and externalRedis.url names another: choose one" -}}
 {{- end -}}

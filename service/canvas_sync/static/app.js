@@ -56,9 +56,26 @@ function showQueued() {
   queuedEl.dataset.count = String(n);
 }
 
-function connect() {
+// The token travels as a WebSocket subprotocol (browsers cannot set headers there): one
+// given in the page's #token=... fragment (never sent to a server), else a development
+// token from /dev/token, which only `canvas-sync dev` serves. None: authentication is off.
+async function token() {
+  const given = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (given) return given;
+  try {
+    const response = await fetch(`/dev/token?project=${encodeURIComponent(project)}&name=${encodeURIComponent(me.name)}`);
+    if (response.ok) return (await response.json()).token;
+  } catch (error) {
+    // offline, or no dev server: try without
+  }
+  return null;
+}
+
+async function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  ws = new WebSocket(`${scheme}://${location.host}/ws/${encodeURIComponent(project)}`);
+  const bearer = await token();
+  const protocols = bearer ? ["canvas-sync.v1", `canvas-sync.bearer.${bearer}`] : [];
+  ws = new WebSocket(`${scheme}://${location.host}/ws/${encodeURIComponent(project)}`, protocols);
   setStatus("connecting", attempt ? `reconnecting (try ${attempt + 1})…` : "connecting…");
   ws.onmessage = (event) => receive(JSON.parse(event.data));
   ws.onclose = (event) => {
