@@ -16,6 +16,9 @@ from canvas_sync.model import HybridClock, ObjectState
 from canvas_sync.service import CanvasService
 from canvas_sync.store import MemoryStore
 from canvas_sync.store.memory import InjectedFault
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 
 def service(store: MemoryStore | None = None, **settings: Any) -> CanvasService:
@@ -178,3 +181,82 @@ def test_database_errors_reach_the_log_not_the_client(caplog: pytest.LogCaptureF
     status, body = asyncio.run(run())
     assert status == 503 and "secret" not in body and json.loads(body)["error"] == "store_unavailable"
     assert any("secret" in (r.exc_text or "") for r in caplog.records)  # the detail is logged
+
+
+# --- editors and viewers against a reference model ----------------------------------------
+
+IDS = st.sampled_from(["a", "b", "c"])
+PROPS = st.dictionaries(st.sampled_from(["x", "y", "fill"]), st.integers(0, 9) | st.none(), min_size=1, max_size=3)
+KNOWN = {"bad_json", "bad_message", "conflict", "not_found", "too_large", "limit_exceeded", "rate_limited", "forbidden"}
+
+
+class EditorsAndViewers(RuleBasedStateMachine):
+    """Whatever editors and viewers send, the server's state is the model's: nothing from a
+    viewer lands, every refusal carries a known code, and every socket stays usable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.svc = service(rate_limit=0)
+        self.project = self.svc.state.install(self.svc.state.build("p", []))
+        self.editor, self.viewer = Connection(100_000), Connection(100_000)
+        self.viewer.editor = False
+        self.model: dict[str, dict[str, Any]] = {}
+
+    def send(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any]:
+        reply = self.svc.handle(self.project, conn, json.dumps({**message, "req": "r"}))
+        assert reply is not None
+        answer = json.loads(reply)
+        assert answer["op"] in ("ack", "pong") or answer["code"] in KNOWN, answer
+        return dict(answer)
+
+    @rule(oid=IDS, props=PROPS)
+    def editor_creates(self, oid: str, props: dict[str, Any]) -> None:
+        values = {k: v for k, v in props.items() if v is not None}
+        answer = self.send(self.editor, {"op": "create", "object": {"id": oid, "type": "rect", **values}})
+        if oid in self.model:
+            assert answer["code"] == "conflict"
+        else:
+            assert answer["op"] == "ack"
+            self.model[oid] = {"id": oid, "type": "rect", **values}
+
+    @rule(oid=IDS, props=PROPS)
+    def editor_updates(self, oid: str, props: dict[str, Any]) -> None:
+        answer = self.send(self.editor, {"op": "update", "id": oid, "props": props})
+        if oid not in self.model:
+            assert answer["code"] == "not_found"
+            return
+        assert answer["op"] == "ack"
+        for key, value in props.items():
+            if value is None:
+                self.model[oid].pop(key, None)
+            else:
+                self.model[oid][key] = value
+
+    @rule(oid=IDS)
+    def editor_deletes(self, oid: str) -> None:
+        answer = self.send(self.editor, {"op": "delete", "id": oid})
+        assert answer["op"] == ("ack" if self.model.pop(oid, None) is not None else "error")
+
+    @rule(oid=IDS, props=PROPS, op=st.sampled_from(["create", "update", "delete"]))
+    def viewer_tries_to_edit(self, oid: str, props: dict[str, Any], op: str) -> None:
+        message = {
+            "create": {"op": "create", "object": {"id": oid, "type": "rect"}},
+            "update": {"op": "update", "id": oid, "props": props},
+            "delete": {"op": "delete", "id": oid},
+        }[op]
+        assert self.send(self.viewer, message)["code"] == "forbidden"
+
+    @rule(text=st.text(max_size=30))
+    def anyone_sends_garbage(self, text: str) -> None:
+        reply = self.svc.handle(self.project, self.viewer, text)
+        assert reply is None or json.loads(reply)["op"] in ("error", "pong", "ack")
+
+    @invariant()
+    def state_is_the_model(self) -> None:
+        assert [json.loads(v) for v in self.project.snapshot_jsons()] == [self.model[k] for k in sorted(self.model)]
+        assert self.send(self.viewer, {"op": "ping"})["op"] == "pong"  # the sockets stay usable
+        assert self.send(self.editor, {"op": "ping"})["op"] == "pong"
+
+
+TestEditorsAndViewers = EditorsAndViewers.TestCase
+TestEditorsAndViewers.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
