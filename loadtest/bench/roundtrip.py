@@ -38,8 +38,8 @@ class _Window:
             self.opened.set()
 
 
-async def _client(url: str, window: _Window, oid: str) -> None:
-    async with connect(url, max_size=None, open_timeout=30) as ws:
+async def _client(url: str, window: _Window, oid: str, subprotocols: list[str] | None = None) -> None:
+    async with connect(url, max_size=None, open_timeout=30, subprotocols=subprotocols) as ws:  # type: ignore[arg-type]
         await asyncio.wait_for(ws.recv(), 30)
         await ws.send(json.dumps({"op": "create", "req": "c", "object": {"id": oid, "type": "rect", "x": 0, "y": 0}}))
         while '"req":"c"' not in await asyncio.wait_for(ws.recv(), 30):
@@ -58,12 +58,15 @@ async def _client(url: str, window: _Window, oid: str) -> None:
             window.latencies.append(time.perf_counter() - sent)
 
 
-async def _measure(urls: list[str], clients: int, seconds: float, shared: bool, pid: int | None) -> dict[str, float]:
+async def _measure(
+    urls: list[str], clients: int, seconds: float, shared: bool, pid: int | None, token: str | None = None
+) -> dict[str, float]:
     window = _Window(clients, seconds, pid)
     run = time.time_ns()
+    protocols = ["canvas-sync.v1", f"canvas-sync.bearer.{token}"] if token else None
     await asyncio.gather(
         *(
-            _client(f"{urls[i % len(urls)]}/ws/rt-{run}" + ("" if shared else f"-{i}"), window, f"o{i}")
+            _client(f"{urls[i % len(urls)]}/ws/rt-{run}" + ("" if shared else f"-{i}"), window, f"o{i}", protocols)
             for i in range(clients)
         )
     )

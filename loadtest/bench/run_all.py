@@ -24,6 +24,7 @@ import memory
 import relay
 import robustness
 import roundtrip
+import security
 import storage
 import writes
 from canvas_sync.dynamodb_local import DynamoDBLocal
@@ -112,6 +113,7 @@ def main() -> int:
             ("scaling", lambda: roundtrip.scaling(ddb.endpoint, args.seconds)),
             ("robustness", lambda: robustness.run(ddb.endpoint)),
             ("relay", lambda: relay.run(ddb.endpoint)),
+            ("security", lambda: security.run(ddb.endpoint)),
         ]
         for name, step in steps:
             t = time.monotonic()
@@ -164,6 +166,7 @@ def main() -> int:
             ),
             robustness.markdown(results["robustness"]),
             relay.markdown(results["relay"]),
+            security.markdown(results["security"]),
         ]
     )
     made = plots(results, args.out)
