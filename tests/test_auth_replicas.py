@@ -12,6 +12,7 @@ import urllib.request
 import uuid
 import zlib
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -235,13 +236,11 @@ def test_flooding_past_rate_limited_closes_4429_and_connections_are_capped(
                 break
         assert closed_with(ws) == 4429
     bearer = token(keys, "many")
-    sockets = [open_socket(secured, bearer) for _ in range(3)]
-    try:
+    with ExitStack() as stack:
+        for _ in range(3):
+            stack.enter_context(open_socket(secured, bearer))
         assert upgrade_status(secured, bearer) == 429
         assert upgrade_status(secured, token(keys, "other")) == 101  # another subject is not held back
-    finally:
-        for ws in sockets:
-            ws.close()
 
 
 def peak_rss(replica: Replica) -> int:
