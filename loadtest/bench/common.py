@@ -74,7 +74,17 @@ def baseline(script: str, *args: str) -> Iterator[Server]:
 def replica(endpoint: str, name: str | None = None, **settings: object) -> Iterator[ReplicaProcess]:
     """One replica process; each gets its own replica id (the clock breaks ties by it)."""
     port = free_port()
-    settings = {"rate_limit": 0, "log_level": "warning", "auth": "off", **settings}
+    # No rate or connection limits: the benchmarks measure capacity (1,000 idle sockets
+    # come from one address), not the limits.
+    settings = {
+        "rate_limit": 0,
+        "log_level": "warning",
+        "auth": "off",
+        "max_connections_per_address": 0,
+        "max_connections_per_project": 0,
+        "max_connections_per_subject": 0,
+        **settings,
+    }
     name = name or f"bench-{port}"
     server = ReplicaProcess.configure(name, port, endpoint, TABLE, log_path=Path(os.devnull), **settings)
     try:
