@@ -324,3 +324,37 @@ def test_nobody_else_holding_a_project_costs_no_publish(backend: Callable[[], Tr
             await eventually(lambda: '"x":99' in b.state.get("solo").views["o"])  # type: ignore[union-attr]
 
     asyncio.run(run())
+
+
+def test_a_password_protected_redis_needs_the_password(tmp_path: Any) -> None:
+    """CANVAS_REDIS_PASSWORD reaches AUTH; without it the relay cannot publish."""
+    from canvas_sync.redis_local import RedisServer
+    from canvas_sync.redis_local import Unavailable as RedisUnavailable
+
+    try:
+        server = RedisServer(log_path=tmp_path / "redis.log", password="s3cret-relay-password").start()
+    except RedisUnavailable as error:
+        from conftest import missing
+
+        missing(f"{error}; .ci/run installs it")
+
+    async def run() -> tuple[list[int], str]:
+        good = RedisTransport(server.url, timeout=1.0, password="s3cret-relay-password")
+        bad = RedisTransport(server.url, timeout=1.0)
+        try:
+            counts = await good.publish([("canvas:{p}", b"x")])
+            try:
+                await bad.publish([("canvas:{p}", b"x")])
+                refused = ""
+            except Exception as error:  # the relay treats any transport error alike
+                refused = type(error).__name__
+            return counts, refused
+        finally:
+            await good.close()
+            await bad.close()
+
+    try:
+        counts, refused = asyncio.run(run())
+    finally:
+        server.stop()
+    assert counts == [0] and refused == "AuthenticationError"

@@ -23,9 +23,10 @@ class Unavailable(RuntimeError):
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(self, port: int | None = None, log_path: Path | None = None, password: str | None = None) -> None:
         self.port = port or free_port()
         self.log_path = log_path
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -38,6 +39,8 @@ class RedisServer:
         if binary is None:
             raise Unavailable("redis-server is not installed (Debian package redis-server)")
         command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        if self.password:
+            command += ["--requirepass", self.password]
         if self.log_path is not None:
             with open(self.log_path, "ab") as log:
                 self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -47,7 +50,7 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise Unavailable(f"redis-server exited with code {self.process.returncode} at start")
-            if _answers(self.port):
+            if _answers(self.port, self.password):
                 return self
             time.sleep(0.05)
         self.stop()
@@ -85,9 +88,13 @@ class RedisServer:
         self.stop()
 
 
-def _answers(port: int) -> bool:
+def _answers(port: int, password: str | None = None) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            if password:
+                sock.sendall(f"AUTH {password}\r\n".encode())
+                if not sock.recv(16).startswith(b"+OK"):
+                    return False
             sock.sendall(b"PING\r\n")
             return sock.recv(16).startswith(b"+PONG")
     except OSError:

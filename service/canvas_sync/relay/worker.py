@@ -44,6 +44,10 @@ from .transport import Transport, TransportError
 
 log = logging.getLogger(__name__)
 
+RETRY_MAX = 0.5
+"""Longest pause between two attempts to reach Redis again: one connect every half second
+costs nothing, and Redis back means the relay back at most this much later."""
+
 
 class Handler(Protocol):
     """What the relay asks of the service (all on the event loop)."""
@@ -224,7 +228,7 @@ class Relay:
                 self._failed(error, "publish")
                 self.metrics.relay_dropped.labels("publish_error").inc(len(batch))
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, RETRY_MAX)
                 continue
             delay = 0.1
             self.metrics.relay_published.inc(len(batch))
@@ -331,7 +335,7 @@ class Relay:
                 self._failed(error, "receive")
                 first = False
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, RETRY_MAX)
 
     def _dispatch(self, name: str, data: bytes) -> None:
         try:
