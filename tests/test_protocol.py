@@ -7,6 +7,8 @@ import json
 import pytest
 from canvas_sync import protocol
 from canvas_sync.protocol import Create, Delete, Ping, ProtocolError, Update
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 MAX = 16384
 
@@ -102,6 +104,39 @@ def test_depth_four_is_allowed() -> None:
 def test_values_round_trip_exactly() -> None:
     cmd = parse('{"op":"create","object":{"id":"r1","type":"t","a":1,"b":0.1,"c":123456789012345678901234567890}}')
     assert protocol.encode(cmd.props) == '{"a":1,"b":0.1,"c":123456789012345678901234567890}'
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.sampled_from(["a", "b", "c"]), children),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(props=st.dictionaries(st.sampled_from(["x", "y", "fill", "pts"]), _json_values, min_size=1))
+def test_the_fast_reader_reads_what_the_standard_library_reads(props: dict[str, object]) -> None:
+    """orjson does the reading; the standard library is the reference for every value."""
+    for message in (
+        {"op": "update", "req": "1", "id": "r1", "props": props},
+        {"op": "create", "object": {"id": "r1", "type": "t", **{k: v for k, v in props.items() if v is not None}}},
+        {"op": "presence", "state": props},
+    ):
+        text = json.dumps(message)
+        try:
+            expected: object = protocol._parse(text, 1 << 20, exact=True)
+        except ProtocolError as error:
+            expected = (error.code, error.message)
+        try:
+            got: object = protocol.parse(text, 1 << 20)
+        except ProtocolError as error:
+            got = (error.code, error.message)
+        assert got == expected
+        assert repr(got) == repr(expected)  # the same types too: 1 is not 1.0, big integers stay exact
 
 
 def test_encoding_is_canonical() -> None:

@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+import orjson
+
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 PROP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_PROPS = 64
@@ -85,12 +87,16 @@ _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=
 
 
 def encode(message: Any) -> str:
-    """Canonical JSON: sorted keys, compact, UTF-8 kept as is.
+    """Canonical JSON: sorted keys, compact, UTF-8 kept as is; a function of the value alone.
 
-    One encoder for the module: ``json.dumps`` with options builds a new one per call,
-    which costs more than encoding a small message.
+    orjson writes it in a tenth of the standard library's time. It refuses integers past
+    64 bits, which the standard library writes instead (so the same value always takes
+    the same path and gives the same bytes, on every replica).
     """
-    return _ENCODER.encode(message)
+    try:
+        return orjson.dumps(message, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:
+        return _ENCODER.encode(message)
 
 
 def is_valid_id(value: object) -> TypeGuard[str]:
@@ -109,26 +115,46 @@ def _finite_float(text: str) -> float:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+_EXACT_BELOW = 2.0**63
+"""orjson reads an integer literal past 64 bits as a float; one this large may be such a case."""
 
 
-def loads(text: str | bytes) -> Any:
-    """``json.loads`` that refuses NaN/Infinity literals and numbers that overflow to inf."""
-    return _DECODER.decode(text if isinstance(text, str) else text.decode())
+class _Inexact(Exception):
+    """A value orjson may have rounded: read the message again with the standard library."""
 
 
-def _depth(value: Any) -> int:
-    if isinstance(value, dict):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_depth(v) for v in value), default=0)
+def loads(text: str | bytes, exact: bool = False) -> Any:
+    """JSON with finite numbers only (no NaN, Infinity or overflow).
+
+    orjson reads a message in a fifth of the standard library's time, and refuses what
+    the standard library refuses here except integers past 64 bits, which it reads as
+    floats; ``exact`` (or orjson's refusal) reads with the standard library, which keeps
+    them exact. :func:`parse` asks for that when it meets a float of 2**63 or more.
+    """
+    if isinstance(text, bytes):
+        text = text.decode()
+    if not exact:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return _DECODER.decode(text)
+
+
+def _depth(value: Any, exact: bool, room: int = MAX_DEPTH + 1) -> int:
+    """How deep ``value`` nests, looking ``room`` levels down at most (enough to refuse it).
+
+    Raises :class:`_Inexact` on a float orjson may have rounded, unless ``exact``.
+    """
+    kind = type(value)
+    if kind is dict or kind is list:
+        if not room:
+            return 1
+        children = value.values() if kind is dict else value
+        return 1 + max((_depth(v, exact, room - 1) for v in children), default=0)
+    if kind is float and not exact and abs(value) >= _EXACT_BELOW:
+        raise _Inexact
     return 0
-
-
-def check_value(name: str, value: Any, req: str | None) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ProtocolError("bad_message", f"property {name!r}: numbers must be finite", req)
-    if isinstance(value, (dict, list)) and _depth(value) > MAX_DEPTH:
-        raise ProtocolError("bad_message", f"property {name!r}: nested deeper than {MAX_DEPTH}", req)
 
 
 def check_type(value: Any, req: str | None) -> str:
@@ -136,16 +162,41 @@ def check_type(value: Any, req: str | None) -> str:
         raise ProtocolError(
             "bad_message", f"'type' must be a non-empty string of at most {MAX_TYPE_CHARS} characters", req
         )
-    return value
+    return sys.intern(value)
 
 
-def check_props(props: dict[str, Any], req: str | None, allow_null: bool) -> None:
+_NAMES: set[str] = set()
+"""Property names already checked (interned, so each is held once); bounded by MAX_NAMES."""
+MAX_NAMES = 65536
+
+
+def _prop_name(name: str, req: str | None) -> str:
+    if name in _NAMES:
+        return name
+    if not PROP_RE.match(name):
+        raise ProtocolError("bad_message", f"bad property name {name!r}: must match {PROP_RE.pattern}", req)
+    name = sys.intern(name)
+    if len(_NAMES) < MAX_NAMES:
+        _NAMES.add(name)
+    return name
+
+
+def check_props(props: dict[str, Any], req: str | None, allow_null: bool, exact: bool = True) -> dict[str, Any]:
+    """The properties with checked, interned names; values are finite already (``loads``)."""
+    out = {}
     for name, value in props.items():
-        if not PROP_RE.match(name):
-            raise ProtocolError("bad_message", f"bad property name {name!r}: must match {PROP_RE.pattern}", req)
-        if value is None and not allow_null:
-            raise ProtocolError("bad_message", f"property {name!r}: null is only allowed in an update", req)
-        check_value(name, value, req)
+        name = _prop_name(name, req)
+        kind = type(value)
+        if value is None:
+            if not allow_null:
+                raise ProtocolError("bad_message", f"property {name!r}: null is only allowed in an update", req)
+        elif kind is dict or kind is list:
+            if _depth(value, exact) > MAX_DEPTH:
+                raise ProtocolError("bad_message", f"property {name!r}: nested deeper than {MAX_DEPTH}", req)
+        elif kind is float and not exact and abs(value) >= _EXACT_BELOW:
+            raise _Inexact
+        out[name] = value
+    return out
 
 
 def object_size(view: dict[str, Any]) -> int:
@@ -171,52 +222,64 @@ def _utf8_safe(message: Any) -> bool:
 def parse(text: str, max_object_bytes: int) -> Command:
     """Turn one text frame into a command, or raise :class:`ProtocolError`."""
     try:
-        message = loads(text)
+        return _parse(text, max_object_bytes, exact=False)
+    except _Inexact:
+        return _parse(text, max_object_bytes, exact=True)
+
+
+def _parse(text: str, max_object_bytes: int, exact: bool) -> Command:
+    try:
+        message = loads(text, exact)
     except (ValueError, RecursionError) as error:
         raise ProtocolError("bad_json", f"not valid JSON: {error}") from None
     if "\\u" in text and not _utf8_safe(message):
         raise ProtocolError(
             "bad_json", "not valid JSON: a \\u escape spells a lone surrogate, which UTF-8 cannot carry"
         )
-    if not isinstance(message, dict):
+    if type(message) is not dict:
         raise ProtocolError("bad_message", "a message must be a JSON object")
     req = message.get("req")
-    if req is not None and (not isinstance(req, str) or len(req) > MAX_REQ_CHARS):
+    if req is not None and (type(req) is not str or len(req) > MAX_REQ_CHARS):
         raise ProtocolError("bad_message", f"'req' must be a string of at most {MAX_REQ_CHARS} characters")
     op = message.get("op")
-    if op == "ping":
-        return Ping(req)
-    if op == "create":
-        obj = message.get("object")
-        if not isinstance(obj, dict):
-            raise ProtocolError("bad_message", "'object' must be a JSON object", req)
-        object_id = _object_id(obj, "id", req)
-        type_ = check_type(obj.get("type"), req)
-        props = {sys.intern(k): v for k, v in obj.items() if k not in RESERVED}  # one copy of each name
-        if len(props) > MAX_PROPS:
-            raise ProtocolError("bad_message", f"at most {MAX_PROPS} properties besides id and type", req)
-        check_props(props, req, allow_null=False)
-        if object_size(obj) > max_object_bytes:
-            raise ProtocolError("too_large", f"object is larger than {max_object_bytes} bytes", req)
-        return Create(req, object_id, sys.intern(type_), props)
     if op == "update":
         object_id = _object_id(message, "id", req)
         changes = message.get("props")
-        if not isinstance(changes, dict) or not changes:
+        if type(changes) is not dict or not changes:
             raise ProtocolError("bad_message", "'props' must be a non-empty JSON object", req)
         if "id" in changes:
             raise ProtocolError("bad_message", "'id' cannot be changed", req)
         if "type" in changes:
-            check_type(changes["type"], req)
-        check_props({k: v for k, v in changes.items() if k != "type"}, req, allow_null=True)
-        return Update(req, object_id, {sys.intern(k): v for k, v in changes.items()})
+            type_ = check_type(changes.pop("type"), req)
+            props = check_props(changes, req, allow_null=True, exact=exact)
+            props["type"] = type_
+        else:
+            props = check_props(changes, req, allow_null=True, exact=exact)
+        return Update(req, object_id, props)
+    if op == "ping":
+        return Ping(req)
+    if op == "create":
+        obj = message.get("object")
+        if type(obj) is not dict:
+            raise ProtocolError("bad_message", "'object' must be a JSON object", req)
+        object_id = _object_id(obj, "id", req)
+        type_ = check_type(obj.get("type"), req)
+        props = {k: v for k, v in obj.items() if k not in RESERVED}
+        if len(props) > MAX_PROPS:
+            raise ProtocolError("bad_message", f"at most {MAX_PROPS} properties besides id and type", req)
+        props = check_props(props, req, allow_null=False, exact=exact)
+        if object_size(obj) > max_object_bytes:
+            raise ProtocolError("too_large", f"object is larger than {max_object_bytes} bytes", req)
+        return Create(req, object_id, type_, props)
     if op == "delete":
         return Delete(req, _object_id(message, "id", req))
     if op == "presence":
         state = message.get("state")
-        if not isinstance(state, dict):
+        if type(state) is not dict:
             raise ProtocolError("bad_message", "'state' must be a JSON object", req)
         state_json = encode(state)
+        if not exact and "e+" in state_json:  # a float of 1e16 or more: orjson may have rounded it
+            raise _Inexact
         if len(state_json.encode()) > MAX_PRESENCE_BYTES:
             raise ProtocolError("too_large", f"a presence state is at most {MAX_PRESENCE_BYTES} bytes of JSON", req)
         return Presence(req, state, state_json)
