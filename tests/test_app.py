@@ -156,10 +156,11 @@ def test_rate_limit(replicas: Any) -> None:
     assert codes.count("ok") <= 10 + 5 * elapsed + 1  # the burst, plus what refilled meanwhile
 
 
-def open_raw(replica: Replica, project: str) -> tuple[socket.socket, ClientProtocol]:
+def open_raw(replica: Replica, project: str, subprotocol: str | None = None) -> tuple[socket.socket, ClientProtocol]:
     """A WebSocket that reads nothing after the handshake: a client that cannot keep up."""
     sock = socket.create_connection(("127.0.0.1", replica.port), timeout=10)
-    proto = ClientProtocol(parse_uri(replica.ws_url(project)), max_size=None)
+    offered: Any = [subprotocol] if subprotocol else None
+    proto = ClientProtocol(parse_uri(replica.ws_url(project)), max_size=None, subprotocols=offered)
     proto.send_request(proto.connect())
     sock.sendall(b"".join(proto.data_to_send()))
     while proto.handshake_exc is None and not proto.events_received() and proto.state.name == "CONNECTING":
@@ -173,9 +174,8 @@ def test_slow_client_is_closed_with_1013(replicas: Any) -> None:
     payload = "x" * 12000
     with client(replica) as writer:
         recv(writer)
-        call(writer, {"op": "create", "object": {"id": "r", "type": "t"}})
-        for i in range(1500):  # 18 MB: far beyond socket buffers + 8 queued messages
-            assert call(writer, {"op": "update", "id": "r", "props": {"s": payload, "i": i}})["op"] == "ack"
+        for i in range(1500):  # 18 MB of distinct objects: far beyond socket buffers + 8 queued messages
+            assert call(writer, {"op": "create", "object": {"id": f"r{i}", "type": "t", "s": payload}})["op"] == "ack"
         assert "canvas_slow_client_disconnects_total 1.0" in http_text(f"{replica.url}/metrics")
     messages = 0
     while proto.close_rcvd is None:
@@ -187,6 +187,57 @@ def test_slow_client_is_closed_with_1013(replicas: Any) -> None:
     sock.close()
     assert proto.close_rcvd is not None and proto.close_rcvd.code == 1013
     assert messages < 1500  # it was cut off, not served everything
+
+
+def test_a_slow_client_gets_the_newest_state_not_every_state(replicas: Any) -> None:
+    """Upserts of one object still waiting are replaced by newer ones: a reader that falls
+    behind a busy object is not closed, and ends with its newest state after fewer messages."""
+    replica = replicas("small-queue", send_queue_size=8, rate_limit=0)
+    sock, proto = open_raw(replica, "p1")
+    payload = "x" * 12000
+    with client(replica) as writer:
+        recv(writer)
+        call(writer, {"op": "create", "object": {"id": "r", "type": "t"}})
+        for i in range(1500):  # the same 18 MB as above, all of it states of one object
+            assert call(writer, {"op": "update", "id": "r", "props": {"s": payload, "i": i}})["op"] == "ack"
+        call(writer, {"op": "delete", "id": "r"})  # a delete is never passed by a later state
+        call(writer, {"op": "create", "object": {"id": "r", "type": "t", "i": -1}})
+        assert "canvas_slow_client_disconnects_total 0.0" in http_text(f"{replica.url}/metrics")
+    received: list[dict[str, Any]] = []
+    sock.settimeout(10)
+    while not (received and received[-1].get("object", {}).get("i") == -1):
+        proto.receive_data(sock.recv(1 << 16))
+        received += [json.loads(e.data) for e in proto.events_received() if e.opcode.name == "TEXT"]
+    sock.close()
+    about_r = [m for m in received if m["op"] in ("upsert", "delete")]
+    assert about_r[-3]["object"]["i"] == 1499 and [m["op"] for m in about_r[-2:]] == ["delete", "upsert"]
+    assert len(about_r) < 1500  # fewer, newer states
+    states = [m["object"]["i"] for m in about_r if m["op"] == "upsert" and "i" in m["object"]][:-1]
+    assert states == sorted(states)  # never an older state after a newer one
+
+
+def test_a_v2_client_gets_several_messages_in_one_frame_and_a_v1_client_one_each(replicas: Any) -> None:
+    replica = replicas("batching", rate_limit=0)
+    readers = {name: open_raw(replica, "p1", f"canvas-sync.{name}") for name in ("v1", "v2")}
+    with client(replica) as writer:
+        recv(writer)
+        for i in range(400):  # nobody reads meanwhile: 4.8 MB, more than socket buffers hold
+            call(writer, {"op": "create", "object": {"id": f"r{i:03}", "type": "t", "s": "x" * 12000}})
+    frames: dict[str, list[Any]] = {"v1": [], "v2": []}
+    for name, (sock, proto) in readers.items():
+        assert proto.subprotocol == f"canvas-sync.{name}"
+        messages: list[Any] = []
+        while len(messages) < 401:  # the snapshot and 400 upserts
+            proto.receive_data(sock.recv(1 << 16))
+            for event in proto.events_received():
+                if event.opcode.name != "TEXT":
+                    continue
+                frames[name].append(json.loads(event.data))
+                messages += frames[name][-1] if isinstance(frames[name][-1], list) else [frames[name][-1]]
+        sock.close()
+        assert [m["object"]["id"] for m in messages[1:]] == [f"r{i:03}" for i in range(400)]  # all, in order
+    assert all(isinstance(f, dict) for f in frames["v1"])
+    assert any(isinstance(f, list) for f in frames["v2"])  # a frame held several messages
 
 
 def test_http_endpoints(replica: Replica) -> None:

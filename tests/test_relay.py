@@ -128,10 +128,7 @@ class Client:
         return None if reply is None else dict(json.loads(reply))
 
     def received(self) -> list[dict[str, Any]]:
-        out = []
-        while not self.conn.queue.empty():
-            out.append(json.loads(self.conn.queue.get_nowait()))
-        return out
+        return [json.loads(text) for text in self.conn.outbox.take()]
 
     def close(self) -> None:
         self.project.connections.discard(self.conn)

@@ -49,7 +49,7 @@ class Recorder:
         self.sent: list[str] = []
         self.threads: set[str] = set()
 
-    def send(self, text: str) -> None:
+    def send(self, text: str, key: object = None, latest: bool = False) -> None:
         self.threads.add(threading.current_thread().name)
         if self.fail:
             raise RuntimeError("injected send failure")

@@ -40,10 +40,13 @@ def refused(canvas: CanvasState, project: Project, command: object) -> str:
 
 def test_create_update_delete(canvas: CanvasState, project: Project) -> None:
     out = canvas.apply(project, Create("1", "r1", "rect", {"x": 1, "fill": "red"}))
-    assert json.loads(out) == {"op": "upsert", "object": {"id": "r1", "type": "rect", "x": 1, "fill": "red"}}
+    assert out is not None and out.key == "r1" and out.latest  # a newer upsert of r1 may replace it in an outbox
+    assert json.loads(out.text) == {"op": "upsert", "object": {"id": "r1", "type": "rect", "x": 1, "fill": "red"}}
     canvas.apply(project, Update("2", "r1", {"x": 2, "fill": None, "type": "ellipse"}))
     assert views(project) == [{"id": "r1", "type": "ellipse", "x": 2}]
-    assert json.loads(canvas.apply(project, Delete("3", "r1"))) == {"op": "delete", "id": "r1"}
+    deleted = canvas.apply(project, Delete("3", "r1"))
+    assert deleted is not None and deleted.key == "r1" and not deleted.latest  # nothing later may pass it
+    assert json.loads(deleted.text) == {"op": "delete", "id": "r1"}
     assert views(project) == []
     canvas.apply(project, Create("4", "r1", "text", {"y": 5}))
     assert views(project) == [{"id": "r1", "type": "text", "y": 5}]
@@ -135,7 +138,7 @@ def test_merge_remote_newer_state_updates_memory_and_tells_clients(canvas: Canva
     canvas.dirty.finish()
     result = canvas.merge_remote(project, [remote_copy(project.objects["r1"], x=5)])
     assert result.changed == ["r1"] and result.repaired == []
-    assert [json.loads(m) for m in result.messages] == [
+    assert [json.loads(m.text) for m in result.messages] == [
         {"op": "upsert", "object": {"id": "r1", "type": "rect", "x": 5}}
     ]
     assert canvas.dirty.counts() == (0, 0)  # the table already holds exactly this
@@ -163,7 +166,7 @@ def test_merge_remote_delete_and_stale_copies(canvas: CanvasState, project: Proj
     later = live.latest_stamp()[0] + 1000
     tomb = ObjectState("r1", (False, (later, 0, "zz")), live.type, {})
     result = canvas.merge_remote(project, [tomb])
-    assert [json.loads(m) for m in result.messages] == [{"op": "delete", "id": "r1"}] and views(project) == []
+    assert [json.loads(m.text) for m in result.messages] == [{"op": "delete", "id": "r1"}] and views(project) == []
     result = canvas.merge_remote(project, [live])  # a stale live copy
     assert result.messages == [] and views(project) == [] and result.repaired == ["r1"]
     with pytest.raises(ProtocolError):

@@ -12,7 +12,7 @@ from typing import Any
 from quart import Quart, Response, request, send_from_directory, websocket
 
 from . import protocol
-from .auth import SUBPROTOCOL, Identity, Role
+from .auth import Identity, Role
 from .connection import Connection
 from .metrics import CONTENT_TYPE_LATEST
 from .protocol import ProtocolError
@@ -92,7 +92,7 @@ def create_app(service: CanvasService) -> Quart:
         except Refusal as refusal:
             return _refused(refusal)
         try:
-            return await serve_socket(project_id, identity, role, SUBPROTOCOL if SUBPROTOCOL in offered else None)
+            return await serve_socket(project_id, identity, role, protocol.subprotocol(offered))
         finally:
             service.release(identity, address, project_id)
 
@@ -105,7 +105,10 @@ def create_app(service: CanvasService) -> Quart:
         await websocket.accept(subprotocol=subprotocol)
         ws_obj = websocket._get_current_object()  # type: ignore[attr-defined]  # werkzeug LocalProxy
         conn = Connection(
-            service.settings.send_queue_size, service.settings.rate_limit, service.metrics.slow_clients.inc
+            service.settings.send_queue_size,
+            service.settings.rate_limit,
+            service.metrics.slow_clients.inc,
+            batched=subprotocol == protocol.V2,
         )
         conn.sub, conn.editor = (identity.sub if identity else None), role == Role.EDITOR
         service.watch_expiry(conn, identity)

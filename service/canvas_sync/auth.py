@@ -27,7 +27,6 @@ import jwt
 
 log = logging.getLogger(__name__)
 
-SUBPROTOCOL = "canvas-sync.v1"
 BEARER_PREFIX = "canvas-sync.bearer."
 """Browsers cannot set headers on a WebSocket: the token travels as a subprotocol."""
 REQUIRED_CLAIMS = ("sub", "exp", "aud")

@@ -1,7 +1,9 @@
-"""One WebSocket client: a bounded send queue, the task that drains it, and a rate limit.
+"""One WebSocket client: its outbox, the task that drains it, and a rate limit.
 
-Fan-out never awaits a client: it puts text on the client's queue. A client whose queue
-is full is too slow to keep up, and is closed with 1013 rather than letting memory grow.
+Fan-out never awaits a client: it puts text in the client's outbox, where a newer state
+of an object replaces one still waiting. A client whose outbox is full all the same is
+too slow to keep up, and is closed with 1013 rather than letting memory grow. The writer
+wakes once for everything that waited, not once per message.
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
+
+from .outbox import Outbox, batch
 
 SLOW_CLIENT = 1013
 GOING_AWAY = 1001
@@ -21,12 +25,14 @@ FORBIDDEN = 4403
 FLOODING = 4429
 """The client kept sending after ``rate_limited``."""
 
-_CLOSE = object()
-
 
 class Connection:
     def __init__(
-        self, queue_size: int, rate_per_second: float = 0.0, on_slow: Callable[[], None] = lambda: None
+        self,
+        queue_size: int,
+        rate_per_second: float = 0.0,
+        on_slow: Callable[[], None] = lambda: None,
+        batched: bool = False,
     ) -> None:
         self.on_slow = on_slow
         self.client_id = secrets.token_hex(6)
@@ -39,8 +45,11 @@ class Connection:
         """Closes the socket (4401) when the token expires; re-armed by a renewal."""
         self.refused_in_row = 0
         """Messages answered ``rate_limited`` in a row."""
-        self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=queue_size)
-        self._sending = asyncio.Lock()  # one frame at a time, in queue order
+        self.outbox = Outbox(queue_size)
+        self.batched = batched
+        """The client chose ``canvas-sync.v2``: what waited goes out as one frame (a JSON array)."""
+        self._waiting = asyncio.Event()  # set when the outbox holds something or a close is asked
+        self._sending = asyncio.Lock()  # one frame at a time, in outbox order
         self.close_code: int | None = None
         self.close_reason = ""
         self._rate = rate_per_second
@@ -48,26 +57,26 @@ class Connection:
         self._tokens = self._burst
         self._refilled = time.monotonic()
 
-    def send(self, text: str) -> None:
-        """Queue a message; never blocks. A full queue closes the connection (1013)."""
+    def send(self, text: str, key: Hashable | None = None, latest: bool = False) -> None:
+        """Queue a message (see :meth:`Outbox.put`); never blocks. A full outbox closes the
+        connection (1013)."""
         if self.close_code is not None:
             return
-        try:
-            self.queue.put_nowait(text)
-        except asyncio.QueueFull:
+        if self.outbox.put(text, key, latest):
+            self._waiting.set()
+        else:
             self.close(SLOW_CLIENT, "client too slow to keep up")
 
     def close(self, code: int, reason: str = "") -> None:
-        """Ask the writer to close; messages already queued go first when there is room."""
+        """Ask the writer to close; messages already queued go first, unless the client is
+        too slow (1013): then they are dropped."""
         if self.close_code is not None:
             return
         self.close_code, self.close_reason = code, reason
         if code == SLOW_CLIENT:
             self.on_slow()
-            _drain(self.queue)
-        while self.queue.full():
-            self.queue.get_nowait()
-        self.queue.put_nowait(_CLOSE)
+            self.outbox.clear()
+        self._waiting.set()
 
     def allow_edit(self) -> bool:
         """Token bucket: ``rate`` edits per second on average, bursts of twice that."""
@@ -87,23 +96,26 @@ class Connection:
         That saves the hop through the writer task for every ack; order is kept because
         a message queued earlier (or one the writer is about to send) makes this queue too.
         """
-        if self.close_code is None and self.queue.empty() and not self._sending.locked():
+        if self.close_code is None and not self.outbox and not self._sending.locked():
             async with self._sending:
                 await websocket.send(text)
         else:
             self.send(text)
 
     async def pump(self, websocket: Any) -> None:
-        """Send queued messages in order until asked to close."""
+        """Send what waits, in order, until asked to close; then close the socket."""
         while True:
-            item = await self.queue.get()
+            await self._waiting.wait()
+            self._waiting.clear()
+            texts = self.outbox.take()
             async with self._sending:
-                if item is _CLOSE:
+                if texts and self.batched:
+                    await websocket.send(batch(texts))
+                else:
+                    for text in texts:
+                        if self.close_code == SLOW_CLIENT:
+                            break  # what it could not take in time is dropped, not sent late
+                        await websocket.send(text)
+                if self.close_code is not None and not self.outbox:
                     await websocket.close(self.close_code, self.close_reason)
                     return
-                await websocket.send(item)
-
-
-def _drain(queue: asyncio.Queue[Any]) -> None:
-    while not queue.empty():
-        queue.get_nowait()

@@ -25,6 +25,15 @@ MAX_REQ_CHARS = 64
 MAX_DEPTH = 4
 MAX_PRESENCE_BYTES = 1024
 RESERVED = ("id", "type")
+V1 = "canvas-sync.v1"
+"""The subprotocol of one server message per frame (also what a client names beside a token)."""
+V2 = "canvas-sync.v2"
+"""The same messages, but a frame may hold several: a JSON array of them, in order."""
+
+
+def subprotocol(offered: list[str]) -> str | None:
+    """The newest subprotocol the client offers; None keeps a plain socket (one message a frame)."""
+    return V2 if V2 in offered else V1 if V1 in offered else None
 
 
 class ProtocolError(Exception):

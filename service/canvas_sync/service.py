@@ -29,11 +29,11 @@ from .connection import FLOODING, FORBIDDEN, GOING_AWAY, UNAUTHORIZED, Connectio
 from .dirty import DirtySet
 from .metrics import Metrics
 from .model import HybridClock, ObjectState, Stamp
-from .presence import Presence
+from .presence import Entry, Presence
 from .protocol import Auth, Create, Delete, Ping, ProtocolError, Update
 from .protocol import Presence as PresenceCommand
 from .relay import Kind, Message, RedisTransport, Relay, Transport
-from .state import CanvasState, Limits, Project, gc_paused
+from .state import Broadcast, CanvasState, Limits, Project, gc_paused
 from .store import DynamoStore, Store, make_client
 from .sync import RelayPace, SyncWorker
 
@@ -541,7 +541,7 @@ class CanvasService:
         """A connection closed: its presence leaves, here and on every replica."""
         self._presence_pending.pop((project.id, conn.client_id), None)
         if self.presence.leave(project.id, conn.client_id):
-            project.broadcast(protocol.presence_leave(conn.client_id))
+            project.broadcast(_presence_leave(conn.client_id))
             if self.relay is not None:
                 self.relay.publish_presence(project.id, conn.client_id, None)
 
@@ -551,7 +551,7 @@ class CanvasService:
             project, entry = self.state.get(pid), self.presence.entry(pid, client)
             if project is None or entry is None:
                 continue
-            project.broadcast(protocol.presence(client, protocol.encode(entry.state), entry.sub), exclude=conn)
+            project.broadcast(_presence(client, entry), exclude=conn)
             self.metrics.presence_updates.inc()
             if self.relay is not None:
                 self.relay.publish_presence(pid, client, entry.state, entry.sub)
@@ -583,7 +583,7 @@ class CanvasService:
     def _announce_leave(self, pid: str, client: str) -> None:
         project = self.state.get(pid)
         if project is not None:
-            project.broadcast(protocol.presence_leave(client))
+            project.broadcast(_presence_leave(client))
 
     # --- the relay's handler (on the loop) ------------------------------------------------
 
@@ -626,11 +626,11 @@ class CanvasService:
                 else []
             )
         for client in gone:
-            project.broadcast(protocol.presence_leave(client))
+            project.broadcast(_presence_leave(client))
         for client in changed:
             entry = self.presence.entry(message.project, client)
             if entry is not None:
-                project.broadcast(protocol.presence(client, protocol.encode(entry.state), entry.sub))
+                project.broadcast(_presence(client, entry))
                 self.metrics.presence_updates.inc()
 
     def on_hello(self, project_id: str) -> None:
@@ -672,3 +672,12 @@ class CanvasService:
             "autosave": self.autosave.status(),
             "sync": self.sync.status(),
         }
+
+
+def _presence(client: str, entry: Entry) -> Broadcast:
+    """A client's newest presence replaces one still waiting in an outbox (cursors move fast)."""
+    return Broadcast(protocol.presence(client, protocol.encode(entry.state), entry.sub), ("presence", client), True)
+
+
+def _presence_leave(client: str) -> Broadcast:
+    return Broadcast(protocol.presence_leave(client), ("presence", client), False)

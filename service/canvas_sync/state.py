@@ -16,10 +16,10 @@ import gc
 import itertools
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from . import protocol
 from .dirty import DirtySet
@@ -55,7 +55,23 @@ def gc_paused() -> Iterator[None]:
 
 
 class Subscriber(Protocol):
-    def send(self, text: str) -> None: ...
+    def send(self, text: str, key: Hashable | None = None, latest: bool = False) -> None: ...
+
+
+class Broadcast(NamedTuple):
+    """A message for a project's clients; ``key`` and ``latest`` as in :meth:`Outbox.put`."""
+
+    text: str
+    key: Hashable | None = None
+    latest: bool = False
+
+    @staticmethod
+    def upsert(object_id: str, view_json: str) -> Broadcast:
+        return Broadcast(protocol.upsert(view_json), object_id, True)
+
+    @staticmethod
+    def deleted(object_id: str) -> Broadcast:
+        return Broadcast(protocol.deleted(object_id), object_id, False)
 
 
 @dataclass
@@ -94,10 +110,11 @@ class Project:
     def snapshot_jsons(self) -> list[str]:
         return [self.views[k] for k in sorted(self.views)]
 
-    def broadcast(self, text: str, exclude: Subscriber | None = None) -> None:
+    def broadcast(self, message: Broadcast, exclude: Subscriber | None = None) -> None:
+        text, key, latest = message
         for conn in self.connections:  # send() never changes the set (a slow client is only marked)
             if conn is not exclude:
-                conn.send(text)
+                conn.send(text, key, latest)
 
 
 @dataclass
@@ -105,7 +122,7 @@ class RemoteMerge:
     """What merging table states changed: ids, messages for clients, ids marked for repair."""
 
     changed: list[str] = field(default_factory=list)
-    messages: list[str] = field(default_factory=list)
+    messages: list[Broadcast] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
 
 
@@ -189,7 +206,7 @@ class CanvasState:
 
     # --- edits --------------------------------------------------------------------------
 
-    def apply(self, project: Project, command: Create | Update | Delete) -> str | None:
+    def apply(self, project: Project, command: Create | Update | Delete) -> Broadcast | None:
         """Apply a client edit; returns the message for the other clients (None: no change).
 
         Raises :class:`ProtocolError` and changes nothing when the edit is refused.
@@ -217,7 +234,7 @@ class CanvasState:
                 req,
             )
 
-    def _create(self, project: Project, cmd: Create) -> str:
+    def _create(self, project: Project, cmd: Create) -> Broadcast:
         old = project.objects.get(cmd.id)
         if old is not None and old.is_alive:
             raise ProtocolError("conflict", f"object {cmd.id!r} already exists", cmd.req)
@@ -238,9 +255,9 @@ class CanvasState:
         self._check_stored(new, len(view.encode()), cmd.req)
         project.set_object(new)
         self.dirty.mark(project.id, new)
-        return protocol.upsert(view)
+        return Broadcast.upsert(cmd.id, view)
 
-    def _update(self, project: Project, cmd: Update) -> str | None:
+    def _update(self, project: Project, cmd: Update) -> Broadcast | None:
         state = self._live(project, cmd.id, cmd.req)
         view: dict[str, Any] = state.view() or {}
         absent = []
@@ -267,14 +284,14 @@ class CanvasState:
         project.objects[cmd.id] = new
         project.views[cmd.id] = text
         self.dirty.mark(project.id, new)
-        return protocol.upsert(text)
+        return Broadcast.upsert(cmd.id, text)
 
-    def _delete(self, project: Project, cmd: Delete) -> str:
+    def _delete(self, project: Project, cmd: Delete) -> Broadcast:
         state = self._live(project, cmd.id, cmd.req)
         tomb = ObjectState(state.id, (False, self.clock.now_after(state.latest_stamp())), state.type, {})
         project.set_object(tomb)
         self.dirty.mark(project.id, tomb)
-        return protocol.deleted(cmd.id)
+        return Broadcast.deleted(cmd.id)
 
     # --- states read from the table -------------------------------------------------
 
@@ -302,9 +319,9 @@ class CanvasState:
                 after = project.set_object(merged)
                 result.changed.append(remote.id)
                 if after is not None and after != before:
-                    result.messages.append(protocol.upsert(after))
+                    result.messages.append(Broadcast.upsert(remote.id, after))
                 elif after is None and before is not None:
-                    result.messages.append(protocol.deleted(remote.id))
+                    result.messages.append(Broadcast.deleted(remote.id))
             if self.dirty.merged(project.id, merged, table_behind=merged != remote):
                 result.repaired.append(remote.id)
         return result

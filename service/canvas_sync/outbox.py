@@ -1,0 +1,68 @@
+"""What one socket has still to receive, in order, without I/O.
+
+A reader that falls behind on a busy board would otherwise get every intermediate state
+of every object it missed. An ``upsert`` carries the whole object, so a newer one makes
+an older one still waiting useless: the newer one takes its place in the line, and the
+client ends in the same state after fewer, newer messages. The same holds for a client's
+presence. A message that ends such a line (a ``delete``, a ``presence_leave``) is kept
+in order: nothing sent after it may take a place before it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable
+
+
+class Outbox:
+    """Messages waiting for one socket, oldest first; at most ``limit`` of them."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._line: deque[list[str]] = deque()  # [text] cells, so a newer state can take an older one's place
+        self._latest: dict[Hashable, list[str]] = {}  # key -> its cell still in the line
+        self.replaced = 0
+        """Messages dropped because a newer one of the same key took their place."""
+
+    def __len__(self) -> int:
+        return len(self._line)
+
+    def put(self, text: str, key: Hashable | None = None, latest: bool = False) -> bool:
+        """Queue ``text``; False when the line is full (nothing queued then).
+
+        ``latest``: ``text`` is the whole newest state of ``key``, and replaces the one of
+        that key still waiting. Without it, a ``key`` marks the end of that key's line
+        (a delete): later states of it queue behind this message.
+        """
+        if key is not None:
+            if latest:
+                cell = self._latest.get(key)
+                if cell is not None:
+                    cell[0] = text
+                    self.replaced += 1
+                    return True
+            else:
+                self._latest.pop(key, None)
+        if len(self._line) >= self.limit:
+            return False
+        cell = [text]
+        self._line.append(cell)
+        if latest:
+            self._latest[key] = cell
+        return True
+
+    def take(self) -> list[str]:
+        """Everything waiting, in order; the line is empty afterwards."""
+        texts = [cell[0] for cell in self._line]
+        self._line.clear()
+        self._latest.clear()
+        return texts
+
+    def clear(self) -> None:
+        self._line.clear()
+        self._latest.clear()
+
+
+def batch(texts: list[str]) -> str:
+    """Several server messages in one frame (subprotocol ``canvas-sync.v2``): a JSON array."""
+    return texts[0] if len(texts) == 1 else f"[{','.join(texts)}]"
