@@ -20,6 +20,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fanout
+import hot
 import memory
 import relay
 import robustness
@@ -106,6 +107,7 @@ def main() -> int:
         steps = [
             ("roundtrip", lambda: roundtrip.run(ddb.endpoint, args.seconds)),
             ("fanout", lambda: fanout.run(ddb.endpoint, args.seconds + 2)),
+            ("hot", lambda: hot.run(ddb.endpoint)),
             ("write_reduction", lambda: writes.run(ddb.endpoint)),
             ("save", lambda: storage.save(ddb.endpoint)),
             ("cold_load", lambda: storage.cold_load(ddb.endpoint)),
@@ -147,6 +149,7 @@ def main() -> int:
             "",
             roundtrip.markdown(results["roundtrip"], results["scaling"]),
             fanout.markdown(results["fanout"]),
+            hot.markdown(results["hot"]),
             writes.markdown(results["write_reduction"]),
             storage.markdown(results["save"], results["cold_load"]),
             memory.markdown(results["memory"]),

@@ -109,6 +109,7 @@ def create_app(service: CanvasService) -> Quart:
             service.settings.rate_limit,
             service.metrics.slow_clients.inc,
             batched=subprotocol == protocol.V2,
+            send_interval=service.settings.send_interval,
         )
         conn.sub, conn.editor = (identity.sub if identity else None), role == Role.EDITOR
         service.watch_expiry(conn, identity)
@@ -128,6 +129,9 @@ def create_app(service: CanvasService) -> Quart:
                     )
                 else:
                     reply = service.handle(project, conn, data)
+                    if conn.woke_peers:  # their writers send this edit before the sender hears its ack,
+                        conn.woke_peers = False  # so a client editing as fast as acks come is paced
+                        await asyncio.sleep(0)  # by its fan-out, as behind a relay
                 if reply is not None:
                     await conn.reply(ws_obj, reply)
 

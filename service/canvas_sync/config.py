@@ -83,7 +83,12 @@ class Settings(BaseSettings):
     project_idle_timeout: float = Field(300.0, gt=0)
     """Seconds a project with no connections and nothing unsaved stays in memory."""
     send_queue_size: int = Field(1024, gt=0)
-    """Messages queued for one WebSocket before the client counts as too slow (1013)."""
+    """Messages queued for one WebSocket before the client counts as too slow (1013).
+    A newer state of an object replaces one still queued, so only distinct objects count."""
+    send_interval: float = Field(0.02, ge=0, le=1)
+    """Seconds a busy socket waits after a frame before the next, so that what arrives
+    meanwhile goes out together (one frame for ``canvas-sync.v2``) and a newer state of an
+    object replaces an older one. A socket that was quiet sends at once; 0 turns it off."""
     rate_limit: float = Field(1000.0, ge=0)
     """Messages per second one connection may sustain (burst: twice that); 0 turns it off.
     Every frame counts, malformed ones included."""

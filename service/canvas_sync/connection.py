@@ -33,6 +33,7 @@ class Connection:
         rate_per_second: float = 0.0,
         on_slow: Callable[[], None] = lambda: None,
         batched: bool = False,
+        send_interval: float = 0.0,
     ) -> None:
         self.on_slow = on_slow
         self.client_id = secrets.token_hex(6)
@@ -48,7 +49,11 @@ class Connection:
         self.outbox = Outbox(queue_size)
         self.batched = batched
         """The client chose ``canvas-sync.v2``: what waited goes out as one frame (a JSON array)."""
-        self._waiting = asyncio.Event()  # set when the outbox holds something or a close is asked
+        self.send_interval = send_interval
+        """After a frame, how long the writer lets messages gather before the next one."""
+        self.woke_peers = False
+        """This client's last edit woke the writers of other clients (see ``app``)."""
+        self._wakeup: asyncio.Future[None] | None = None  # the idle writer waits on it
         self._sending = asyncio.Lock()  # one frame at a time, in outbox order
         self.close_code: int | None = None
         self.close_reason = ""
@@ -57,15 +62,23 @@ class Connection:
         self._tokens = self._burst
         self._refilled = time.monotonic()
 
-    def send(self, text: str, key: Hashable | None = None, latest: bool = False) -> None:
+    def send(self, text: str, key: Hashable | None = None, latest: bool = False) -> bool:
         """Queue a message (see :meth:`Outbox.put`); never blocks. A full outbox closes the
-        connection (1013)."""
+        connection (1013). True when this woke an idle writer."""
         if self.close_code is not None:
-            return
-        if self.outbox.put(text, key, latest):
-            self._waiting.set()
-        else:
+            return False
+        if not self.outbox.put(text, key, latest):
             self.close(SLOW_CLIENT, "client too slow to keep up")
+            return False
+        return self._wake()
+
+    def _wake(self) -> bool:
+        """Wake the writer if it is idle (a bare future: cheaper than an Event per message)."""
+        wakeup, self._wakeup = self._wakeup, None
+        if wakeup is None or wakeup.done():
+            return False
+        wakeup.set_result(None)
+        return True
 
     def close(self, code: int, reason: str = "") -> None:
         """Ask the writer to close; messages already queued go first, unless the client is
@@ -76,7 +89,7 @@ class Connection:
         if code == SLOW_CLIENT:
             self.on_slow()
             self.outbox.clear()
-        self._waiting.set()
+        self._wake()
 
     def allow_edit(self) -> bool:
         """Token bucket: ``rate`` edits per second on average, bursts of twice that."""
@@ -104,9 +117,11 @@ class Connection:
 
     async def pump(self, websocket: Any) -> None:
         """Send what waits, in order, until asked to close; then close the socket."""
+        loop = asyncio.get_running_loop()
         while True:
-            await self._waiting.wait()
-            self._waiting.clear()
+            if not self.outbox and self.close_code is None:
+                self._wakeup = loop.create_future()
+                await self._wakeup
             texts = self.outbox.take()
             async with self._sending:
                 if texts and self.batched:
@@ -119,3 +134,5 @@ class Connection:
                 if self.close_code is not None and not self.outbox:
                     await websocket.close(self.close_code, self.close_reason)
                     return
+            if len(texts) > 1 and self.send_interval:
+                await asyncio.sleep(self.send_interval)  # messages came faster than one a frame: gather

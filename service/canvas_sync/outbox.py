@@ -10,7 +10,6 @@ in order: nothing sent after it may take a place before it.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Hashable
 
 
@@ -19,13 +18,13 @@ class Outbox:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._line: deque[list[str]] = deque()  # [text] cells, so a newer state can take an older one's place
-        self._latest: dict[Hashable, list[str]] = {}  # key -> its cell still in the line
+        self._texts: list[str] = []
+        self._latest: dict[Hashable, int] = {}  # key -> where its newest state waits in _texts
         self.replaced = 0
         """Messages dropped because a newer one of the same key took their place."""
 
     def __len__(self) -> int:
-        return len(self._line)
+        return len(self._texts)
 
     def put(self, text: str, key: Hashable | None = None, latest: bool = False) -> bool:
         """Queue ``text``; False when the line is full (nothing queued then).
@@ -36,31 +35,29 @@ class Outbox:
         """
         if key is not None:
             if latest:
-                cell = self._latest.get(key)
-                if cell is not None:
-                    cell[0] = text
+                at = self._latest.get(key)
+                if at is not None:
+                    self._texts[at] = text
                     self.replaced += 1
                     return True
             else:
                 self._latest.pop(key, None)
-        if len(self._line) >= self.limit:
+        if len(self._texts) >= self.limit:
             return False
-        cell = [text]
-        self._line.append(cell)
         if latest:
-            self._latest[key] = cell
+            self._latest[key] = len(self._texts)
+        self._texts.append(text)
         return True
 
     def take(self) -> list[str]:
         """Everything waiting, in order; the line is empty afterwards."""
-        texts = [cell[0] for cell in self._line]
-        self._line.clear()
-        self._latest.clear()
+        texts, self._texts = self._texts, []
+        if self._latest:
+            self._latest = {}
         return texts
 
     def clear(self) -> None:
-        self._line.clear()
-        self._latest.clear()
+        self.take()
 
 
 def batch(texts: list[str]) -> str:

@@ -8,6 +8,7 @@ close every socket with 1001, flush, and only then let hypercorn stop.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import zlib
@@ -124,6 +125,8 @@ async def run(settings: Settings) -> int:
             "loop": type(loop).__module__,
         },
     )
+    gc.collect()
+    gc.freeze()  # what start-up built lives as long as the process: full collections skip it
     await hypercorn_serve(app, hypercorn_config(settings), shutdown_trigger=shutdown_trigger)
     log.info("stopped", extra={"event": "stopped", "flushed": flushed})
     return 0 if flushed else 1

@@ -518,7 +518,8 @@ class CanvasService:
             return protocol.error(error)
         self._edit_counters[type(command)].inc()
         if fanout is not None:
-            project.broadcast(fanout, exclude=conn)
+            woken = project.broadcast(fanout, exclude=conn)
+            conn.woke_peers = 0 < woken >= len(project.connections) - 1  # every peer was idle: not a busy board
             if self.relay is not None:
                 self.relay.publish_state(project.id, project.objects[command.id])
         return protocol.ack(command.req)

@@ -55,7 +55,7 @@ def gc_paused() -> Iterator[None]:
 
 
 class Subscriber(Protocol):
-    def send(self, text: str, key: Hashable | None = None, latest: bool = False) -> None: ...
+    def send(self, text: str, key: Hashable | None = None, latest: bool = False) -> bool | None: ...
 
 
 class Broadcast(NamedTuple):
@@ -110,11 +110,14 @@ class Project:
     def snapshot_jsons(self) -> list[str]:
         return [self.views[k] for k in sorted(self.views)]
 
-    def broadcast(self, message: Broadcast, exclude: Subscriber | None = None) -> None:
+    def broadcast(self, message: Broadcast, exclude: Subscriber | None = None) -> int:
+        """Returns how many idle writers this woke."""
         text, key, latest = message
+        woken = 0
         for conn in self.connections:  # send() never changes the set (a slow client is only marked)
-            if conn is not exclude:
-                conn.send(text, key, latest)
+            if conn is not exclude and conn.send(text, key, latest):
+                woken += 1
+        return woken
 
 
 @dataclass

@@ -74,10 +74,14 @@ async function token() {
 async function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const bearer = await token();
-  const protocols = bearer ? ["canvas-sync.v1", `canvas-sync.bearer.${bearer}`] : [];
+  // v2: a frame may hold several messages (a JSON array), so a busy board costs fewer frames
+  const protocols = bearer ? ["canvas-sync.v2", `canvas-sync.bearer.${bearer}`] : ["canvas-sync.v2"];
   ws = new WebSocket(`${scheme}://${location.host}/ws/${encodeURIComponent(project)}`, protocols);
   setStatus("connecting", attempt ? `reconnecting (try ${attempt + 1})…` : "connecting…");
-  ws.onmessage = (event) => receive(JSON.parse(event.data));
+  ws.onmessage = (event) => {
+    const data = JSON.parse(event.data);
+    for (const message of Array.isArray(data) ? data : [data]) receive(message);
+  };
   ws.onclose = (event) => {
     online = false;
     const delay = Math.min(5000, 250 * 2 ** attempt) * (0.75 + Math.random() / 2);

@@ -1,0 +1,126 @@
+"""One socket's writer: order, one wake for what waited, v2 frames, closing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from canvas_sync.connection import GOING_AWAY, SLOW_CLIENT, Connection
+
+
+class Socket:
+    """What the writer sent: frames, and the close code."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.frames: list[str] = []
+        self.closed: int | None = None
+        self.delay = delay
+
+    async def send(self, text: str) -> None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        self.frames.append(text)
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed = code
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def run(conn: Connection, socket: Socket, body: Any) -> None:
+    async def main() -> None:
+        writer = asyncio.create_task(conn.pump(socket))
+        await _settle()
+        await body()
+        await _settle()
+        if not writer.done():
+            writer.cancel()
+
+    asyncio.run(main())
+
+
+def test_an_idle_writer_is_woken_once_and_sends_everything_that_waited_in_order() -> None:
+    conn, socket = Connection(16), Socket()
+
+    async def body() -> None:
+        assert conn.send('{"n":1}', "a", latest=True)  # the writer was idle: woken
+        assert not conn.send('{"n":2}')  # already woken: nothing more to wake
+        assert not conn.send('{"n":3}', "a", latest=True)  # replaces n=1 where it waits
+        await _settle()
+
+    run(conn, socket, body)
+    assert socket.frames == ['{"n":3}', '{"n":2}']
+
+
+def test_a_v2_socket_gets_what_waited_as_one_frame() -> None:
+    conn, socket = Connection(16, batched=True), Socket()
+
+    async def body() -> None:
+        for n in range(3):
+            conn.send(f'{{"n":{n}}}')
+        await _settle()
+        conn.send('{"n":3}')  # alone: a plain message, not an array
+        await _settle()
+
+    run(conn, socket, body)
+    assert [json.loads(f) for f in socket.frames] == [[{"n": 0}, {"n": 1}, {"n": 2}], {"n": 3}]
+
+
+def test_a_busy_socket_gathers_for_the_send_interval() -> None:
+    conn, socket = Connection(64, batched=True, send_interval=0.05), Socket()
+
+    async def body() -> None:
+        conn.send('{"n":0}')
+        conn.send('{"n":1}')  # two at once: the next frame waits for the interval
+        await _settle()
+        for n in range(2, 6):
+            conn.send(f'{{"n":{n}}}')
+            await _settle()
+        assert len(socket.frames) == 1  # still gathering
+        await asyncio.sleep(0.1)
+
+    run(conn, socket, body)
+    assert [json.loads(f) for f in socket.frames] == [[{"n": 0}, {"n": 1}], [{"n": n} for n in range(2, 6)]]
+
+
+def test_the_reply_goes_straight_out_only_when_nothing_waits_ahead_of_it() -> None:
+    conn, socket = Connection(16), Socket(delay=0.01)
+
+    async def body() -> None:
+        await conn.reply(socket, "ack1")  # nothing queued: sent from the reader's task
+        conn.send("upsert")
+        await conn.reply(socket, "ack2")  # the writer has the upsert: the ack goes behind it
+        await asyncio.sleep(0.05)
+
+    run(conn, socket, body)
+    assert socket.frames == ["ack1", "upsert", "ack2"]
+
+
+def test_closing_sends_what_waits_first_but_a_slow_client_gets_nothing_more() -> None:
+    polite, socket = Connection(16), Socket()
+
+    async def body() -> None:
+        polite.send("a")
+        polite.send("b")
+        polite.close(GOING_AWAY)
+        polite.send("c")  # after the close: dropped
+        await _settle()
+
+    run(polite, socket, body)
+    assert (socket.frames, socket.closed) == (["a", "b"], GOING_AWAY)
+
+    slow, socket = Connection(2), Socket()
+    slowed: list[bool] = []
+    slow.on_slow = lambda: slowed.append(True)
+
+    async def overflow() -> None:
+        for n in range(3):  # the third does not fit
+            slow.send(str(n))
+        await _settle()
+
+    run(slow, socket, overflow)
+    assert (socket.frames, socket.closed, slowed) == ([], SLOW_CLIENT, [True])
