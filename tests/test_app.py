@@ -380,6 +380,31 @@ def test_probe_command_pings_a_replica(replica: Replica) -> None:
     assert bad.returncode == 1 and "HTTP 400" in bad.stderr
 
 
+@pytest.mark.parametrize(
+    ("offer", "answer"),
+    [
+        ({}, "client_max_window_bits=11; server_max_window_bits=11"),  # a browser's offer names the client's
+        ({"client_max_window_bits": None}, "server_max_window_bits=11"),  # a server may always name its own
+        ({"server_max_window_bits": 9}, "client_max_window_bits=11; server_max_window_bits=9"),  # smaller: kept
+    ],
+)
+def test_compression_windows_are_small_and_snapshots_still_compress(
+    replicas: Any, offer: dict[str, Any], answer: str
+) -> None:
+    from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+
+    replica = replicas("windows", rate_limit=0)
+    factory = ClientPerMessageDeflateFactory(**{"client_max_window_bits": True, **offer})
+    objects = [{"id": f"o{i:04}", "type": "rect", "x": i, "y": 2 * i, "fill": "#1e88e5"} for i in range(300)]
+    with client(replica, "windows", extensions=[factory], compression=None) as ws:
+        recv(ws)
+        for obj in objects:
+            call(ws, {"op": "create", "object": obj})
+        assert ws.response.headers["sec-websocket-extensions"] == f"permessage-deflate; {answer}"
+    with client(replica, "windows", extensions=[factory], compression=None) as ws:
+        assert recv(ws)["objects"] == objects  # a 15 KB snapshot through the small window
+
+
 @pytest.mark.parametrize("enabled", [True, False])
 def test_websocket_compression_can_be_turned_off(replicas: Any, enabled: bool) -> None:
     replica = replicas(f"deflate-{enabled}", websocket_compression=enabled)

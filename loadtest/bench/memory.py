@@ -53,9 +53,11 @@ def _connections(endpoint: str, **settings: object) -> dict[str, float]:
         time.sleep(0.5)
         before = rss_bytes(server.pid)
         after = uvloop.run(_idle(server.port, 1000, lambda: rss_bytes(server.pid)))
+    per_connection = (after - before) / 1000
     return {
         "rss_delta_mib": round((after - before) / 2**20, 2),
-        "rss_bytes_per_connection": round((after - before) / 1000),
+        "rss_bytes_per_connection": round(per_connection),
+        "connections_per_gib": round(2**30 / per_connection),
     }
 
 
@@ -78,15 +80,16 @@ def run(endpoint: str) -> dict[str, Any]:
             "beyond_json": round(per_object - json_bytes / 10_000),
         },
         "connections": _connections(endpoint),
+        "connections_window_15": _connections(endpoint, websocket_window_bits=15),
         "connections_no_deflate": _connections(endpoint, websocket_compression="false"),
     }
 
 
 def markdown(r: dict[str, Any]) -> str:
-    o, c, n = r["objects"], r["connections"], r["connections_no_deflate"]
+    o, c, w, n = r["objects"], r["connections"], r["connections_window_15"], r["connections_no_deflate"]
     return table(
         "6. Resident memory of one replica",
-        ["what", "RSS growth", "per item", "beyond the object's JSON"],
+        ["what", "RSS growth", "per item", "beyond the object's JSON / connections per GiB"],
         [
             [
                 "10,000 objects (not yet saved)",
@@ -94,17 +97,18 @@ def markdown(r: dict[str, Any]) -> str:
                 f"{o['rss_bytes_per_object']} B",
                 f"{o['beyond_json']} B (JSON {o['json_bytes_per_object']} B)",
             ],
-            [
-                "1,000 idle WebSocket connections, permessage-deflate (default)",
-                f"{c['rss_delta_mib']} MiB",
-                f"{c['rss_bytes_per_connection']} B",
-                "",
-            ],
-            [
-                "1,000 idle WebSocket connections, CANVAS_WEBSOCKET_COMPRESSION=false",
-                f"{n['rss_delta_mib']} MiB",
-                f"{n['rss_bytes_per_connection']} B",
-                "",
-            ],
+            *(
+                [
+                    label,
+                    f"{m['rss_delta_mib']} MiB",
+                    f"{m['rss_bytes_per_connection']} B",
+                    f"{m['connections_per_gib']:,}",
+                ]
+                for label, m in (
+                    ("1,000 idle WebSocket connections, permessage-deflate, 11-bit windows (default)", c),
+                    ("1,000 idle WebSocket connections, permessage-deflate, 15-bit windows (zlib's default)", w),
+                    ("1,000 idle WebSocket connections, CANVAS_WEBSOCKET_COMPRESSION=false", n),
+                )
+            ),
         ],
     )

@@ -13,7 +13,7 @@ from common import baseline, cpu_seconds, pct, replica, table
 from websockets.asyncio.client import connect
 
 CLIENTS = (8, 32, 128)
-REPEATS = 3
+REPEATS = 5
 """Runs of bare Quart and of canvas-sync per client count, interleaved; the median is reported."""
 
 
@@ -38,8 +38,10 @@ class _Window:
             self.opened.set()
 
 
-async def _client(url: str, window: _Window, oid: str, subprotocols: list[str] | None = None) -> None:
-    async with connect(url, max_size=None, open_timeout=30, subprotocols=subprotocols) as ws:  # type: ignore[arg-type]
+async def _client(
+    url: str, window: _Window, oid: str, subprotocols: list[str] | None = None, compression: str | None = "deflate"
+) -> None:
+    async with connect(url, max_size=None, open_timeout=30, subprotocols=subprotocols, compression=compression) as ws:  # type: ignore[arg-type]
         await asyncio.wait_for(ws.recv(), 30)
         await ws.send(json.dumps({"op": "create", "req": "c", "object": {"id": oid, "type": "rect", "x": 0, "y": 0}}))
         while '"req":"c"' not in await asyncio.wait_for(ws.recv(), 30):
@@ -59,14 +61,26 @@ async def _client(url: str, window: _Window, oid: str, subprotocols: list[str] |
 
 
 async def _measure(
-    urls: list[str], clients: int, seconds: float, shared: bool, pid: int | None, token: str | None = None
+    urls: list[str],
+    clients: int,
+    seconds: float,
+    shared: bool,
+    pid: int | None,
+    token: str | None = None,
+    compression: str | None = "deflate",
 ) -> dict[str, float]:
     window = _Window(clients, seconds, pid)
     run = time.time_ns()
     protocols = ["canvas-sync.v1", f"canvas-sync.bearer.{token}"] if token else None
     await asyncio.gather(
         *(
-            _client(f"{urls[i % len(urls)]}/ws/rt-{run}" + ("" if shared else f"-{i}"), window, f"o{i}", protocols)
+            _client(
+                f"{urls[i % len(urls)]}/ws/rt-{run}" + ("" if shared else f"-{i}"),
+                window,
+                f"o{i}",
+                protocols,
+                compression,
+            )
             for i in range(clients)
         )
     )
@@ -83,43 +97,61 @@ async def _measure(
 
 
 def measure(
-    ports: list[int], clients: int, seconds: float, shared: bool = False, pid: int | None = None
+    ports: list[int],
+    clients: int,
+    seconds: float,
+    shared: bool = False,
+    pid: int | None = None,
+    compression: str | None = "deflate",
 ) -> dict[str, float]:
     """Round trips over ``seconds`` once all clients are connected; with ``pid``, also the
     server's CPU time per round trip in that window: what the server's own code costs,
-    whatever else the shared machine runs, so the steadier of the two ratios."""
-    return uvloop.run(_measure([f"ws://127.0.0.1:{p}" for p in ports], clients, seconds, shared, pid))
+    whatever else the shared machine runs, so the steadier of the two ratios. The clients
+    offer permessage-deflate as browsers do, unless ``compression`` is None."""
+    urls = [f"ws://127.0.0.1:{p}" for p in ports]
+    return uvloop.run(_measure(urls, clients, seconds, shared, pid, compression=compression))
 
 
 def run(endpoint: str, seconds: float) -> dict[str, Any]:
     """Each run on a fresh server process, so no projects held from earlier runs are being
     synced in the background. The bare Quart app and canvas-sync (the ratio the goal is
     about) run REPEATS times, interleaved, so the shared machine's drift falls on both."""
-    variants: list[tuple[str, Callable[[], Any], bool, int]] = [
-        ("websockets", lambda: baseline("baseline_websockets.py"), False, 1),
-        ("ours_asyncio", lambda: replica(endpoint, event_loop="asyncio"), False, 1),
-        ("ours_shared", lambda: replica(endpoint), True, 1),
-        ("quart", lambda: baseline("baseline_quart.py"), False, REPEATS),
-        ("ours", lambda: replica(endpoint), False, REPEATS),
+    variants: list[tuple[str, Callable[[], Any], bool, int, str | None]] = [
+        ("websockets", lambda: baseline("baseline_websockets.py"), False, 1, "deflate"),
+        ("ours_asyncio", lambda: replica(endpoint, event_loop="asyncio"), False, 1, "deflate"),
+        ("ours_shared", lambda: replica(endpoint), True, 1, "deflate"),
+        ("quart", lambda: baseline("baseline_quart.py"), False, REPEATS, "deflate"),
+        ("ours", lambda: replica(endpoint), False, REPEATS, "deflate"),
+        ("quart_plain", lambda: baseline("baseline_quart.py"), False, REPEATS, None),
+        ("ours_plain", lambda: replica(endpoint), False, REPEATS, None),
     ]
     rows = []
     for clients in CLIENTS:
-        runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _, _ in variants}
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in variants}
         for repeat in range(REPEATS):
-            for name, start, shared, times in variants:
+            for name, start, shared, times, compression in variants:
                 if repeat < times:
                     with start() as server:
-                        runs[name].append(measure([server.port], clients, seconds, shared, server.pid))
+                        runs[name].append(measure([server.port], clients, seconds, shared, server.pid, compression))
         row: dict[str, Any] = {"clients": clients}
         for name, results in runs.items():
             row[name] = sorted(results, key=lambda r: r["ops_per_s"])[len(results) // 2]
             row[name]["runs_ops_per_s"] = [r["ops_per_s"] for r in results]
         row["vs_quart"] = round(row["ours"]["ops_per_s"] / row["quart"]["ops_per_s"], 3)
+        row["vs_quart_plain"] = round(row["ours_plain"]["ops_per_s"] / row["quart_plain"]["ops_per_s"], 3)
+        row["pair_ratios"] = [
+            round(o["ops_per_s"] / q["ops_per_s"], 3) for o, q in zip(runs["ours"], runs["quart"], strict=True)
+        ]
+        row["pair_ratios_plain"] = [
+            round(o["ops_per_s"] / q["ops_per_s"], 3)
+            for o, q in zip(runs["ours_plain"], runs["quart_plain"], strict=True)
+        ]
         cpu = {
             name: sorted(r["server_cpu_us_per_op"] for r in results)[len(results) // 2]
             for name, results in runs.items()
         }
         row["cpu_vs_quart"] = round(cpu["quart"] / cpu["ours"], 3)  # above 1: cheaper per round trip than bare Quart
+        row["cpu_vs_quart_plain"] = round(cpu["quart_plain"] / cpu["ours_plain"], 3)
         row["vs_websockets"] = round(row["ours"]["ops_per_s"] / row["websockets"]["ops_per_s"], 3)
         row["uvloop_gain"] = round(row["ours"]["ops_per_s"] / row["ours_asyncio"]["ops_per_s"], 3)
         rows.append(row)
@@ -151,15 +183,17 @@ class _replicas:
 def markdown(result: dict[str, Any], scale: dict[str, Any]) -> str:
     rows = []
     for r in result["rows"]:
-        cpu_quart = r["quart"]["server_cpu_us_per_op"]
-        for name, label in (
-            ("websockets", "bare websockets (parse + ack)"),
-            ("quart", "bare Quart (parse + ack)"),
-            ("ours", "canvas-sync, uvloop"),
-            ("ours_asyncio", "canvas-sync, asyncio loop"),
-            ("ours_shared", "canvas-sync, one shared project"),
+        for name, label, base in (
+            ("websockets", "bare websockets (parse + ack)", "quart"),
+            ("quart", "bare Quart (parse + ack)", "quart"),
+            ("ours", "canvas-sync, uvloop", "quart"),
+            ("ours_asyncio", "canvas-sync, asyncio loop", "quart"),
+            ("ours_shared", "canvas-sync, one shared project", "quart"),
+            ("quart_plain", "bare Quart, no compression", "quart_plain"),
+            ("ours_plain", "canvas-sync, no compression", "quart_plain"),
         ):
             m = r[name]
+            cpu_quart = r[base]["server_cpu_us_per_op"]
             rows.append(
                 [
                     r["clients"],
@@ -167,14 +201,15 @@ def markdown(result: dict[str, Any], scale: dict[str, Any]) -> str:
                     m["ops_per_s"],
                     m["p50_ms"],
                     m["p99_ms"],
-                    round(m["ops_per_s"] / r["quart"]["ops_per_s"], 3),
+                    round(m["ops_per_s"] / r[base]["ops_per_s"], 3),
                     m["server_cpu_us_per_op"],
                     round(cpu_quart / m["server_cpu_us_per_op"], 3),
                 ]
             )
     out = table(
-        f"1. Edit round trips (update -> ack), a project per client unless said; bare Quart and "
-        f"canvas-sync: median of {result['repeats']} interleaved runs",
+        f"1. Edit round trips (update -> ack), a project per client unless said; clients offer "
+        f"permessage-deflate as browsers do unless said; bare Quart and canvas-sync: median of "
+        f"{result['repeats']} interleaved runs; ratios against bare Quart with the same compression",
         [
             "clients",
             "server",

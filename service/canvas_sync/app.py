@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from quart import Quart, Response, request, send_from_directory, websocket
+from quart.asgi import ASGIWebsocketConnection
 
 from . import protocol
 from .auth import Identity, Role
@@ -45,8 +48,60 @@ def _refused(refusal: Refusal) -> Response:
     return response
 
 
+class DirectSocket(ASGIWebsocketConnection):
+    """Quart's WebSocket connection without its receiving task, its queue and its yield
+    before every send.
+
+    Quart reads hypercorn's channel in a task of its own, hands each message on through a
+    queue, and sleeps(0) and fires a signal around every send: about a fifth of the CPU a
+    bare parse-and-ack socket costs. Here the handshake, refusals and the accept stay
+    Quart's; the handler then reads and writes the ASGI channel itself, through this
+    object (``websocket.scope[SOCKET]``).
+    """
+
+    async def __call__(self, receive: Any, send: Any) -> None:
+        self._channel_receive, self._channel_send = receive, send
+        self._gone = False
+        self.queue = SimpleNamespace(get=self.receive)  # type: ignore[assignment]  # what Quart's websocket reads
+        self.scope[SOCKET] = self  # type: ignore[literal-required]
+        await self.handle_websocket(self._create_websocket_from_scope(send), send)
+        if self._accepted and not self._gone:
+            # hypercorn hands messages over through a queue of 10 and waits while it is
+            # full: keep taking them until the client is gone, or the close handshake of
+            # a socket we closed never completes
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drain(), CLOSE_TIMEOUT)
+
+    async def _drain(self) -> None:
+        while await self.receive() is not None:
+            pass
+
+    async def receive(self) -> str | bytes | None:
+        """The next message; None once the client is gone."""
+        while True:
+            event = await self._channel_receive()
+            if event["type"] == "websocket.receive":
+                return event.get("bytes") or event["text"]
+            if event["type"] == "websocket.disconnect":
+                self._closed = self._gone = True  # nothing left to close
+                return None
+
+    async def send(self, text: str) -> None:
+        await self._channel_send({"type": "websocket.send", "text": text})
+
+    async def close(self, code: int, reason: str) -> None:
+        if not self._closed:
+            await self.close_connection(self._channel_send, code, reason)
+
+
+SOCKET = "canvas_sync.socket"
+CLOSE_TIMEOUT = 10.0
+"""Seconds a closed socket's client has to answer the close before we stop listening."""
+
+
 def create_app(service: CanvasService) -> Quart:
     app = Quart("canvas_sync", static_folder="static", static_url_path="/static")
+    app.asgi_websocket_class = DirectSocket
     app.extensions["canvas"] = service
 
     @app.before_serving
@@ -103,7 +158,7 @@ def create_app(service: CanvasService) -> Quart:
         if isinstance(project, Response):
             return project
         await websocket.accept(subprotocol=subprotocol)
-        ws_obj = websocket._get_current_object()  # type: ignore[attr-defined]  # werkzeug LocalProxy
+        ws_obj: DirectSocket = websocket.scope[SOCKET]  # type: ignore[literal-required]
         conn = Connection(
             service.settings.send_queue_size,
             service.settings.rate_limit,
@@ -123,6 +178,8 @@ def create_app(service: CanvasService) -> Quart:
             while True:
                 data = await ws_obj.receive()
                 reply: str | None
+                if data is None:
+                    return
                 if isinstance(data, bytes):
                     reply = protocol.error(
                         ProtocolError("bad_message", "binary frames are not accepted; send JSON text")

@@ -135,7 +135,12 @@ class Settings(BaseSettings):
     """Longest pause before retrying a project's (or the heads') failed read."""
     websocket_compression: bool = True
     """Accept permessage-deflate when a client offers it (browsers do): big snapshots shrink
-    several-fold, but each such connection keeps a zlib state, about 95 KB resident."""
+    about tenfold, and each such connection keeps a zlib state (see the window bits)."""
+    websocket_window_bits: int = Field(11, ge=9, le=15)
+    """The deflate window the server compresses with (``server_max_window_bits``), and the
+    most it lets a client use (``client_max_window_bits``, when offered). Canvas JSON
+    repeats itself within a few hundred bytes: 11 (2 KiB) compresses snapshots as well as
+    15 (32 KiB, zlib's default) and keeps a connection's zlib state about 16 KiB, not 256."""
     clock_offset_ms: int = 0
     """Added to the wall clock; for tests that simulate a replica with a skewed clock."""
 

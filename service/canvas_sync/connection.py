@@ -54,7 +54,7 @@ class Connection:
         self.woke_peers = False
         """This client's last edit woke the writers of other clients (see ``app``)."""
         self._wakeup: asyncio.Future[None] | None = None  # the idle writer waits on it
-        self._sending = asyncio.Lock()  # one frame at a time, in outbox order
+        self._busy = False  # a frame is being sent (reply or writer): one at a time, in order
         self.close_code: int | None = None
         self.close_reason = ""
         self._rate = rate_per_second
@@ -107,23 +107,29 @@ class Connection:
         """Answer the sender from its own reader task when nothing is queued ahead.
 
         That saves the hop through the writer task for every ack; order is kept because
-        a message queued earlier (or one the writer is about to send) makes this queue too.
+        a message queued earlier (or one the writer is sending) makes this queue too.
         """
-        if self.close_code is None and not self.outbox and not self._sending.locked():
-            async with self._sending:
-                await websocket.send(text)
-        else:
+        if self.close_code is not None or self.outbox or self._busy:
             self.send(text)
+            return
+        self._busy = True
+        try:
+            await websocket.send(text)
+        finally:
+            self._busy = False
+            if self.outbox or self.close_code is not None:
+                self._wake()  # what came meanwhile waited for this frame
 
     async def pump(self, websocket: Any) -> None:
         """Send what waits, in order, until asked to close; then close the socket."""
         loop = asyncio.get_running_loop()
         while True:
-            if not self.outbox and self.close_code is None:
+            while self._busy or (not self.outbox and self.close_code is None):
                 self._wakeup = loop.create_future()
                 await self._wakeup
             texts = self.outbox.take()
-            async with self._sending:
+            self._busy = True
+            try:
                 if texts and self.batched:
                     await websocket.send(batch(texts))
                 else:
@@ -134,5 +140,7 @@ class Connection:
                 if self.close_code is not None and not self.outbox:
                     await websocket.close(self.close_code, self.close_reason)
                     return
+            finally:
+                self._busy = False
             if len(texts) > 1 and self.send_interval:
                 await asyncio.sleep(self.send_interval)  # messages came faster than one a frame: gather

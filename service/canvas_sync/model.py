@@ -126,7 +126,7 @@ class ObjectState:
     450 bytes less than a tuple per field.
     """
 
-    __slots__ = ("_base", "_live", "_stamps", "_type", "_values", "id")
+    __slots__ = ("_base", "_latest", "_live", "_stamps", "_type", "_values", "id")
     __hash__ = None  # type: ignore[assignment]
 
     id: str
@@ -135,6 +135,8 @@ class ObjectState:
     _type: Any
     _values: dict[str, Any]
     _stamps: dict[str, Stamp] | None
+    _latest: Stamp
+    """The newest stamp in the state (kept: every edit asks for it)."""
 
     def __init__(self, id: str, alive: Field, type: Field, props: dict[str, Field] | None = None) -> None:
         base = alive[1]
@@ -146,7 +148,14 @@ class ObjectState:
         )
 
     def _init(
-        self, id: str, live: Any, base: Stamp, type_: Any, values: dict[str, Any], stamps: dict[str, Stamp] | None
+        self,
+        id: str,
+        live: Any,
+        base: Stamp,
+        type_: Any,
+        values: dict[str, Any],
+        stamps: dict[str, Stamp] | None,
+        latest: Stamp | None = None,
     ) -> None:
         set_ = object.__setattr__  # the class refuses plain assignment; an update makes one of these
         set_(self, "id", id)
@@ -155,6 +164,7 @@ class ObjectState:
         set_(self, "_type", type_)
         set_(self, "_values", values)
         set_(self, "_stamps", stamps)
+        set_(self, "_latest", latest if latest is not None else max((base, *(stamps or {}).values())))
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("ObjectState is immutable")
@@ -177,7 +187,7 @@ class ObjectState:
     @classmethod
     def created(cls, object_id: str, type_: str, props: dict[str, Any], stamp: Stamp) -> ObjectState:
         state = cls.__new__(cls)
-        state._init(object_id, True, stamp, type_, dict(props), None)
+        state._init(object_id, True, stamp, type_, dict(props), None, stamp)
         return state
 
     def updated(self, changes: dict[str, Any], stamp: Stamp) -> ObjectState:
@@ -195,7 +205,8 @@ class ObjectState:
             else:
                 stamps.pop(name, None)
         state = ObjectState.__new__(ObjectState)
-        state._init(self.id, self._live, self._base, type_, values, stamps or None)
+        latest = stamp if stamp >= self._latest else None  # None: an older stamp may have been replaced
+        state._init(self.id, self._live, self._base, type_, values, stamps or None, latest)
         return state
 
     @property
@@ -216,7 +227,7 @@ class ObjectState:
         return bool(self._live)
 
     def latest_stamp(self) -> Stamp:
-        return max((self._base, *(self._stamps or {}).values()))
+        return self._latest
 
     def view(self) -> dict[str, Any] | None:
         """What clients see: id, type and the visible properties; ``None`` when deleted."""

@@ -44,8 +44,36 @@ class _BoundedDeflate(PerMessageDeflate):
     """
 
     max_message = 65536
+    window_bits = 15
     _inflated = 0
     _over = False
+
+    def accept(self, offer: str) -> bool | str | None:
+        """Accept with our window (RFC 7692 7.1.2: a server may always name
+        ``server_max_window_bits``; ``client_max_window_bits`` only where the client offered it)."""
+        client_bits, server_bits = self._parse_params(offer)
+        try:
+            self.server_max_window_bits = min(server_bits or self.window_bits, self.window_bits)
+            if client_bits is not None:
+                self.client_max_window_bits = min(client_bits, self.window_bits)
+        except ValueError:  # a window smaller than deflate allows: decline compression
+            return None
+        parameters = [
+            name for name in ("client_no_context_takeover", "server_no_context_takeover") if getattr(self, name)
+        ]
+        if client_bits is not None:
+            parameters.append(f"client_max_window_bits={self.client_max_window_bits}")
+        parameters.append(f"server_max_window_bits={self.server_max_window_bits}")
+        self._enabled = True
+        return "; ".join(parameters)
+
+    def frame_outbound(self, proto: Any, opcode: Any, rsv: Any, data: bytes, fin: bool) -> Any:
+        if self._compressor is None and self._compressible_opcode(opcode):
+            # zlib's memory level follows the window (8 for 15 bits, 4 for 11): its hash
+            # tables, not the window, are most of a compressor's memory
+            bits = self.server_max_window_bits
+            self._compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -bits, bits - 7)
+        return super().frame_outbound(proto, opcode, rsv, data, fin)
 
     def frame_inbound_payload_data(self, proto: Any, data: bytes) -> bytes | CloseReason:
         if not self._inbound_compressed or not self._inbound_is_compressible:
@@ -77,11 +105,13 @@ class _BoundedDeflate(PerMessageDeflate):
         return out
 
 
-def set_websocket_compression(enabled: bool, max_message_bytes: int = 65536) -> None:
+def set_websocket_compression(enabled: bool, max_message_bytes: int = 65536, window_bits: int = 15) -> None:
     """hypercorn offers permessage-deflate to every client and has no setting for it, so
     the extension it builds per handshake is swapped here (hypercorn >=0.17, checked by
-    tests/test_app.py): declined, or accepted with inflation bounded by the message limit."""
+    tests/test_app.py): declined, or accepted with inflation bounded by the message limit
+    and windows of at most ``window_bits``."""
     _BoundedDeflate.max_message = max_message_bytes  # one replica per process: one limit
+    _BoundedDeflate.window_bits = window_bits
     ws_stream.PerMessageDeflate = _BoundedDeflate if enabled else _DeclineDeflate  # type: ignore[misc]
 
 
@@ -102,7 +132,9 @@ async def run(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT; 0 when every dirty object was saved, else 1."""
     service = CanvasService(settings)
     app = create_app(service)
-    set_websocket_compression(settings.websocket_compression, settings.max_message_bytes)
+    set_websocket_compression(
+        settings.websocket_compression, settings.max_message_bytes, settings.websocket_window_bits
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
