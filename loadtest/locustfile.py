@@ -110,6 +110,13 @@ def _options(parser: Any) -> None:
         help="an ES256 private key (canvas-sync keygen): each user mints its own token (its own subject)",
     )
     group.add_argument(
+        "--batched",
+        action="store_true",
+        env_var="CANVAS_LOAD_BATCHED",
+        default=False,
+        help="users offer canvas-sync.v2 (as the demo page does): a frame may hold several messages",
+    )
+    group.add_argument(
         "--convergence-report",
         env_var="CANVAS_CONVERGENCE_REPORT",
         default="",
@@ -137,8 +144,15 @@ def token_for(environment: Environment, sub: str, role: str = "editor") -> str |
     return options.token or None
 
 
-def subprotocols(token: str | None) -> list[str] | None:
-    return ["canvas-sync.v1", f"canvas-sync.bearer.{token}"] if token else None
+def subprotocols(token: str | None, batched: bool = False) -> list[str] | None:
+    offered = ["canvas-sync.v2"] if batched else ["canvas-sync.v1"] if token else []
+    return [*offered, f"canvas-sync.bearer.{token}"] if token else offered or None
+
+
+def messages(text: str) -> list[dict[str, Any]]:
+    """A frame's messages: one, or (canvas-sync.v2) a JSON array of them."""
+    data = json.loads(text)
+    return data if isinstance(data, list) else [data]
 
 
 def _split(urls: str) -> list[str]:
@@ -215,14 +229,17 @@ class CanvasUser(User):
         url = self.base.replace("http", "ws", 1) + f"/ws/{self.project}"
         started = time.perf_counter()
         try:
-            self.ws = websocket.create_connection(url, timeout=10, subprotocols=subprotocols(self.token))
+            offered = subprotocols(self.token, self.environment.parsed_options.batched)
+            self.ws = websocket.create_connection(url, timeout=10, subprotocols=offered)
             text = self.ws.recv()
-            snapshot = json.loads(text)
+            snapshot, *after = messages(text)  # v2: what came meanwhile may share its frame
         except (OSError, websocket.WebSocketException, ValueError) as error:
             self.ws = None
             self.fire("connect", started, 0, error)
             return
         self.objects = {o["id"]: o for o in snapshot["objects"]}
+        for message in after:
+            self.observe(message)
         self.fire("connect", started, len(text))
 
     def observe(self, message: dict[str, Any]) -> None:
@@ -241,13 +258,15 @@ class CanvasUser(User):
         req = str(self.req)
         text = json.dumps({**message, "req": req})
         started = time.perf_counter()
+        reply: dict[str, Any] | None = None
         try:
             self.ws.send(text)
-            while True:
-                reply = json.loads(self.ws.recv())
-                if reply.get("req") == req:
-                    break
-                self.observe(reply)
+            while reply is None:
+                for message in messages(self.ws.recv()):  # what follows the reply in its frame counts too
+                    if message.get("req") == req:
+                        reply = message
+                    else:
+                        self.observe(message)
         except (OSError, websocket.WebSocketException, ValueError) as error:
             self.fire(name, started, len(text), error)
             self.ws = None
@@ -392,6 +411,8 @@ class CrossReplicaWatcher(User):
                 )
 
     def on_stop(self) -> None:
+        if not hasattr(self, "writer"):
+            return  # stopped in on_start: one replica, nothing to watch
         for ws in (self.writer, *self.watchers):
             ws.shutdown()
         gevent.killall(self.readers)

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from canvas_sync.dynamodb_local import DynamoDBLocal, Unavailable, free_port
 from canvas_sync.redis_local import RedisServer
@@ -58,6 +60,69 @@ def counter(url: str, name: str) -> float:
     return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
+def run_locust(
+    urls: list[str],
+    users: int,
+    spawn_rate: float,
+    run_time: str,
+    projects: int,
+    out: Path,
+    private_key: Path,
+    convergence_timeout: float = 30.0,
+    cpus: set[int] | None = None,
+    batched: bool = False,
+) -> tuple[int, dict[str, Any]]:
+    """Locust headless on the canvas mix against ``urls`` (optionally pinned to ``cpus``):
+    its exit code and the convergence report, with the acked-edit statistics in ``stats``."""
+    report = out / "convergence.json"
+    report.unlink(missing_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(HERE / "locustfile.py"),
+        "--headless",
+        "-u",
+        str(users),
+        "-r",
+        str(spawn_rate),
+        "-t",
+        run_time,
+        "--stop-timeout",
+        "5",
+        "--host",
+        urls[0],
+        "--replica-urls",
+        ",".join(urls),
+        "--projects",
+        str(projects),
+        "--project-prefix",
+        f"run-{time.time_ns()}",
+        "--convergence-timeout",
+        str(convergence_timeout),
+        "--convergence-report",
+        str(report),
+        "--token-key",
+        str(private_key),
+        "--html",
+        str(out / "report.html"),
+        "--csv",
+        str(out / "locust"),
+        "--only-summary",
+        *(["--batched"] if batched else []),
+    ]
+    limit = _seconds(run_time) + convergence_timeout + 120
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    try:
+        code = subprocess.run(command, cwd=HERE, timeout=limit, preexec_fn=pin).returncode
+    except subprocess.TimeoutExpired:
+        print(f"run-local: Locust did not finish within {limit:.0f}s; stopped it", file=sys.stderr)
+        code = 1
+    result = json.loads(report.read_text()) if report.exists() else {"converged": False, "stats": {}}
+    return code, result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replicas", type=int, default=3)
@@ -69,7 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sync", type=float, default=1.0, help="CANVAS_SYNC_INTERVAL of the replicas")
     parser.add_argument("--convergence-timeout", type=float, default=30.0)
     parser.add_argument("--redis", action="store_true", help="start a redis-server: replicas relay live")
+    parser.add_argument("--batched", action="store_true", help="users offer canvas-sync.v2, as the demo page does")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--capacity",
+        action="store_true",
+        help="one replica pinned to one core; raise users step by step until the ack p99 passes 100 ms",
+    )
+    parser.add_argument("--step-time", type=int, default=20, help="seconds per --capacity step")
+    parser.add_argument("--max-users", type=int, default=1600, help="largest --capacity step")
     args = parser.parse_args(argv)
     out = args.out or HERE / "reports" / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
@@ -78,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     except Unavailable as error:
         print(f"run-local: {error}", file=sys.stderr)
         return 2
+    if args.capacity:
+        return _capacity(database, out, args.step_time, args.max_users)
     replicas: list[ReplicaProcess] = []
     relay: RedisServer | None = None
     try:
@@ -95,50 +170,18 @@ def main(argv: list[str] | None = None) -> int:
         for replica in replicas:
             replica.wait_ready()
         urls = [replica.url for replica in replicas]
-        report = out / "convergence.json"
-        command = [
-            sys.executable,
-            "-m",
-            "locust",
-            "-f",
-            str(HERE / "locustfile.py"),
-            "--headless",
-            "-u",
-            str(args.users),
-            "-r",
-            str(args.spawn_rate),
-            "-t",
-            args.time,
-            "--stop-timeout",
-            "5",
-            "--host",
-            urls[0],
-            "--replica-urls",
-            ",".join(urls),
-            "--projects",
-            str(args.projects),
-            "--project-prefix",
-            f"run-{int(time.time())}",
-            "--convergence-timeout",
-            str(args.convergence_timeout),
-            "--convergence-report",
-            str(report),
-            "--token-key",
-            str(private),
-            "--html",
-            str(out / "report.html"),
-            "--csv",
-            str(out / "locust"),
-            "--only-summary",
-        ]
         print(f"run-local: {args.replicas} replicas {', '.join(urls)}; {args.users} users for {args.time}", flush=True)
-        limit = _seconds(args.time) + args.convergence_timeout + 120
-        try:
-            code = subprocess.run(command, cwd=HERE, timeout=limit).returncode
-        except subprocess.TimeoutExpired:
-            print(f"run-local: Locust did not finish within {limit:.0f}s; stopped it", file=sys.stderr)
-            code = 1
-        result = json.loads(report.read_text()) if report.exists() else {"converged": False, "stats": {}}
+        code, result = run_locust(
+            urls,
+            args.users,
+            args.spawn_rate,
+            args.time,
+            args.projects,
+            out,
+            private,
+            args.convergence_timeout,
+            batched=args.batched,
+        )
         edits_accepted = sum(counter(u, "canvas_edits_total") for u in urls)
         written = sum(counter(u, "canvas_autosave_objects_written_total") for u in urls)
         stats = result.get("stats", {})
@@ -179,6 +222,24 @@ def main(argv: list[str] | None = None) -> int:
         if relay is not None:
             relay.stop()
         database.stop()
+
+
+def _capacity(database: DynamoDBLocal, out: Path, step_time: int, max_users: int) -> int:
+    sys.path.insert(0, str(HERE / "bench"))
+    import capacity  # the benchmark's own steps, so `make bench` and this command agree
+
+    try:
+        DynamoStore(make_client(database.endpoint), TABLE).create_table()
+        pid = database.process.pid if database.process else None
+        result = capacity.run(database.endpoint, out, step_time, max_users, database_pid=pid)
+    except ReplicaError as error:
+        print(f"run-local: {error}", file=sys.stderr)
+        return 1
+    finally:
+        database.stop()
+    (out / "capacity.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(capacity.markdown(result))
+    return 0 if result["best"] else 1
 
 
 if __name__ == "__main__":

@@ -119,7 +119,8 @@ def test_locustfile_checks_the_discovered_pods(fake_api: str, tmp_path: Path) ->
 
 @pytest.mark.dynamodb_local
 @pytest.mark.timeout(300)
-def test_short_local_run_converges(tmp_path: Path) -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["v1", "v2"])
+def test_short_local_run_converges(tmp_path: Path, batched: bool) -> None:
     result = subprocess.run(
         [
             str(ROOT / "loadtest" / "run-local"),
@@ -135,6 +136,7 @@ def test_short_local_run_converges(tmp_path: Path) -> None:
             "1",
             "--out",
             str(tmp_path),
+            *(["--batched"] if batched else []),
         ],
         capture_output=True,
         text=True,
@@ -148,3 +150,62 @@ def test_short_local_run_converges(tmp_path: Path) -> None:
     assert (tmp_path / "report.html").stat().st_size > 0 and (tmp_path / "locust_stats.csv").exists()
     stats = (tmp_path / "locust_stats.csv").read_text()
     assert "update (drag)" in stats and "create" in stats
+
+
+def test_capacity_pins_one_replica_and_reports_each_step(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            str(ROOT / "loadtest" / "run-local"),
+            "--capacity",
+            "--step-time",
+            "10",
+            "--max-users",
+            "25",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    capacity = json.loads((tmp_path / "capacity.json").read_text())
+    (step,) = capacity["rows"]  # 25 users: the only step up to --max-users
+    assert step["users"] == 25 and step["converged"] and step["edits_per_s"] > 50
+    assert 0 < step["server_cores"] <= 1.05  # one core at most: pinned
+    assert step["dynamodb_per_s"]["items_written"] > 0 and capacity["edits_per_core"] > step["edits_per_s"]
+    assert "13. Capacity: one replica pinned to 1 core" in result.stdout
+
+
+def test_the_sizing_table_follows_from_the_measurements() -> None:
+    sys.path.insert(0, str(ROOT / "loadtest" / "bench"))
+    import sizing
+
+    results = {
+        "capacity": {
+            "edits_per_core": 3000,
+            "best": {
+                "users": 100,
+                "edits_per_s": 1000.0,
+                "dynamodb_per_s": {"edits": 1000.0, "items_written": 50.0, "heads_written": 2.0},
+            },
+        },
+        "memory": {
+            "connections": {"rss_bytes_per_connection": 65536, "rss_idle_mib": 100},
+            "objects": {"rss_bytes_per_object": 1024},
+        },
+        "relay": {"reads": {"heads_read_with_relay": 4, "heads_read_without": 60, "with_relay": 1, "without_relay": 4}},
+    }
+    s = sizing.table_from(results)
+    assert s["per_user_edits_per_s"] == 10 and s["edits_per_pod"] == 1800 and s["editors_per_pod"] == 180
+    assert s["connections_per_pod_memory"] == (1024 - 100) * 16  # 64 KiB each
+    assert s["boards_per_pod_memory"] == (1024 - 100) * 1024 // 1000
+    k = s["per_1000"]
+    assert (k["edits_per_s"], k["pods"], k["boards"]) == (10_000, 6, 100)
+    assert k["wru_per_s"] == 10_000 * 0.052 * 2
+    # 100 boards: heads (1 RRU each), other requests at 0.5, a 74-page re-read every 600 s or 60 s
+    assert k["rru_per_s_relay"] == round(100 * (4 + 0.5 + 74 * 60 / 600) / 60, 1)
+    assert k["rru_per_s_table"] == round(100 * (60 + 2 + 74) / 60, 1)
+    month = 730 * 3600 * (1040 * 0.625 + k["rru_per_s_relay"] * 0.125) / 1e6
+    assert abs(k["dollars_per_month_relay"] - month) < 0.5

@@ -1,4 +1,4 @@
-"""9. A hot project: many clients on one board, each dragging its own object as fast as
+"""12. A hot project: many clients on one board, each dragging its own object as fast as
 the server acks, so the pod is saturated. Two figures per run: the ack p99, and how long
 after an ack every other client holds that object's state (or a newer one).
 
@@ -155,7 +155,7 @@ def run(endpoint: str) -> dict[str, Any]:
 
 def markdown(r: dict[str, Any]) -> str:
     return table(
-        f"9. A hot project: every client drags its own object on one board, as fast as acks come "
+        f"12. A hot project: every client drags its own object on one board, as fast as acks come "
         f"({r['seconds']:.0f} s; 'newest': from an ack until each other client holds that state or a newer one)",
         [
             "clients",

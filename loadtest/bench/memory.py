@@ -55,6 +55,7 @@ def _connections(endpoint: str, **settings: object) -> dict[str, float]:
         after = uvloop.run(_idle(server.port, 1000, lambda: rss_bytes(server.pid)))
     per_connection = (after - before) / 1000
     return {
+        "rss_idle_mib": round(before / 2**20, 1),
         "rss_delta_mib": round((after - before) / 2**20, 2),
         "rss_bytes_per_connection": round(per_connection),
         "connections_per_gib": round(2**30 / per_connection),

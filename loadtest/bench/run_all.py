@@ -13,12 +13,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import capacity
 import fanout
 import hot
 import memory
@@ -26,6 +28,7 @@ import relay
 import robustness
 import roundtrip
 import security
+import sizing
 import storage
 import writes
 from canvas_sync.dynamodb_local import DynamoDBLocal
@@ -104,6 +107,8 @@ def main() -> int:
     started = time.monotonic()
     with DynamoDBLocal() as ddb:
         DynamoStore(make_client(ddb.endpoint), TABLE).create_table()
+        DynamoStore(make_client(ddb.endpoint), capacity.TABLE).create_table()
+        pid = ddb.process.pid if ddb.process else None
         steps = [
             ("roundtrip", lambda: roundtrip.run(ddb.endpoint, args.seconds)),
             ("fanout", lambda: fanout.run(ddb.endpoint, args.seconds + 2)),
@@ -116,6 +121,7 @@ def main() -> int:
             ("robustness", lambda: robustness.run(ddb.endpoint)),
             ("relay", lambda: relay.run(ddb.endpoint)),
             ("security", lambda: security.run(ddb.endpoint)),
+            ("capacity", lambda: capacity.run(ddb.endpoint, Path(tempfile.mkdtemp(prefix="capacity-")), 15, 800, pid)),
         ]
         for name, step in steps:
             t = time.monotonic()
@@ -170,6 +176,8 @@ def main() -> int:
             robustness.markdown(results["robustness"]),
             relay.markdown(results["relay"]),
             security.markdown(results["security"]),
+            capacity.markdown(results["capacity"]),
+            sizing.markdown(sizing.table_from(results)),
         ]
     )
     made = plots(results, args.out)

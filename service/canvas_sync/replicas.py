@@ -36,6 +36,8 @@ class ReplicaProcess:
     host: str = "127.0.0.1"
     process: subprocess.Popen[bytes] | None = None
     exit_code: int | None = None
+    cpus: set[int] | None = None
+    """Pin the process to these CPUs (as ``taskset`` does; Linux), e.g. one core for sizing."""
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     @classmethod
@@ -76,7 +78,14 @@ class ReplicaProcess:
         if self.log_path is not None:
             out = self._log = open(self.log_path, "ab")  # closed with the process
         command = [sys.executable, "-m", "canvas_sync", "serve", "--host", self.host, "--port", str(self.port)]
-        self.process = subprocess.Popen(command, env=self.env, stdout=out, stderr=subprocess.STDOUT if out else None)
+        cpus = self.cpus
+        self.process = subprocess.Popen(
+            command,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        )
         if wait:
             self.wait_ready(timeout)
         return self
