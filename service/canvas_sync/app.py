@@ -56,7 +56,8 @@ class DirectSocket(ASGIWebsocketConnection):
     queue, and sleeps(0) and fires a signal around every send: about a fifth of the CPU a
     bare parse-and-ack socket costs. Here the handshake, refusals and the accept stay
     Quart's; the handler then reads and writes the ASGI channel itself, through this
-    object (``websocket.scope[SOCKET]``).
+    object (``websocket.scope[SOCKET]``). It leans on Quart 0.22's internals (hence the
+    pin in pyproject.toml); tests/test_app.py goes through every path of it.
     """
 
     async def __call__(self, receive: Any, send: Any) -> None:

@@ -64,16 +64,14 @@ class _BoundedDeflate(PerMessageDeflate):
         if client_bits is not None:
             parameters.append(f"client_max_window_bits={self.client_max_window_bits}")
         parameters.append(f"server_max_window_bits={self.server_max_window_bits}")
-        self._enabled = True
-        return "; ".join(parameters)
-
-    def frame_outbound(self, proto: Any, opcode: Any, rsv: Any, data: bytes, fin: bool) -> Any:
-        if self._compressor is None and self._compressible_opcode(opcode):
+        if not self.server_no_context_takeover:  # else wsproto makes one per message (and frees it)
             # zlib's memory level follows the window (8 for 15 bits, 4 for 11): its hash
-            # tables, not the window, are most of a compressor's memory
+            # tables, not the window, are most of a compressor's memory. Made here, where
+            # the snapshot would make it anyway, so that sending needs no hook of ours.
             bits = self.server_max_window_bits
             self._compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -bits, bits - 7)
-        return super().frame_outbound(proto, opcode, rsv, data, fin)
+        self._enabled = True
+        return "; ".join(parameters)
 
     def frame_inbound_payload_data(self, proto: Any, data: bytes) -> bytes | CloseReason:
         if not self._inbound_compressed or not self._inbound_is_compressible:
