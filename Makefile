@@ -33,7 +33,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check service tests loadtest
 	$(VENV)/bin/mypy
 
-## bench: every benchmark beside its baseline, against DynamoDB Local (about 8 minutes);
+## bench: every benchmark beside its baseline, against DynamoDB Local (about 20 minutes);
 ## prints the tables and writes docs/bench/RESULTS.md, results.json and PNG plots
 bench: $(VENV)/.installed dynamodb-local
 	$(PY) -m pip install -q -e '.[bench]'

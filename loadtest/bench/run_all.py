@@ -1,7 +1,7 @@
 """``make bench``: every benchmark, each beside a baseline measured in the same run.
 
 Writes ``docs/bench/results.json``, ``docs/bench/RESULTS.md`` (the tables) and PNG plots.
-Takes about 8 minutes on a 2-core machine. On such a machine the load generator shares
+Takes about 20 minutes on a 2-core machine. On such a machine the load generator shares
 the CPUs with the servers, so absolute figures flatten early (scaling most of all);
 the scripts run unchanged on a bigger machine.
 """
@@ -50,18 +50,35 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
         ("ours", "canvas-sync"),
         ("ours_asyncio", "canvas-sync (asyncio loop)"),
         ("ours_shared", "canvas-sync, one project"),
+        ("quart_plain", "bare Quart, no compression"),
+        ("ours_plain", "canvas-sync, no compression"),
     ]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.16
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.12
     for k, (key, label) in enumerate(names):
         ax.bar([i + k * width for i in range(len(rt))], [r[key]["ops_per_s"] for r in rt], width, label=label)
-    ax.set_xticks([i + 2 * width for i in range(len(rt))], [f"{r['clients']} clients" for r in rt])
+    ax.set_xticks([i + 3 * width for i in range(len(rt))], [f"{r['clients']} clients" for r in rt])
     ax.set_ylabel("round trips per second")
     ax.set_title("Edit round trips (update -> ack)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "roundtrip.png", dpi=100)
     made.append("roundtrip.png")
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))
+    hot = results["hot"]["rows"]
+    for v2, label in ((False, "v1: one message a frame"), (True, "v2: what waited, one frame")):
+        rows = [r for r in hot if r["v2"] is v2]
+        xs = [r["clients"] for r in rows]
+        left.plot(xs, [r["edits_per_s"] for r in rows], marker="o", label=label)
+        right.plot(xs, [r["ack_p99_ms"] for r in rows], marker="o", label=label)
+    right.axhline(100, color="grey", linestyle="--", linewidth=1)
+    left.set(xlabel="clients on one board", ylabel="edits per second", title="A hot board: edits/s")
+    right.set(xlabel="clients on one board", ylabel="ms", title="ack p99 (goal: under 100 ms)")
+    left.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "hot.png", dpi=100)
+    made.append("hot.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     loads = results["cold_load"]["rows"]
@@ -95,6 +112,11 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
     made.append("write_reduction.png")
     plt.close("all")
     return made
+
+
+def replot(out: Path) -> list[str]:
+    """The plots again from ``out/results.json`` (after a change to them, without a new run)."""
+    return plots(json.loads((out / "results.json").read_text()), out)
 
 
 def main() -> int:
