@@ -117,33 +117,28 @@ def test_locustfile_checks_the_discovered_pods(fake_api: str, tmp_path: Path) ->
     assert result.stdout.split() == ["http://10.1.0.5:8080", "http://10.1.0.7:8080", "http://[fd00::9]:8080"]
 
 
-@pytest.mark.dynamodb_local
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("batched", [False, True], ids=["v1", "v2"])
-def test_short_local_run_converges(tmp_path: Path, batched: bool) -> None:
+def run_local(*args: str) -> subprocess.CompletedProcess[str]:
+    """``loadtest/run-local`` as a user runs it; fails the test with its output when it fails."""
     result = subprocess.run(
-        [
-            str(ROOT / "loadtest" / "run-local"),
-            "--replicas",
-            "2",
-            "--users",
-            "10",
-            "--spawn-rate",
-            "10",
-            "--time",
-            "15s",
-            "--autosave",
-            "1",
-            "--out",
-            str(tmp_path),
-            *(["--batched"] if batched else []),
-        ],
+        [str(ROOT / "loadtest" / "run-local"), *args],
         capture_output=True,
         text=True,
         timeout=280,
         env={**os.environ, "PYTHON": sys.executable},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.dynamodb_local
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("batched", [False, True], ids=["v1", "v2"])
+def test_short_local_run_converges(tmp_path: Path, batched: bool) -> None:
+    run_local(
+        *("--replicas", "2", "--users", "10", "--spawn-rate", "10", "--time", "15s", "--autosave", "1"),
+        *("--out", str(tmp_path)),
+        *(["--batched"] if batched else []),
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["converged"] is True and summary["edits_accepted"] > 100
     assert summary["items_written"] < summary["edits_accepted"]
@@ -152,24 +147,10 @@ def test_short_local_run_converges(tmp_path: Path, batched: bool) -> None:
     assert "update (drag)" in stats and "create" in stats
 
 
+@pytest.mark.dynamodb_local
+@pytest.mark.timeout(300)
 def test_capacity_pins_one_replica_and_reports_each_step(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            str(ROOT / "loadtest" / "run-local"),
-            "--capacity",
-            "--step-time",
-            "10",
-            "--max-users",
-            "25",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        env={**os.environ, "PYTHON": sys.executable},
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = run_local("--capacity", "--step-time", "10", "--max-users", "25", "--out", str(tmp_path))
     capacity = json.loads((tmp_path / "capacity.json").read_text())
     (step,) = capacity["rows"]  # 25 users: the only step up to --max-users
     assert step["users"] == 25 and step["converged"] and step["edits_per_s"] > 50
