@@ -52,7 +52,7 @@ class Connection:
         self.send_interval = send_interval
         """After a frame, how long the writer lets messages gather before the next one."""
         self.woke_peers = False
-        """This client's last edit woke the writers of other clients (see ``app``)."""
+        """This client's last edit woke every other client's idle writer: its ack waits one turn (``app``)."""
         self._wakeup: asyncio.Future[None] | None = None  # the idle writer waits on it
         self._busy = False  # a frame is being sent (reply or writer): one at a time, in order
         self.close_code: int | None = None
