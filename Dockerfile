@@ -10,7 +10,9 @@ COPY pyproject.toml README.md LICENSE ./
 COPY service ./service
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/canvas-sync \
- && /opt/canvas-sync/bin/pip install --no-cache-dir /wheels/*.whl
+ && /opt/canvas-sync/bin/pip install --no-cache-dir /wheels/*.whl \
+ && rm -r /opt/canvas-sync/lib/python*/site-packages/canvas_sync/devtools
+# (devtools: DynamoDB Local, Redis and replica launchers for development; a replica never needs them)
 
 FROM python:${PYTHON_VERSION}-slim
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin canvas

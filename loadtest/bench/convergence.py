@@ -23,7 +23,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import uvloop
-from canvas_sync.dynamodb_local import DynamoDBLocal
+from canvas_sync.devtools.dynamodb_local import DynamoDBLocal
 from canvas_sync.store import DynamoStore, make_client
 from common import ROOT, TABLE, counter, get, replica
 from convergence_check import check_convergence

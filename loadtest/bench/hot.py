@@ -190,7 +190,7 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    from canvas_sync.dynamodb_local import DynamoDBLocal
+    from canvas_sync.devtools.dynamodb_local import DynamoDBLocal
     from canvas_sync.store import DynamoStore, make_client
     from common import TABLE
 

@@ -28,12 +28,13 @@ from typing import Any
 
 import roundtrip
 import uvloop
+from canvas_sync.admission import Admitted
+from canvas_sync.auth import Role
 from canvas_sync.config import load_settings
-from canvas_sync.connection import Connection
-from canvas_sync.redis_local import RedisServer
+from canvas_sync.devtools.redis_local import RedisServer
 from canvas_sync.relay import Kind, MemoryBroker, Receiver, Verdict, decode
-from canvas_sync.service import CanvasService
 from canvas_sync.store import DynamoStore, MemoryStore, make_client
+from canvas_sync.wiring import build
 from common import TABLE, counter, pct, replica, standalone, table
 from convergence_check import check_convergence
 from websockets.asyncio.client import connect
@@ -139,7 +140,7 @@ def drops(rate: float = 0.05, edits: int = 2000) -> dict[str, Any]:
 
         def drop(channel: str, data: bytes) -> bool:
             message = decode(data)
-            if message.kind == Kind.STATE and message.replica == "a" and rng.random() < rate:
+            if message.kind == Kind.OBJECT and message.replica == "a" and rng.random() < rate:
                 dropped.add((message.project, message.seq))
                 return True
             return False
@@ -155,7 +156,7 @@ def drops(rate: float = 0.05, edits: int = 2000) -> dict[str, Any]:
                 rate_limit=0,
                 auth="off",
             )
-            svc = CanvasService(settings, MemoryStore(name, shared=store), broker.transport())
+            svc = build(settings, MemoryStore(name, shared=store), broker.transport())
             await svc.start()
             services.append(svc)
         a, b = services
@@ -163,10 +164,10 @@ def drops(rate: float = 0.05, edits: int = 2000) -> dict[str, Any]:
             await asyncio.sleep(0.05)
         assert b.relay is not None
         b.relay.receiver = recording = _Recording()
-        pa, _ = await a.project("d"), await b.project("d")
-        conn = Connection(10_000)
-        pa.connections.add(conn)
-        a.handle(pa, conn, json.dumps({"op": "create", "object": {"id": "seed", "type": "rect"}}))
+        await b.project("d")
+        conn = await a.open(Admitted("d", None, Role.EDITOR, None), None)
+        pa = conn.project
+        a.receive(conn, json.dumps({"op": "create", "object": {"id": "seed", "type": "rect"}}))
         await asyncio.sleep(0.3)
         broker.drop = drop
         for i in range(edits):
@@ -176,19 +177,19 @@ def drops(rate: float = 0.05, edits: int = 2000) -> dict[str, Any]:
                 if i < 200
                 else {"op": "update", "id": oid, "props": {"x": i}}
             )
-            a.handle(pa, conn, json.dumps(op))
+            a.receive(conn, json.dumps(op))
             if i % 20 == 0:
                 await asyncio.sleep(0.005)
         stopped = time.monotonic()
         broker.drop = lambda channel, data: False
-        while time.monotonic() - stopped < 10 and b.state.get("d").views != pa.views:  # type: ignore[union-attr]
+        while time.monotonic() - stopped < 10 and b.projects.get("d").views != pa.views:  # type: ignore[union-attr]
             await asyncio.sleep(0.01)
         equal_after = time.monotonic() - stopped
         result = {
             "state_messages_dropped": len(dropped),
             "losses_detected": len(dropped & recording.covered),
             "detected_ratio": round(len(dropped & recording.covered) / max(1, len(dropped)), 4),
-            "equal": b.state.get("d").views == pa.views,  # type: ignore[union-attr]
+            "equal": b.projects.get("d").views == pa.views,  # type: ignore[union-attr]
             "equal_after_s": round(equal_after, 3),
         }
         for svc in services:

@@ -28,9 +28,9 @@ from botocore.awsrequest import AWSResponse
 from canvas_sync.dirty import DirtyObject
 from canvas_sync.metrics import Metrics
 from canvas_sync.model import HybridClock, ObjectState
-from canvas_sync.state import CanvasState, Limits
+from canvas_sync.projects import Limits, Projects
+from canvas_sync.pull import Puller
 from canvas_sync.store import DynamoStore, make_client
-from canvas_sync.sync import SyncWorker
 from common import TABLE, replica, rss_bytes, standalone, table, wait_clean
 from websockets.asyncio.client import connect
 
@@ -133,13 +133,13 @@ def throttling(endpoint: str, projects: int = 100, healthy_s: float = 15, thrott
     store = DynamoStore(client, TABLE, "reader")
     other = DynamoStore(make_client(endpoint), TABLE, "writer")
     clock = HybridClock("reader")
-    state = CanvasState(clock)
+    projects = Projects(clock)
     writer_clock = HybridClock("writer")
     for i in range(projects):
         stamp = writer_clock.now()
         states = [ObjectState.created(f"o{j}", "rect", {"x": j}, stamp) for j in range(20)]
         other.write([DirtyObject(f"thr{i}", state) for state in states], stamp[0])
-        state.install(state.build(f"thr{i}", store.load_project(f"thr{i}"), clock.wall_ms()))
+        projects.install(projects.build(f"thr{i}", store.load_project(f"thr{i}"), clock.wall_ms()))
     requests: collections.Counter[str] = collections.Counter()
     throttle = False
 
@@ -150,7 +150,7 @@ def throttling(endpoint: str, projects: int = 100, healthy_s: float = 15, thrott
         return None
 
     client.meta.events.register("before-send.dynamodb", before_send)
-    sync = SyncWorker(state, store, clock, Metrics(), interval=1.0, overlap=10.0, reconcile_interval=60.0)
+    sync = Puller(projects, store, clock, Metrics(), interval=1.0, overlap=10.0, reconcile_interval=60.0)
 
     async def run() -> tuple[dict[str, int], dict[str, int]]:
         nonlocal throttle
@@ -184,7 +184,7 @@ def stall(endpoint: str, objects: int = 10_000, runs: int = 3) -> dict[str, Any]
     and one where every object changed."""
     store = DynamoStore(make_client(endpoint), TABLE, "a")
     clock = HybridClock("a")
-    state = CanvasState(clock, Limits(max_objects=objects * 2))
+    projects = Projects(clock, Limits(max_objects=objects * 2))
 
     def saved(x: int) -> None:
         props = {"x": x, "y": 0.5, "fill": "#abcdef", "w": 10, "h": 20}
@@ -193,8 +193,8 @@ def stall(endpoint: str, objects: int = 10_000, runs: int = 3) -> dict[str, Any]
         store.write([DirtyObject("big", state) for state in states], stamp[0])
 
     saved(0)
-    project = state.install(state.build("big", store.load_project("big")))
-    sync = SyncWorker(state, store, clock, Metrics(), interval=1.0, overlap=10.0, reconcile_interval=60.0)
+    project = projects.install(projects.build("big", store.load_project("big")))
+    sync = Puller(projects, store, clock, Metrics(), interval=1.0, overlap=10.0, reconcile_interval=60.0)
     sync._track_projects(time.monotonic())
 
     async def measure() -> float:

@@ -31,7 +31,7 @@ import security
 import sizing
 import storage
 import writes
-from canvas_sync.dynamodb_local import DynamoDBLocal
+from canvas_sync.devtools.dynamodb_local import DynamoDBLocal
 from canvas_sync.store import DynamoStore, make_client
 from common import ROOT, TABLE, table
 

@@ -9,8 +9,8 @@ from typing import Any
 from canvas_sync.autosave import AutosaveWorker
 from canvas_sync.dirty import DirtyObject
 from canvas_sync.model import HybridClock, ObjectState
+from canvas_sync.projects import Limits, Projects, gc_paused
 from canvas_sync.protocol import Create
-from canvas_sync.state import CanvasState, Limits, gc_paused
 from canvas_sync.store import DynamoStore, make_client
 from common import TABLE, pct, table
 
@@ -25,11 +25,11 @@ SAVE_REPEATS = 3
 def _save_ours(store: DynamoStore, n: int, calls: list[float]) -> float:
     """One auto-save pass over ``n`` dirty objects: serialising the items is included."""
     clock = HybridClock("bench")
-    state = CanvasState(clock, Limits(max_objects=n))
-    project = state.install(state.build(f"flush-{time.time_ns()}", []))
+    projects = Projects(clock, Limits(max_objects=n))
+    project = projects.install(projects.build(f"flush-{time.time_ns()}", []))
     for i in range(n):
-        state.apply(project, Create(None, f"o{i}", "rect", {"x": i, "y": i / 3, "fill": "#abc", "w": 100, "h": 60}))
-    worker = AutosaveWorker(state.dirty, store, clock, interval=3600)
+        projects.edit(project, Create(None, f"o{i}", "rect", {"x": i, "y": i / 3, "fill": "#abc", "w": 100, "h": 60}))
+    worker = AutosaveWorker(projects.dirty, store, clock, interval=3600)
     store.observer = lambda outcome, seconds, written: calls.append(seconds)
     started = time.perf_counter()
     report = worker.run_pass()
@@ -131,10 +131,10 @@ def cold_load(endpoint: str, sizes: tuple[int, ...] = (1_000, 10_000, 50_000)) -
             raw = sum(len(page["Items"]) for page in pages)
             bare.append(time.perf_counter() - started)
             started = time.perf_counter()
-            state = CanvasState(HybridClock("reader"), Limits(max_objects=n))
+            projects = Projects(HybridClock("reader"), Limits(max_objects=n))
             store.heads([project])  # what a cache miss does (CanvasService._load): the head, then the items
             with gc_paused():
-                loaded = state.install(state.build(project, store.load_project(project)))
+                loaded = projects.install(projects.build(project, store.load_project(project)))
             ours.append(time.perf_counter() - started)
             assert raw == n + 1 and len(loaded.views) == n  # + the project's #head item
         bare_s, ours_s = statistics.median(bare), statistics.median(ours)

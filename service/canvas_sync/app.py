@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import re
-import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from quart import Quart, Response, request, send_from_directory, websocket
-from quart.asgi import ASGIWebsocketConnection
 
 from . import protocol
-from .auth import Identity, Role
-from .connection import Connection
+from .admission import Admitted, Refusal
 from .metrics import CONTENT_TYPE_LATEST
-from .protocol import ProtocolError
-from .service import CanvasService, NotReady, Refusal
-from .state import Project
+from .patches import SOCKET, DirectSocket
+from .projects import Project
+from .service import CanvasService, NotReady
 from .tokens import mint
 
 log = logging.getLogger(__name__)
@@ -48,58 +42,6 @@ def _refused(refusal: Refusal) -> Response:
     return response
 
 
-class DirectSocket(ASGIWebsocketConnection):
-    """Quart's WebSocket connection without its receiving task, its queue and its yield
-    before every send.
-
-    Quart reads hypercorn's channel in a task of its own, hands each message on through a
-    queue, and sleeps(0) and fires a signal around every send: about a fifth of the CPU a
-    bare parse-and-ack socket costs. Here the handshake, refusals and the accept stay
-    Quart's; the handler then reads and writes the ASGI channel itself, through this
-    object (``websocket.scope[SOCKET]``). It leans on Quart 0.22's internals (hence the
-    pin in pyproject.toml); tests/test_app.py goes through every path of it.
-    """
-
-    async def __call__(self, receive: Any, send: Any) -> None:
-        self._channel_receive, self._channel_send = receive, send
-        self._gone = False
-        self.queue = SimpleNamespace(get=self.receive)  # type: ignore[assignment]  # what Quart's websocket reads
-        self.scope[SOCKET] = self  # type: ignore[literal-required]
-        await self.handle_websocket(self._create_websocket_from_scope(send), send)
-        if self._accepted and not self._gone:
-            # hypercorn hands messages over through a queue of 10 and waits while it is
-            # full: keep taking them until the client is gone, or the close handshake of
-            # a socket we closed never completes
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drain(), CLOSE_TIMEOUT)
-
-    async def _drain(self) -> None:
-        while await self.receive() is not None:
-            pass
-
-    async def receive(self) -> str | bytes | None:
-        """The next message; None once the client is gone."""
-        while True:
-            event = await self._channel_receive()
-            if event["type"] == "websocket.receive":
-                return event.get("bytes") or event["text"]
-            if event["type"] == "websocket.disconnect":
-                self._closed = self._gone = True  # nothing left to close
-                return None
-
-    async def send(self, text: str) -> None:
-        await self._channel_send({"type": "websocket.send", "text": text})
-
-    async def close(self, code: int, reason: str) -> None:
-        if not self._closed:
-            await self.close_connection(self._channel_send, code, reason)
-
-
-SOCKET = "canvas_sync.socket"
-CLOSE_TIMEOUT = 10.0
-"""Seconds a closed socket's client has to answer the close before we stop listening."""
-
-
 def create_app(service: CanvasService) -> Quart:
     app = Quart("canvas_sync", static_folder="static", static_url_path="/static")
     app.asgi_websocket_class = DirectSocket
@@ -113,25 +55,25 @@ def create_app(service: CanvasService) -> Quart:
     async def _stop() -> None:
         await service.shutdown()
 
+    def unavailable(error: Exception) -> Response:
+        if isinstance(error, NotReady):
+            return _problem(503, "not_ready", "this replica is not serving (starting or shutting down)")
+        # logged by the load with the detail; the client learns only that it failed
+        return _problem(503, "store_unavailable", "could not load the project from the database; try again")
+
     async def load(project_id: str) -> Project | Response:
-        if not protocol.is_valid_id(project_id):
-            return _bad_project(project_id)
         try:
             return await service.project(project_id)
-        except NotReady:
-            return _problem(503, "not_ready", "this replica is not serving (starting or shutting down)")
-        except Exception:  # logged by the load with the detail; the client learns only that it failed
-            return _problem(503, "store_unavailable", "could not load the project from the database; try again")
+        except Exception as error:
+            return unavailable(error)
 
-    async def admitted(
-        project_id: str, subprotocols: list[str] | None = None
-    ) -> tuple[Identity | None, Role] | Response:
+    async def admitted(project_id: str, subprotocols: list[str] | None = None) -> Admitted | Response:
         """Origin, token and grant, before anything is loaded (HTTP routes and upgrades alike)."""
         if not protocol.is_valid_id(project_id):
             return _bad_project(project_id)
         ctx = websocket if subprotocols is not None else request
         try:
-            return await service.admit(project_id, ctx.headers, subprotocols or [], ctx.args, ctx.remote_addr)
+            return await service.admission.admit(project_id, ctx.headers, subprotocols or [], ctx.args, ctx.remote_addr)
         except Refusal as refusal:
             return _refused(refusal)
 
@@ -141,71 +83,19 @@ def create_app(service: CanvasService) -> Quart:
         admission = await admitted(project_id, offered)
         if isinstance(admission, Response):
             return admission  # refuses the upgrade with this status
-        identity, role = admission
-        address = websocket.remote_addr
+        subprotocol = protocol.subprotocol(offered)
         try:
-            service.reserve(identity, address, project_id)
+            conn = await service.open(admission, subprotocol)
         except Refusal as refusal:
             return _refused(refusal)
+        except Exception as error:
+            return unavailable(error)
         try:
-            return await serve_socket(project_id, identity, role, protocol.subprotocol(offered))
+            await websocket.accept(subprotocol=subprotocol)
+            socket: DirectSocket = websocket.scope[SOCKET]  # type: ignore[literal-required]
+            await service.serve(conn, socket)
         finally:
-            service.release(identity, address, project_id)
-
-    async def serve_socket(
-        project_id: str, identity: Identity | None, role: Role, subprotocol: str | None
-    ) -> Response | None:
-        project = await load(project_id)
-        if isinstance(project, Response):
-            return project
-        await websocket.accept(subprotocol=subprotocol)
-        ws_obj: DirectSocket = websocket.scope[SOCKET]  # type: ignore[literal-required]
-        conn = Connection(
-            service.settings.send_queue_size,
-            service.settings.rate_limit,
-            service.metrics.slow_clients.inc,
-            batched=subprotocol == protocol.V2,
-            send_interval=service.settings.send_interval,
-        )
-        conn.sub, conn.editor = (identity.sub if identity else None), role == Role.EDITOR
-        service.watch_expiry(conn, identity)
-        service.connections.add(conn)
-        project.connections.add(conn)
-        conn.send(service.snapshot(project))
-        writer = asyncio.create_task(conn.pump(ws_obj))
-        service.writers.add(writer)
-
-        async def read() -> None:
-            while True:
-                data = await ws_obj.receive()
-                reply: str | None
-                if data is None:
-                    return
-                if isinstance(data, bytes):
-                    reply = protocol.error(
-                        ProtocolError("bad_message", "binary frames are not accepted; send JSON text")
-                    )
-                else:
-                    reply = service.handle(project, conn, data)
-                    if conn.woke_peers:  # their writers send this edit before the sender hears its ack,
-                        conn.woke_peers = False  # so a client editing as fast as acks come is paced
-                        await asyncio.sleep(0)  # by its fan-out, as behind a relay
-                if reply is not None:
-                    await conn.reply(ws_obj, reply)
-
-        reader = asyncio.create_task(read())
-        try:
-            await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            reader.cancel()
-            if not writer.done() and conn.close_code is None:
-                writer.cancel()
-            service.writers.discard(writer)
-            service.connections.discard(conn)
-            project.connections.discard(conn)
-            project.last_active = time.monotonic()
-            service.left(project, conn)
-            service.watch_expiry(conn, None)
+            service.close(conn)
         return None
 
     @app.get("/projects/<project_id>/objects")
@@ -224,7 +114,7 @@ def create_app(service: CanvasService) -> Quart:
         admission = await admitted(project_id)
         if isinstance(admission, Response):
             return admission
-        project = service.state.get(project_id)
+        project = service.projects.get(project_id)
         return _json(
             {
                 "project": project_id,

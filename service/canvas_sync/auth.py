@@ -31,6 +31,9 @@ BEARER_PREFIX = "canvas-sync.bearer."
 """Browsers cannot set headers on a WebSocket: the token travels as a subprotocol."""
 REQUIRED_CLAIMS = ("sub", "exp", "aud")
 ASYMMETRIC = ("ES256", "RS256")
+"""What a JWKS may verify."""
+SYMMETRIC = ("HS256",)
+"""What a shared secret may verify."""
 MIN_SECRET_BYTES = 32
 MAX_TOKEN_BYTES = 8192
 
@@ -55,6 +58,25 @@ class Identity:
 
 
 # --- decisions ---------------------------------------------------------------------------
+
+
+def algorithms_for(listed: str | Iterable[str], secret: bool) -> tuple[str, ...]:
+    """The algorithms a replica accepts: those listed (a comma-separated string or names),
+    or every one its key source allows when none are; ValueError for one it cannot.
+    ``alg: none`` is never among them."""
+    possible = SYMMETRIC if secret else ASYMMETRIC
+    names = listed.split(",") if isinstance(listed, str) else listed
+    wanted = tuple(name.strip() for name in names if name.strip())
+    if any(name not in possible for name in wanted):
+        raise ValueError(f"with {'a shared secret' if secret else 'a JWKS'} only {', '.join(possible)}")
+    return wanted or possible
+
+
+def check_secret(secret: bytes) -> bytes:
+    """An HS256 secret long enough to resist guessing (RFC 7518: at least the hash size)."""
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ValueError(f"an HS256 secret must be at least {MIN_SECRET_BYTES} bytes")
+    return secret
 
 
 def role_for(grants: Mapping[str, Role], project: str) -> Role | None:
@@ -177,15 +199,9 @@ class Keys:
     ) -> None:
         if (jwks_url is None) == (secret is None):
             raise ValueError("exactly one of a JWKS URL and a shared secret")
-        if secret is not None and len(secret) < MIN_SECRET_BYTES:
-            raise ValueError(f"an HS256 secret must be at least {MIN_SECRET_BYTES} bytes")
         self.jwks_url = jwks_url
-        self.secret = secret
-        possible = ("HS256",) if secret is not None else ASYMMETRIC
-        wanted = tuple(a for a in algorithms if a)
-        if any(a not in possible for a in wanted):
-            raise ValueError(f"with {'a secret' if secret else 'a JWKS'} the algorithms can be {', '.join(possible)}")
-        self.algorithms = wanted or possible
+        self.secret = check_secret(secret) if secret is not None else None
+        self.algorithms = algorithms_for(algorithms, secret is not None)
         self.cooldown = cooldown
         self.max_age = max_age
         self._fetch = fetch or _http_get

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -84,7 +85,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return serve(settings)
     if args.command == "create-table":
         return create_table(settings)
-    from .dev import run_dev
+    if importlib.util.find_spec("canvas_sync.devtools") is None:  # the runtime image leaves it out
+        print(
+            "canvas-sync dev: the development tooling is not installed here (pip install canvas-sync)", file=sys.stderr
+        )
+        return EXIT_CONFIG
+    from .devtools.dev import run_dev
 
     if args.replicas < 1:
         print("canvas-sync: --replicas must be at least 1", file=sys.stderr)
@@ -94,6 +100,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _keys(args: argparse.Namespace) -> int:
     """keygen and token: no settings, no logging, just files and a line on stdout."""
+    from .auth import check_secret
     from .tokens import generate_keys, mint, parse_grant, parse_ttl
 
     if args.command == "keygen":
@@ -105,8 +112,8 @@ def _keys(args: argparse.Namespace) -> int:
     try:
         if (args.key is None) == (args.secret is None):
             raise ValueError("give exactly one of --key and --secret")
-        if args.secret is not None and len(args.secret.encode()) < 32:
-            raise ValueError("an HS256 secret must be at least 32 bytes")
+        if args.secret is not None:
+            check_secret(args.secret.encode())
         grants = dict(parse_grant(g) for g in args.project)
         if not grants:
             raise ValueError("give at least one --project P=editor|viewer")
@@ -128,13 +135,13 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def create_table(settings: Settings) -> int:
-    from .store import DynamoStore, StoreError, make_client
+    from .store import STORE_ERRORS, DynamoStore, make_client
 
     store = DynamoStore(make_client(settings.dynamodb_endpoint), settings.table)
     try:
         store.create_table()
         ready = store.table_ready()
-    except StoreError as error:
+    except STORE_ERRORS as error:
         print(f"canvas-sync: create-table failed: {error}", file=sys.stderr)
         return 1
     finally:

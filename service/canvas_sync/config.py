@@ -14,6 +14,9 @@ from typing import Any
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .auth import algorithms_for, check_secret
+from .model import TOMBSTONE_TTL
+
 ENV_PREFIX = "CANVAS_"
 MAX_STORED_OBJECT_BYTES = 384 * 1024
 """DynamoDB's item limit is 400 KB, keys and other attributes included."""
@@ -100,7 +103,7 @@ class Settings(BaseSettings):
     """Upper bound of the pause between failing auto-save passes."""
     save_concurrency: int = Field(4, gt=0, le=32)
     """BatchWriteItem calls in flight at once during one pass."""
-    tombstone_ttl: float = Field(24 * 3600.0, gt=0)
+    tombstone_ttl: float = Field(TOMBSTONE_TTL, gt=0)
     """Seconds a delete is remembered (memory and the table's TTL): a delete is final unless
     a replica holding the object was cut off from DynamoDB for longer than this."""
     max_tombstones_per_project: int = Field(10_000, gt=0)
@@ -147,8 +150,8 @@ class Settings(BaseSettings):
     @field_validator("auth_secret")
     @classmethod
     def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value().encode()) < 32:
-            raise ValueError("an HS256 secret must be at least 32 bytes")
+        if value is not None:
+            check_secret(value.get_secret_value().encode())
         return value
 
     @field_validator("auth_jwks_url")
@@ -177,6 +180,11 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def algorithms(self) -> tuple[str, ...]:
+        """The accepted JWT algorithms (see :func:`~canvas_sync.auth.algorithms_for`)."""
+        return algorithms_for(self.auth_algorithms, self.auth_secret is not None)
+
+    @property
     def origins(self) -> list[str]:
         return [o.strip() for o in self.allowed_origins.split(",") if o.strip()]
 
@@ -203,13 +211,12 @@ def load_settings(serving: bool = True, **overrides: Any) -> Settings:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as error:
         raise ConfigError(describe_error(error)) from None
-    algorithms = {a.strip() for a in settings.auth_algorithms.split(",") if a.strip()}
-    possible = {"HS256"} if settings.auth_secret else {"ES256", "RS256"}
-    if algorithms - possible:
+    try:
+        settings.algorithms  # noqa: B018  # checked once, here, with the variable named
+    except ValueError as error:
         raise ConfigError(
-            f"invalid configuration: CANVAS_AUTH_ALGORITHMS={settings.auth_algorithms!r}: "
-            f"with {'CANVAS_AUTH_SECRET' if settings.auth_secret else 'a JWKS'} only {', '.join(sorted(possible))}"
-        )
+            f"invalid configuration: CANVAS_AUTH_ALGORITHMS={settings.auth_algorithms!r}: {error}"
+        ) from None
     if serving and settings.auth == AuthMode.jwt and (settings.auth_jwks_url is None) == (settings.auth_secret is None):
         raise ConfigError(
             "invalid configuration: CANVAS_AUTH=jwt needs exactly one of CANVAS_AUTH_JWKS_URL and "

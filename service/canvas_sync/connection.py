@@ -12,9 +12,13 @@ import asyncio
 import secrets
 import time
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 from .outbox import Outbox, batch
+
+if TYPE_CHECKING:
+    from .admission import Admitted
+    from .projects import Project
 
 SLOW_CLIENT = 1013
 GOING_AWAY = 1001
@@ -26,7 +30,24 @@ FLOODING = 4429
 """The client kept sending after ``rate_limited``."""
 
 
+class Socket(Protocol):
+    """What a connection reads and writes (``patches.DirectSocket`` in the service)."""
+
+    async def receive(self) -> str | bytes | None:
+        """The next message; None once the client is gone."""
+        ...
+
+    async def send(self, text: str) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
 class Connection:
+    project: Project
+    """The project this socket is open on (set by ``CanvasService.open``)."""
+    admitted: Admitted
+    """Who it is, as admission let it in (set by ``CanvasService.open``)."""
+
     def __init__(
         self,
         queue_size: int,
@@ -52,7 +73,7 @@ class Connection:
         self.send_interval = send_interval
         """After a frame, how long the writer lets messages gather before the next one."""
         self.woke_peers = False
-        """This client's last edit woke every other client's idle writer: its ack waits one turn (``app``)."""
+        """This client's last edit woke every other client's idle writer: its ack waits one turn (``service``)."""
         self._wakeup: asyncio.Future[None] | None = None  # the idle writer waits on it
         self._busy = False  # a frame is being sent (reply or writer): one at a time, in order
         self.close_code: int | None = None
@@ -103,7 +124,7 @@ class Connection:
         self._tokens -= 1
         return True
 
-    async def reply(self, websocket: Any, text: str) -> None:
+    async def reply(self, websocket: Socket, text: str) -> None:
         """Answer the sender from its own reader task when nothing is queued ahead.
 
         That saves the hop through the writer task for every ack; order is kept because
@@ -120,7 +141,7 @@ class Connection:
             if self.outbox or self.close_code is not None:
                 self._wake()  # what came meanwhile waited for this frame
 
-    async def pump(self, websocket: Any) -> None:
+    async def pump(self, websocket: Socket) -> None:
         """Send what waits, in order, until asked to close; then close the socket."""
         loop = asyncio.get_running_loop()
         while True:

@@ -31,6 +31,9 @@ Field = tuple[Any, Stamp]
 
 ZERO: Stamp = (0, 0, "")
 
+TOMBSTONE_TTL = 24 * 3600.0
+"""Seconds a delete is remembered by default, in memory and in the table (``CANVAS_TOMBSTONE_TTL``)."""
+
 
 class HybridClock:
     """Hybrid logical clock: never goes backwards and stays ahead of every stamp it saw.
@@ -93,10 +96,6 @@ class HybridClock:
         if clamped:
             self.on_clamp(stamp)
         return clamped
-
-    def peek(self) -> tuple[int, int]:
-        with self._lock:
-            return self._last
 
 
 def _canonical(value: Any) -> str:

@@ -74,11 +74,13 @@ class Ping:
 
 
 @dataclass(frozen=True, slots=True)
-class Presence:
+class SetPresence:
+    """The sender's ephemeral presence (the wire calls it ``state``)."""
+
     req: str | None
-    state: dict[str, Any]
+    presence: dict[str, Any]
     """Free-form (cursor, selection, name, colour); its JSON at most MAX_PRESENCE_BYTES."""
-    state_json: str
+    presence_json: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +91,7 @@ class Auth:
     token: str
 
 
-Command = Create | Update | Delete | Ping | Presence | Auth
+Command = Create | Update | Delete | Ping | SetPresence | Auth
 
 
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -283,15 +285,15 @@ def _parse(text: str, max_object_bytes: int, exact: bool) -> Command:
     if op == "delete":
         return Delete(req, _object_id(message, "id", req))
     if op == "presence":
-        state = message.get("state")
-        if type(state) is not dict:
+        presence = message.get("state")
+        if type(presence) is not dict:
             raise ProtocolError("bad_message", "'state' must be a JSON object", req)
-        state_json = encode(state)
-        if not exact and "e+" in state_json:  # a float of 1e16 or more: orjson may have rounded it
+        presence_json = encode(presence)
+        if not exact and "e+" in presence_json:  # a float of 1e16 or more: orjson may have rounded it
             raise _Inexact
-        if len(state_json.encode()) > MAX_PRESENCE_BYTES:
+        if len(presence_json.encode()) > MAX_PRESENCE_BYTES:
             raise ProtocolError("too_large", f"a presence state is at most {MAX_PRESENCE_BYTES} bytes of JSON", req)
-        return Presence(req, state, state_json)
+        return SetPresence(req, presence, presence_json)
     if op == "auth":
         token = message.get("token")
         if not isinstance(token, str) or not token or len(token) > 8192:
@@ -335,10 +337,10 @@ def snapshot(project: str, replica: str, object_jsons: list[str], presence: list
     )
 
 
-def presence(client: str, state_json: str, sub: str | None = None) -> str:
-    """Another client's presence; ``state_json`` is its canonical JSON, encoded once."""
+def presence(client: str, presence_json: str, sub: str | None = None) -> str:
+    """Another client's presence; ``presence_json`` is its canonical JSON, encoded once."""
     who = f',"sub":{encode(sub)}' if sub is not None else ""
-    return f'{{"client":{encode(client)},"op":"presence","state":{state_json}{who}}}'
+    return f'{{"client":{encode(client)},"op":"presence","state":{presence_json}{who}}}'
 
 
 def presence_leave(client: str) -> str:

@@ -1,11 +1,14 @@
-"""The live relay between replicas over Redis/Valkey pub/sub (see core.py, worker.py)."""
+"""The live relay between replicas over Redis/Valkey pub/sub: decisions (core.py), the
+wire (transport.py), the tasks (worker.py) and what it does to this replica (bridge.py)."""
 
+from .bridge import RelayBridge
 from .core import HEARTBEAT_CHANNEL, Kind, Message, Receiver, Sequencer, Verdict, channel, decode, encode
-from .transport import MemoryBroker, MemoryTransport, RedisTransport, Transport, TransportError
+from .transport import TRANSPORT_ERRORS, MemoryBroker, MemoryTransport, RedisTransport, Transport
 from .worker import Handler, Relay
 
 __all__ = [
     "HEARTBEAT_CHANNEL",
+    "TRANSPORT_ERRORS",
     "Handler",
     "Kind",
     "MemoryBroker",
@@ -14,9 +17,9 @@ __all__ = [
     "Receiver",
     "RedisTransport",
     "Relay",
+    "RelayBridge",
     "Sequencer",
     "Transport",
-    "TransportError",
     "Verdict",
     "channel",
     "decode",

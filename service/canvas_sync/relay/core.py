@@ -37,14 +37,14 @@ def project_of(channel_name: str) -> str | None:
 
 
 class Kind(StrEnum):
-    STATE = "s"
+    OBJECT = "s"
     """An object's stamped state after an edit (the stored document)."""
     TOO_BIG = "b"
     """An object changed but its state is too large to relay: catch up from the table."""
     PRESENCE = "p"
-    """A client's presence state; ``state`` None means it left."""
+    """A client's presence; ``presence`` None means it left."""
     PRESENCE_ALL = "pa"
-    """Every client a replica has on a project ({client: state}), every few seconds."""
+    """Every client a replica has on a project ({client: presence}), every few seconds."""
     HELLO = "h"
     """A replica (re)subscribed to the project: holders answer with their unsaved states."""
     HEARTBEAT = "hb"
@@ -61,8 +61,8 @@ class Message:
     doc: dict[str, Any] | None = None
     object_id: str = ""
     client: str = ""
-    state: dict[str, Any] | None = None
-    """A presence state, or for PRESENCE_ALL every client's."""
+    presence: dict[str, Any] | None = None
+    """A client's presence, or for PRESENCE_ALL every client's."""
     sub: str | None = None
     seqs: dict[str, int] = field(default_factory=dict)
     """Heartbeats: the publisher's last sequence per project it published to lately."""
@@ -79,7 +79,7 @@ _KEYS = {
     "doc": "d",
     "object_id": "i",
     "client": "c",
-    "state": "st",
+    "presence": "st",
     "sub": "u",
     "seqs": "q",
 }
@@ -112,7 +112,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "doc": (dict, type(None)),
     "object_id": (str,),
     "client": (str,),
-    "state": (dict, type(None)),
+    "presence": (dict, type(None)),
     "sub": (str, type(None)),
     "seqs": (dict,),
 }

@@ -18,7 +18,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-TransportError = (RedisError, OSError, asyncio.TimeoutError)
+TRANSPORT_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 """What a failing transport raises."""
 
 
@@ -109,7 +109,7 @@ class RedisTransport:
             try:
                 async with asyncio.timeout(self.timeout):
                     await pubsub.aclose()
-            except (*TransportError, RuntimeError):
+            except (*TRANSPORT_ERRORS, RuntimeError):
                 pass  # the connection is broken anyway: that is why we reset it
 
     async def close(self) -> None:

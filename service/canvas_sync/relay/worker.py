@@ -40,7 +40,7 @@ from .core import (
     encode,
     project_of,
 )
-from .transport import Transport, TransportError
+from .transport import TRANSPORT_ERRORS, Transport
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Handler(Protocol):
 
     def held(self) -> Iterable[str]: ...
 
-    def on_state(self, project: str, state: ObjectState, sent_ms: int) -> None: ...
+    def on_object(self, project: str, state: ObjectState) -> None: ...
 
     def on_presence(self, message: Message) -> None: ...
 
@@ -62,7 +62,9 @@ class Handler(Protocol):
         """Another replica (re)joined a project: send it what only our memory holds."""
         ...
 
-    def on_catch_up(self, project: str, reason: str) -> None: ...
+    def on_catch_up(self, project: str) -> None:
+        """Something of this project may have been lost: pull it from the table now."""
+        ...
 
     def on_replica_gone(self, replica: str) -> None: ...
 
@@ -75,11 +77,13 @@ class _Outgoing:
 
 
 class Relay:
+    handler: Handler
+    """What received messages do to this replica (``bridge.RelayBridge``), set before :meth:`start`."""
+
     def __init__(
         self,
         transport: Transport,
         replica_id: str,
-        handler: Handler,
         metrics: Metrics,
         heartbeat: float = 1.0,
         queue_size: int = 10_000,
@@ -89,7 +93,6 @@ class Relay:
         self.replica_id = replica_id
         self.epoch = secrets.token_hex(4)
         """New at every start: receivers that knew an older epoch catch up."""
-        self.handler = handler
         self.metrics = metrics
         self.heartbeat = heartbeat
         self.wall_ms = wall_ms
@@ -130,7 +133,7 @@ class Relay:
             await asyncio.wait(self._tasks, timeout=2.0)
         try:
             await self.transport.close()
-        except (*TransportError, RuntimeError):
+        except (*TRANSPORT_ERRORS, RuntimeError):
             pass
 
     @property
@@ -152,11 +155,11 @@ class Relay:
 
     # --- publishing (called on the loop by edits; never waits) ---------------------------
 
-    def publish_state(self, project: str, state: ObjectState) -> None:
+    def publish_object(self, project: str, state: ObjectState) -> None:
         if self.peers.get(project) == 0:
             return  # nobody else holds it: no message, no sequence number
         message = Message(
-            Kind.STATE,
+            Kind.OBJECT,
             self.replica_id,
             self.epoch,
             project,
@@ -167,8 +170,10 @@ class Relay:
         )
         self._enqueue(channel(project), message)
 
-    def publish_presence(self, project: str, client: str, state: dict[str, Any] | None, sub: str | None = None) -> None:
-        """One client's presence; ``state`` None: it left."""
+    def publish_presence(
+        self, project: str, client: str, presence: dict[str, Any] | None, sub: str | None = None
+    ) -> None:
+        """One client's presence; None: it left."""
         if self.peers.get(project) == 0:
             return
         message = Message(
@@ -178,7 +183,7 @@ class Relay:
             project,
             sent_ms=self.wall_ms(),
             client=client,
-            state=state,
+            presence=presence,
             sub=sub,
         )
         self._enqueue(channel(project), message)
@@ -188,7 +193,7 @@ class Relay:
         if self.peers.get(project) == 0:
             return
         message = Message(
-            Kind.PRESENCE_ALL, self.replica_id, self.epoch, project, sent_ms=self.wall_ms(), state=clients
+            Kind.PRESENCE_ALL, self.replica_id, self.epoch, project, sent_ms=self.wall_ms(), presence=clients
         )
         self._enqueue(channel(project), message)
 
@@ -210,7 +215,7 @@ class Relay:
             wire = []
             for item in batch:
                 data = encode(item.message)
-                if len(data) > MAX_MESSAGE_BYTES and item.message.kind == Kind.STATE:
+                if len(data) > MAX_MESSAGE_BYTES and item.message.kind == Kind.OBJECT:
                     data = encode(
                         Message(
                             Kind.TOO_BIG,
@@ -224,7 +229,7 @@ class Relay:
                 wire.append((item.channel, data))
             try:
                 counts = await self.transport.publish(wire)
-            except TransportError as error:
+            except TRANSPORT_ERRORS as error:
                 self._failed(error, "publish")
                 self.metrics.relay_dropped.labels("publish_error").inc(len(batch))
                 await asyncio.sleep(delay)
@@ -268,7 +273,7 @@ class Relay:
         self.subscribed.add(project)
         try:
             await self.transport.subscribe([channel(project)])
-        except TransportError as error:
+        except TRANSPORT_ERRORS as error:
             self._failed(error, "subscribe")
             return False
         self.hello(project)
@@ -283,7 +288,7 @@ class Relay:
         self.receiver.forget_project(project)
         try:
             await self.transport.unsubscribe([channel(project)])
-        except TransportError as error:
+        except TRANSPORT_ERRORS as error:
             self._failed(error, "unsubscribe")
 
     async def _resubscribe(self) -> None:
@@ -298,7 +303,7 @@ class Relay:
         self.peers.clear()  # not known until the next publish answers
         for project in held:
             self.metrics.relay_catch_ups.labels("rebuild").inc()
-            self.handler.on_catch_up(project, "rebuild")
+            self.handler.on_catch_up(project)
             self.hello(project)
 
     def _failed(self, error: BaseException, where: str) -> None:
@@ -331,7 +336,7 @@ class Relay:
                     self._dispatch(*received)
                 elif self._heartbeat_sent - self._own_heard > 3 * self.heartbeat:
                     raise ConnectionError("our own heartbeat has not come back: the subscription is dead")
-            except TransportError as error:
+            except TRANSPORT_ERRORS as error:
                 self._failed(error, "receive")
                 first = False
                 await asyncio.sleep(delay)
@@ -369,7 +374,7 @@ class Relay:
             self._catch_up(project, "too_big")
         elif verdict != Verdict.DUPLICATE and message.doc is not None:
             self.metrics.relay_lag.observe(max(0.0, (self.wall_ms() - message.sent_ms) / 1000))
-            self.handler.on_state(project, ObjectState.from_doc(message.object_id, message.doc), message.sent_ms)
+            self.handler.on_object(project, ObjectState.from_doc(message.object_id, message.doc))
 
     def _on_heartbeat(self, message: Message) -> None:
         now = time.monotonic()
@@ -385,7 +390,7 @@ class Relay:
     def _catch_up(self, project: str, reason: str) -> None:
         self.metrics.relay_catch_ups.labels(reason).inc()
         log.info("relay catch-up", extra={"event": "relay_catch_up", "project": project, "reason": reason})
-        self.handler.on_catch_up(project, reason)
+        self.handler.on_catch_up(project)
         self._to_ask.add(project)
         self._ask()
 

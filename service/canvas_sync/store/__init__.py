@@ -9,10 +9,10 @@ from .base import BATCH_LIMIT, HEAD, ITEM_LIMIT_BYTES, Saved, Store, WriteReport
 from .dynamodb import (
     HEAD_WRITER_MAX_AGE_MS,
     INDEX_SAVED_AT,
+    STORE_ERRORS,
     TTL_ATTRIBUTE,
     WRITER_PREFIX,
     DynamoStore,
-    StoreError,
     make_client,
 )
 from .memory import MemoryStore
@@ -23,13 +23,13 @@ __all__ = [
     "HEAD_WRITER_MAX_AGE_MS",
     "INDEX_SAVED_AT",
     "ITEM_LIMIT_BYTES",
+    "STORE_ERRORS",
     "TTL_ATTRIBUTE",
     "WRITER_PREFIX",
     "DynamoStore",
     "MemoryStore",
     "Saved",
     "Store",
-    "StoreError",
     "WriteReport",
     "make_client",
 ]

@@ -57,8 +57,7 @@ class Store(Protocol):
 
     Items are written with ``saved_at`` (the save's clock, the change feed's order) and
     ``saved_by``; after a pass has written some of a project's items, the writer's token
-    in the project's head changes. A token starts with the lowest ``saved_at`` it
-    announces, so a reader knows where in the feed to look, however late the batch landed.
+    in the project's head changes (``heads.py``: the same bookkeeping for every store).
     """
 
     replica_id: str
@@ -98,11 +97,3 @@ class Store(Protocol):
     def get_many(self, keys: list[tuple[str, str]]) -> list[Saved]:
         """Consistent reads of (project, object) keys; missing keys are left out."""
         ...
-
-
-def token_ms(token: str) -> int:
-    """The lowest ``saved_at`` a head token announces (0 if it cannot be read)."""
-    try:
-        return int(token.split(".", 1)[0])
-    except ValueError:
-        return 0

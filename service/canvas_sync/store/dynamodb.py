@@ -12,7 +12,7 @@ One item per object (tombstones included), keyed ``(project_id, object_id)``:
 
 One more item per project, ``(project_id, "#head")``: after a save pass has written some
 of a project's objects, the replica sets its own attribute ``w_<replica id>`` there to a
-token new for every pass, ``<lowest saved_at not announced before>.<sequence>``. A
+token new for every pass (``heads.py``). A
 replica holding the project reads the heads of all its projects with BatchGetItem (100 a
 request) and queries the change feed only of projects another replica saved lately, so
 an idle project costs a hundredth of a request per sync pass instead of one Query. The
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,8 +36,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_random_exponential
 
 from ..dirty import DirtyObject
-from ..model import ObjectState, encode_doc
-from .base import BATCH_LIMIT, HEAD, BatchObserver, Saved, WriteReport, token_ms
+from ..model import TOMBSTONE_TTL, ObjectState, encode_doc
+from .base import BATCH_LIMIT, HEAD, BatchObserver, Saved, WriteReport
+from .heads import Announcements, token_ms
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ WRITER_PREFIX = "w_"
 HEAD_WRITER_MAX_AGE_MS = 7 * 24 * 3600 * 1000
 """A replica that has not saved a project for this long is dropped from its head."""
 
-StoreError = (BotoCoreError, ClientError)
+STORE_ERRORS = (BotoCoreError, ClientError)
+"""What a failing DynamoDB call raises."""
 
 
 def make_client(endpoint: str | None, region: str | None = None, pool_size: int = 10) -> Any:
@@ -81,7 +82,7 @@ class DynamoStore:
         replica_id: str = "",
         concurrency: int = 4,
         unprocessed_attempts: int = 6,
-        tombstone_ttl: float = 7 * 24 * 3600,
+        tombstone_ttl: float = TOMBSTONE_TTL,
     ) -> None:
         self.client = client
         self.table = table
@@ -90,11 +91,7 @@ class DynamoStore:
         self.tombstone_ttl = tombstone_ttl
         self.observer: BatchObserver = lambda outcome, seconds, written: None
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="canvas-save")
-        # Guards the two fields below (the save pass's thread and its pool update them).
-        self._heads_lock = threading.Lock()
-        self._unannounced: dict[str, int] = {}
-        """Projects with items written but not yet announced in their head -> lowest saved_at."""
-        self._head_seq = 0
+        self._announcements = Announcements()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -181,10 +178,7 @@ class DynamoStore:
         for chunk_report in self._pool.map(lambda c: self._write_chunk(c, saved_at_ms), chunks):
             report.add(chunk_report)
         not_written = {o.key for o in report.failed} | {o.key for o, _ in report.refused}
-        written = {o.project for o in objects if o.key not in not_written}
-        with self._heads_lock:
-            for project in written:
-                self._unannounced[project] = min(saved_at_ms, self._unannounced.get(project, saved_at_ms))
+        self._announcements.owe({o.project for o in objects if o.key not in not_written}, saved_at_ms)
         report.heads = self.announce()
         return report
 
@@ -193,33 +187,15 @@ class DynamoStore:
     @property
     def heads_owed(self) -> bool:
         """True when written items wait for their head update (it failed)."""
-        with self._heads_lock:
-            return bool(self._unannounced)
+        return self._announcements.owed
 
     def announce(self) -> int:
-        """Mark projects as saved by this replica, after their objects are in the table.
-
-        Runs after the batches, never beside them: a reader that sees the new token can
-        rely on the objects being there, and the token names the lowest ``saved_at`` it
-        stands for, so the reader finds them however late they landed. Failures stay
-        owed and are retried with the next call.
-        """
-        with self._heads_lock:
-            todo, self._unannounced = self._unannounced, {}
-            self._head_seq += 1
-            seq = self._head_seq
+        """Mark projects as saved by this replica, after their objects are in the table
+        (never beside them), in parallel; failures stay owed for the next call."""
         now_ms = int(time.time() * 1000)
-        jobs = sorted(todo.items())
-        done = 0
-        for (project, since), ok in zip(
-            jobs, self._pool.map(lambda job: self._touch_head(job[0], f"{job[1]}.{seq}", now_ms), jobs), strict=True
-        ):
-            if ok:
-                done += 1
-            else:
-                with self._heads_lock:
-                    self._unannounced[project] = min(since, self._unannounced.get(project, since))
-        return done
+        return self._announcements.announce(
+            lambda project, token: self._touch_head(project, token, now_ms), self._pool.map
+        )
 
     def _touch_head(self, project: str, token: str, now_ms: int) -> bool:
         key = {"project_id": {"S": project}, "object_id": {"S": HEAD}}
@@ -232,7 +208,7 @@ class DynamoStore:
                 ExpressionAttributeValues={":t": {"S": token}},
                 ReturnValues="ALL_NEW",
             )["Attributes"]
-        except StoreError as error:
+        except STORE_ERRORS as error:
             log.warning(
                 "head update failed; retried with the next pass",
                 extra={"event": "head_error", "project": project, "error": _describe(error)},
@@ -268,7 +244,7 @@ class DynamoStore:
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
             )
-        except StoreError as error:  # a condition that failed included: tried again next time
+        except STORE_ERRORS as error:  # a condition that failed included: tried again next time
             log.info("pruning a head skipped", extra={"event": "head_prune_skipped", "error": _describe(error)})
 
     def heads(self, project_ids: list[str]) -> dict[str, dict[str, str]]:
@@ -313,7 +289,7 @@ class DynamoStore:
             for half in (left[: len(left) // 2], left[len(left) // 2 :]):
                 report.add(self._write_chunk(half, saved_at_ms))
             return report
-        except StoreError as error:
+        except STORE_ERRORS as error:
             return self._chunk_failed(report, chunk, pending, error)
         report.failed = [o for o, _ in pending.values()]
         report.written = len(chunk) - len(report.failed)
@@ -333,7 +309,7 @@ class DynamoStore:
         start = time.perf_counter()
         try:
             response = self.client.batch_write_item(RequestItems={self.table: requests})
-        except StoreError:
+        except STORE_ERRORS:
             self.observer("error", time.perf_counter() - start, 0)
             raise
         unprocessed = response.get("UnprocessedItems", {}).get(self.table, [])

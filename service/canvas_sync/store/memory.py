@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..dirty import DirtyObject
-from ..model import ObjectState, encode_doc
+from ..model import TOMBSTONE_TTL, ObjectState, encode_doc
 from .base import BATCH_LIMIT, ITEM_LIMIT_BYTES, BatchObserver, Saved, WriteReport
+from .heads import Announcements
 
 
 class InjectedFault(Exception):
@@ -32,7 +33,7 @@ class _Item:
 
 class MemoryStore:
     def __init__(
-        self, replica_id: str = "", tombstone_ttl: float = 24 * 3600, shared: MemoryStore | None = None
+        self, replica_id: str = "", tombstone_ttl: float = TOMBSTONE_TTL, shared: MemoryStore | None = None
     ) -> None:
         """``shared``: another replica's store, whose table this one uses (several replicas, one table)."""
         self.replica_id = replica_id
@@ -43,9 +44,7 @@ class MemoryStore:
         self.calls: list[str] = []
         """Every request made, by operation name, as DynamoDB would count them."""
         self._table: _Table = shared._table if shared else _Table()
-        self._lock = threading.Lock()  # guards _unannounced and _seq
-        self._unannounced: dict[str, int] = {}
-        self._seq = 0
+        self._announcements = Announcements()
 
     def _call(self, operation: str) -> None:
         self.calls.append(operation)
@@ -90,33 +89,25 @@ class MemoryStore:
                 )
                 self._table.put(obj.project, obj.state.id, _Item(doc, saved_at_ms, self.replica_id, expires))
                 report.written += 1
-                with self._lock:
-                    self._unannounced[obj.project] = min(saved_at_ms, self._unannounced.get(obj.project, saved_at_ms))
+                self._announcements.owe([obj.project], saved_at_ms)
             self.observer("success", time.perf_counter() - start, len(chunk))
         report.heads = self.announce()
         return report
 
     @property
     def heads_owed(self) -> bool:
-        with self._lock:
-            return bool(self._unannounced)
+        return self._announcements.owed
 
     def announce(self) -> int:
-        with self._lock:
-            todo, self._unannounced = self._unannounced, {}
-            self._seq += 1
-            seq = self._seq
-        done = 0
-        for project, since in sorted(todo.items()):
-            try:
-                self._call("head")
-            except Exception:
-                with self._lock:
-                    self._unannounced[project] = min(since, self._unannounced.get(project, since))
-                continue
-            self._table.set_head(project, self.replica_id, f"{since}.{seq}")
-            done += 1
-        return done
+        return self._announcements.announce(self._touch_head)
+
+    def _touch_head(self, project: str, token: str) -> bool:
+        try:
+            self._call("head")
+        except Exception:
+            return False
+        self._table.set_head(project, self.replica_id, token)
+        return True
 
     # --- reading ------------------------------------------------------------------------
 

@@ -9,36 +9,33 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Self
+from typing import Any, Self
+
+from .process import LocalProcess, StartError
 
 
-class ReplicaError(RuntimeError):
+class ReplicaError(StartError):
     """The replica exited or did not become ready; the message ends with its log."""
 
 
-@dataclass
-class ReplicaProcess:
+class ReplicaProcess(LocalProcess):
     """One ``canvas-sync serve`` process."""
 
-    name: str
-    port: int
-    env: dict[str, str]
-    log_path: Path | None = None
-    """Where its output goes (None: this process's own stdout and stderr)."""
-    host: str = "127.0.0.1"
-    process: subprocess.Popen[bytes] | None = None
-    exit_code: int | None = None
-    cpus: set[int] | None = None
-    """Pin the process to these CPUs (as ``taskset`` does; Linux), e.g. one core for sizing."""
-    _log: IO[bytes] | None = field(default=None, repr=False)
+    def __init__(
+        self, name: str, port: int, env: dict[str, str], log_path: Path | None = None, host: str = "127.0.0.1"
+    ) -> None:
+        super().__init__(log_path)
+        self.name = name
+        self.port = port
+        self.env = env
+        self.host = host
+        self.cpus: set[int] | None = None
+        """Pin the process to these CPUs (as ``taskset`` does; Linux), e.g. one core for sizing."""
+        self.exit_code: int | None = None
 
     @classmethod
     def configure(
@@ -68,22 +65,13 @@ class ReplicaProcess:
     def ws_url(self, project: str) -> str:
         return f"{self.url.replace('http', 'ws', 1)}/ws/{project}"
 
-    @property
-    def pid(self) -> int:
-        assert self.process is not None, "not started"
-        return self.process.pid
-
     def start(self, wait: bool = True, timeout: float = 30.0) -> Self:
-        out: IO[bytes] | None = None
-        if self.log_path is not None:
-            out = self._log = open(self.log_path, "ab")  # closed with the process
         command = [sys.executable, "-m", "canvas_sync", "serve", "--host", self.host, "--port", str(self.port)]
         cpus = self.cpus
-        self.process = subprocess.Popen(
+        self.launch(
             command,
+            inherit_output=True,
             env=self.env,
-            stdout=out,
-            stderr=subprocess.STDOUT if out else None,
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
         if wait:
@@ -91,45 +79,19 @@ class ReplicaProcess:
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                raise ReplicaError(f"{self.name} exited before it was ready{self._log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except (OSError, urllib.error.HTTPError):
-                pass
-            time.sleep(0.1)
-        raise ReplicaError(f"{self.name} not ready in {timeout:.0f}s{self._log_tail()}")
+        self.wait_until(self._ready, timeout, ReplicaError)
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as response:
+                return bool(response.status == 200)
+        except (OSError, urllib.error.HTTPError):
+            return False
 
     def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM (a clean shutdown: final flush) and wait; the exit code."""
-        assert self.process is not None, "not started"
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        self.exit_code = self.process.wait(timeout)
-        self._close_log()
+        self.exit_code = super().terminate(timeout)
         return self.exit_code
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._close_log()
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
-
-    def _log_tail(self) -> str:
-        text = self.logs()
-        return f":\n{text[-4000:]}" if text else ""
 
     def log_events(self, event: str) -> list[dict[str, Any]]:
         """The JSON log lines with this ``event``."""

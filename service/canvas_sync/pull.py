@@ -1,4 +1,5 @@
-"""Pulling other replicas' saved changes: heads, the change feed, reconcile, shutdown reads.
+"""The table puller: other replicas' saved changes, through heads, the change feed,
+reconciles and shutdown reads.
 
 Every ``CANVAS_SYNC_INTERVAL`` this replica reads the ``#head`` items of all the projects
 it holds (BatchGetItem, 100 a request). A replica writes its token into a project's head
@@ -19,14 +20,14 @@ read or every read of a pass failed. A replica asks for less exactly when Dynamo
 it to. While the heads cannot be read, held projects rely on the reconcile.
 
 The decisions (what to read, from where, when to retry) are plain functions over
-:class:`Cursor` data below; :class:`SyncWorker` does the I/O at the edges: reads in
+:class:`Cursor` data below; :class:`Puller` does the I/O at the edges: reads in
 threads, merges on the event loop in bounded chunks so a 10,000-object reconcile never
 stalls the loop.
 
 Items this replica saved itself come back through the feed too when the project is
 being pulled: if one of our batches overwrote a newer item (BatchWriteItem takes no
 conditions), the replica whose write was lost sees our token, merges our item, finds the
-table behind its memory and marks the object dirty again (anti-entropy, in state.py).
+table behind its memory and marks the object dirty again (anti-entropy, in projects.py).
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ from typing import Any
 
 from .metrics import Metrics
 from .model import HybridClock, ObjectState
-from .state import CanvasState, Project, RemoteMerge, gc_paused
+from .projects import Merged, Project, Projects, gc_paused
 from .store import Saved, Store
-from .store.base import token_ms
+from .store.heads import token_ms
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class Backoff:
 
 @dataclass
 class Cursor:
-    """Where the pulls of one held project stand. Owned by the sync task."""
+    """Where the pulls of one held project stand. Owned by the puller's task."""
 
     watermark_ms: int
     """Largest ``saved_at`` pulled from the change feed (or the load's start)."""
@@ -181,7 +182,7 @@ def pulled(cursor: Cursor, now: float, full: bool, saved_at: Sequence[int] = ())
 
 @dataclass(frozen=True)
 class RelayPace:
-    """How sync slows down while the live relay is healthy (it carries the edits then)."""
+    """How the puller slows down while the live relay is healthy (it carries the edits then)."""
 
     healthy: Callable[[], bool]
     heads_interval: float
@@ -191,10 +192,10 @@ class RelayPace:
     """After a catch-up (or a load), read the head every pass for this long."""
 
 
-class SyncWorker:
+class Puller:
     def __init__(
         self,
-        state: CanvasState,
+        projects: Projects,
         store: Store,
         clock: HybridClock,
         metrics: Metrics,
@@ -209,7 +210,7 @@ class SyncWorker:
     ) -> None:
         self.relay = relay
         self.on_repair = on_repair
-        self.state = state
+        self.projects = projects
         self.store = store
         self.clock = clock
         self.metrics = metrics
@@ -249,7 +250,7 @@ class SyncWorker:
             try:
                 await self.pass_once()
             except Exception:  # a bug here must not stop pulling for good
-                log.exception("sync pass failed")
+                log.exception("pull pass failed")
 
     async def pass_once(self) -> None:
         """Read heads, then the planned feeds and reconciles, and merge what came back.
@@ -296,7 +297,7 @@ class SyncWorker:
         if errors:
             self.last_error = f"{type(errors[0]).__name__}: {errors[0]}"
             log.warning(
-                "sync pass failed",
+                "pull pass failed",
                 extra={
                     "event": "sync_error",
                     "failures": len(errors),
@@ -310,10 +311,10 @@ class SyncWorker:
 
     def _track_projects(self, now: float) -> None:
         """A cursor for each newly held project; none for evicted ones; catch-ups noted."""
-        for pid in [pid for pid in self._held if self.state.get(pid) is not self._held[pid]]:
+        for pid in [pid for pid in self._held if self.projects.get(pid) is not self._held[pid]]:
             del self._held[pid], self.cursors[pid]
         window = self.relay.catch_up_window if self.relay else 0.0
-        for pid, project in self.state.projects.items():
+        for pid, project in self.projects.projects.items():
             if pid not in self._held:
                 self._held[pid] = project
                 heads = (
@@ -367,7 +368,7 @@ class SyncWorker:
                 raise
         self.metrics.sync_pulls.labels(kind, "success").inc()
         pulled(cursor, time.monotonic(), full, [r.saved_at for r in records])
-        await self.apply(project, states, records)
+        await self.merge(project, states, records)
 
     def _read_whole(self, pid: str) -> list[ObjectState]:
         """A reconcile's read (in a thread). The cyclic GC is paused as for a load: a full
@@ -376,15 +377,14 @@ class SyncWorker:
         with gc_paused():
             return self.store.load_project(pid)
 
-    async def apply(
-        self, project: Project, states: Sequence[ObjectState], records: Sequence[Saved] = ()
-    ) -> RemoteMerge:
-        """Merge states into memory in chunks, tell this replica's clients, count and time it."""
-        result = RemoteMerge()
+    async def merge(self, project: Project, states: Sequence[ObjectState], records: Sequence[Saved] = ()) -> Merged:
+        """Merge states read from the table into memory in chunks, tell this replica's
+        clients, count and time it."""
+        result = Merged()
         for start in range(0, len(states), MERGE_CHUNK):
             if start:
                 await asyncio.sleep(0)  # let edits and other sockets in between chunks
-            chunk = self.state.merge_remote(project, states[start : start + MERGE_CHUNK])
+            chunk = self.projects.merge(project, states[start : start + MERGE_CHUNK])
             for message in chunk.messages:
                 project.broadcast(message)
             result.changed += chunk.changed
@@ -420,11 +420,11 @@ class SyncWorker:
             by_project.setdefault(record.project, []).append(record.state)
         repairs = 0
         for pid, states in by_project.items():
-            project = self.state.get(pid)
+            project = self.projects.get(pid)
             if project is None:
                 continue
             try:
-                repairs += len((await self.apply(project, states)).repaired)
+                repairs += len((await self.merge(project, states)).repaired)
             except Exception:
                 log.exception("merging the table's copy failed", extra={"event": "merge_error", "project": pid})
         return repairs

@@ -5,39 +5,33 @@ native libraries in ``emulator/``. We download the tarball with ``npm pack`` onc
 cache folder, unpack only that folder, and start it on a free loopback port. Tests of
 saving, loading and convergence and ``canvas-sync dev`` use it.
 
-``python -m canvas_sync.dynamodb_local fetch`` provisions the cache (``make test`` does);
-``python -m canvas_sync.dynamodb_local run --port 8000`` runs one in the foreground.
+``python -m canvas_sync.devtools.dynamodb_local fetch`` provisions the cache (``make
+test`` does); ``python -m canvas_sync.devtools.dynamodb_local run --port 8000`` runs one
+in the foreground until Ctrl-C or SIGTERM, and stops the JVM with it.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import socket
+import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
+
+from .process import LocalProcess, StartError, cache_dir, free_port
 
 NPM_PACKAGE = "amplify-dynamodb-simulator"
 NPM_VERSION = "2.9.30"
 
 
-class Unavailable(RuntimeError):
+class Unavailable(StartError):
     """DynamoDB Local cannot run here (no Java, no npm, or the download failed)."""
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("CANVAS_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "canvas-sync"
-    )
-    return Path(base)
 
 
 def emulator_dir(cache: Path | None = None) -> Path:
@@ -79,20 +73,15 @@ def ensure_installed(cache: Path | None = None) -> Path:
     return target
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-class DynamoDBLocal:
+class DynamoDBLocal(LocalProcess):
     """One DynamoDB Local process on loopback; a context manager."""
 
+    name = "DynamoDB Local"
+
     def __init__(self, port: int | None = None, db_path: Path | None = None, log_path: Path | None = None) -> None:
+        super().__init__(log_path)
         self.port = port or free_port()
         self.db_path = db_path
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
@@ -121,36 +110,11 @@ class DynamoDBLocal:
         command = self.command()
         if self.db_path:
             self.db_path.mkdir(parents=True, exist_ok=True)
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         workdir = cache_dir() / "run"  # where it writes its own files, never the caller's folder
         workdir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise Unavailable(f"DynamoDB Local exited with code {self.process.returncode} at start")
-            if _answers(self.endpoint):
-                return self
-            time.sleep(0.1)
-        self.stop()
-        raise Unavailable(f"DynamoDB Local did not answer on {self.endpoint} within {timeout:.0f}s")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def __enter__(self) -> DynamoDBLocal:
-        return self.start()
-
-    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
-        self.stop()
+        self.launch(command, stdin=subprocess.DEVNULL, cwd=workdir)
+        self.wait_until(lambda: _answers(self.endpoint), timeout, Unavailable)
+        return self
 
 
 def _answers(endpoint: str) -> bool:
@@ -165,10 +129,12 @@ def _answers(endpoint: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m canvas_sync.dynamodb_local", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m canvas_sync.devtools.dynamodb_local", description=(__doc__ or "").splitlines()[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("fetch", help="download DynamoDB Local into the cache folder")
-    run = sub.add_parser("run", help="run DynamoDB Local in the foreground")
+    run = sub.add_parser("run", help="run DynamoDB Local in the foreground (Ctrl-C or SIGTERM stops it)")
     run.add_argument("--port", type=int, default=8000)
     run.add_argument("--db-path", type=Path, help="keep data in this folder (default: in memory)")
     args = parser.parse_args(argv)
@@ -180,11 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     except Unavailable as error:
         print(f"dynamodb-local: {error}", file=sys.stderr)
         return 1
-    print(f"DynamoDB Local at {local.endpoint} (Ctrl-C stops it)")
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())  # the JVM goes with us, never left holding the port
+    print(f"DynamoDB Local at {local.endpoint} (Ctrl-C or SIGTERM stops it)", flush=True)
     try:
-        assert local.process is not None
-        local.process.wait()
+        while not stopping.is_set() and local.running:
+            stopping.wait(0.5)
     except KeyboardInterrupt:
+        pass
+    finally:
         local.stop()
     return 0
 

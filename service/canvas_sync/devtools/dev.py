@@ -17,13 +17,14 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import AuthMode, Settings
-from .dynamodb_local import DynamoDBLocal, Unavailable, cache_dir, free_port
+from ..config import AuthMode, Settings
+from ..store import DynamoStore, make_client
+from ..tokens import generate_keys
+from .dynamodb_local import DynamoDBLocal, Unavailable
+from .process import cache_dir, free_port
 from .redis_local import RedisServer
 from .redis_local import Unavailable as RedisUnavailable
 from .replicas import ReplicaError, ReplicaProcess
-from .store import DynamoStore, make_client
-from .tokens import generate_keys
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +115,14 @@ def run_dev(settings: Settings, replicas: int, host: str, base_port: int) -> int
             url = replica.url
             print(f"{replica.name}: {url}   page {url}/?project=demo   WebSocket {replica.ws_url('<project>')}")
         print("Ctrl-C stops everything.\n", flush=True)
-        while not stopping.is_set() and all(r.process and r.process.poll() is None for r in started):
+        while not stopping.is_set() and all(r.running for r in started):
             stopping.wait(0.5)
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
         for replica in started:  # every replica flushes at once, then each is awaited
-            if replica.process and replica.process.poll() is None:
-                replica.process.send_signal(signal.SIGTERM)
+            replica.send_signal(signal.SIGTERM)
         for replica in started:
             try:
                 replica.terminate(settings.shutdown_timeout + 5)

@@ -1,4 +1,5 @@
-"""In-memory projects and the edits applied to them.
+"""The projects this replica holds in memory, the edits clients make to them, and the
+merge of states saved or relayed by other replicas.
 
 Everything here belongs to the asyncio loop: projects, their objects and views, their
 connections. Other threads get only what the loop hands them: a cache-miss load builds a
@@ -23,7 +24,7 @@ from typing import Any, NamedTuple, Protocol
 
 from . import protocol
 from .dirty import DirtySet
-from .model import ZERO, HybridClock, ObjectState, merge
+from .model import TOMBSTONE_TTL, ZERO, HybridClock, ObjectState, merge
 from .protocol import Create, Delete, ProtocolError, Update
 
 _gc_lock = threading.Lock()
@@ -89,7 +90,7 @@ class Project:
     tombstones: dict[str, int] = field(default_factory=dict)
     """Deleted objects still remembered: object id -> delete time (ms), oldest first
     (in the order the deletes reached this replica, which is close enough: see
-    :meth:`CanvasState.expire_tombstones`)."""
+    :meth:`Projects.expire_tombstones`)."""
     connections: set[Subscriber] = field(default_factory=set)
     last_active: float = field(default_factory=time.monotonic)
 
@@ -121,8 +122,8 @@ class Project:
 
 
 @dataclass
-class RemoteMerge:
-    """What merging table states changed: ids, messages for clients, ids marked for repair."""
+class Merged:
+    """What merging saved or relayed states changed: ids, messages for clients, ids marked for repair."""
 
     changed: list[str] = field(default_factory=list)
     messages: list[Broadcast] = field(default_factory=list)
@@ -137,11 +138,11 @@ class Limits:
     max_object_bytes: int = 16_384
     max_stored_object_bytes: int = 65_536
     max_tombstones: int = 10_000
-    tombstone_ttl_ms: int = 24 * 3600 * 1000
+    tombstone_ttl_ms: int = int(TOMBSTONE_TTL * 1000)
 
 
-class CanvasState:
-    """All projects this replica holds, and the edits and merges applied to them."""
+class Projects:
+    """The registry: every project this replica holds, and the edits and merges applied to them."""
 
     def __init__(self, clock: HybridClock, limits: Limits | None = None, dirty: DirtySet | None = None) -> None:
         self.clock = clock
@@ -209,8 +210,8 @@ class CanvasState:
 
     # --- edits --------------------------------------------------------------------------
 
-    def apply(self, project: Project, command: Create | Update | Delete) -> Broadcast | None:
-        """Apply a client edit; returns the message for the other clients (None: no change).
+    def edit(self, project: Project, command: Create | Update | Delete) -> Broadcast | None:
+        """Apply a client's edit; returns the message for the other clients (None: no change).
 
         Raises :class:`ProtocolError` and changes nothing when the edit is refused.
         """
@@ -296,10 +297,10 @@ class CanvasState:
         self.dirty.mark(project.id, tomb)
         return Broadcast.deleted(cmd.id)
 
-    # --- states read from the table -------------------------------------------------
+    # --- states from other replicas ---------------------------------------------------
 
-    def merge_remote(self, project: Project, states: Iterable[ObjectState]) -> RemoteMerge:
-        """Merge states read from the table into memory, per property.
+    def merge(self, project: Project, states: Iterable[ObjectState]) -> Merged:
+        """Merge states saved or relayed by other replicas into memory, per property.
 
         A state equal to memory's costs one comparison. Clients of this replica get an
         upsert/delete for every visible change. Where the merged state differs from what
@@ -307,7 +308,7 @@ class CanvasState:
         replica's batch overwrote it), the object is marked dirty so the next save writes
         the union back: anti-entropy.
         """
-        result = RemoteMerge()
+        result = Merged()
         if self.projects.get(project.id) is not project:
             return result  # evicted while the read was in flight: nothing to merge into
         for remote in states:

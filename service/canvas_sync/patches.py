@@ -1,0 +1,222 @@
+"""Every patch of a third-party internal, in one place, each with why and what it was
+checked against.
+
+The next upgrade of Quart, hypercorn or wsproto starts here: :func:`missing_internals`
+lists what these patches rely on that the installed versions no longer have, and
+``tests/unit/test_patches.py`` fails loudly when anything is missing or a version moved
+past the ones in :data:`CHECKED` (pyproject.toml pins the same ranges).
+
+- :class:`DirectSocket` (Quart 0.22): the WebSocket handler reads and writes hypercorn's
+  ASGI channel itself, without Quart's receiving task, queue and per-send yield.
+- :class:`BoundedDeflate` and :class:`DeclineDeflate` (wsproto 1.2-1.3, put in place of
+  hypercorn's ``ws_stream.PerMessageDeflate``, hypercorn 0.17-0.18): permessage-deflate
+  with inflation bounded by the message limit and a small window, or declined.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import zlib
+from importlib import metadata
+from types import SimpleNamespace
+from typing import Any
+
+from hypercorn.protocol import ws_stream
+from quart.asgi import ASGIWebsocketConnection
+from wsproto.extensions import PerMessageDeflate
+from wsproto.frame_protocol import CloseReason
+
+CHECKED = {"quart": ("0.22",), "hypercorn": ("0.17", "0.18"), "wsproto": ("1.2", "1.3")}
+"""Major.minor versions of each library whose internals these patches were read against."""
+
+SOCKET = "canvas_sync.socket"
+"""Where a WebSocket's scope holds its :class:`DirectSocket` (``websocket.scope[SOCKET]``)."""
+CLOSE_TIMEOUT = 10.0
+"""Seconds a closed socket's client has to answer the close before we stop listening."""
+
+
+class DirectSocket(ASGIWebsocketConnection):
+    """Quart's WebSocket connection without its receiving task, its queue and its yield
+    before every send.
+
+    Quart reads hypercorn's channel in a task of its own, hands each message on through a
+    queue, and sleeps(0) and fires a signal around every send: about a fifth of the CPU a
+    bare parse-and-ack socket costs. Here the handshake, refusals and the accept stay
+    Quart's; the handler then reads and writes the ASGI channel itself, through this
+    object (``websocket.scope[SOCKET]``). It leans on Quart 0.22's internals (hence the
+    pin in pyproject.toml); tests/system/test_app.py goes through every path of it.
+    """
+
+    async def __call__(self, receive: Any, send: Any) -> None:
+        self._channel_receive, self._channel_send = receive, send
+        self._gone = False
+        self.queue = SimpleNamespace(get=self.receive)  # type: ignore[assignment]  # what Quart's websocket reads
+        self.scope[SOCKET] = self  # type: ignore[literal-required]
+        await self.handle_websocket(self._create_websocket_from_scope(send), send)
+        if self._accepted and not self._gone:
+            # hypercorn hands messages over through a queue of 10 and waits while it is
+            # full: keep taking them until the client is gone, or the close handshake of
+            # a socket we closed never completes
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drain(), CLOSE_TIMEOUT)
+
+    async def _drain(self) -> None:
+        while await self.receive() is not None:
+            pass
+
+    async def receive(self) -> str | bytes | None:
+        """The next message; None once the client is gone."""
+        while True:
+            event = await self._channel_receive()
+            if event["type"] == "websocket.receive":
+                return event.get("bytes") or event["text"]
+            if event["type"] == "websocket.disconnect":
+                self._closed = self._gone = True  # nothing left to close
+                return None
+
+    async def send(self, text: str) -> None:
+        await self._channel_send({"type": "websocket.send", "text": text})
+
+    async def close(self, code: int, reason: str) -> None:
+        if not self._closed:
+            await self.close_connection(self._channel_send, code, reason)
+
+
+class DeclineDeflate(PerMessageDeflate):
+    """permessage-deflate that turns every offer down (RFC 7692 lets a server decline)."""
+
+    def accept(self, offer: str) -> None:
+        return None
+
+
+class BoundedDeflate(PerMessageDeflate):
+    """permessage-deflate that never inflates a message past ``max_message`` bytes.
+
+    wsproto inflates a compressed frame whole before hypercorn counts its bytes, so a
+    100 KiB frame of zeros could make the server allocate 100 MiB. Here each call inflates
+    at most one byte more than the message may still hold; hypercorn sees that byte too
+    many and closes with 1009, and what was left compressed is dropped, never inflated.
+    """
+
+    max_message = 65536
+    window_bits = 15
+    _inflated = 0
+    _over = False
+
+    def accept(self, offer: str) -> bool | str | None:
+        """Accept with our window (RFC 7692 7.1.2: a server may always name
+        ``server_max_window_bits``; ``client_max_window_bits`` only where the client offered it)."""
+        client_bits, server_bits = self._parse_params(offer)
+        try:
+            self.server_max_window_bits = min(server_bits or self.window_bits, self.window_bits)
+            if client_bits is not None:
+                self.client_max_window_bits = min(client_bits, self.window_bits)
+        except ValueError:  # a window smaller than deflate allows: decline compression
+            return None
+        parameters = [
+            name for name in ("client_no_context_takeover", "server_no_context_takeover") if getattr(self, name)
+        ]
+        if client_bits is not None:
+            parameters.append(f"client_max_window_bits={self.client_max_window_bits}")
+        parameters.append(f"server_max_window_bits={self.server_max_window_bits}")
+        if not self.server_no_context_takeover:  # else wsproto makes one per message (and frees it)
+            # zlib's memory level follows the window (8 for 15 bits, 4 for 11): its hash
+            # tables, not the window, are most of a compressor's memory. Made here, where
+            # the snapshot would make it anyway, so that sending needs no hook of ours.
+            bits = self.server_max_window_bits
+            self._compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -bits, bits - 7)
+        self._enabled = True
+        return "; ".join(parameters)
+
+    def frame_inbound_payload_data(self, proto: Any, data: bytes) -> bytes | CloseReason:
+        if not self._inbound_compressed or not self._inbound_is_compressible:
+            return data
+        return self._inflate(bytes(data))
+
+    def frame_inbound_complete(self, proto: Any, fin: bool) -> bytes | CloseReason | None:
+        if not fin or not self._inbound_compressed or not self._inbound_is_compressible:
+            return super().frame_inbound_complete(proto, fin)
+        tail = self._inflate(b"\x00\x00\xff\xff")
+        if self._over or self.client_no_context_takeover:
+            self._decompressor = None  # a message too big leaves a window nobody may use
+        self._inflated, self._over = 0, False
+        self._inbound_compressed = None
+        return tail
+
+    def _inflate(self, data: bytes) -> bytes | CloseReason:
+        if self._over:
+            return b""
+        assert self._decompressor is not None
+        room = self.max_message - self._inflated
+        try:
+            out = self._decompressor.decompress(data, room + 1)
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        self._inflated += len(out)
+        if self._inflated > self.max_message or self._decompressor.unconsumed_tail:
+            self._over = True  # the byte too many goes out; the rest is never inflated
+        return out
+
+
+def set_websocket_compression(enabled: bool, max_message_bytes: int = 65536, window_bits: int = 15) -> None:
+    """hypercorn offers permessage-deflate to every client and has no setting for it, so
+    the extension it builds per handshake is swapped here (hypercorn 0.17-0.18, see
+    :data:`CHECKED`): declined, or accepted with inflation bounded by the message limit
+    and windows of at most ``window_bits``."""
+    BoundedDeflate.max_message = max_message_bytes  # one replica per process: one limit
+    BoundedDeflate.window_bits = window_bits
+    ws_stream.PerMessageDeflate = BoundedDeflate if enabled else DeclineDeflate  # type: ignore[misc]
+
+
+_QUART_INTERNALS = ("_create_websocket_from_scope", "handle_websocket", "close_connection", "_accepted", "_closed")
+_DEFLATE_INTERNALS = (
+    "_parse_params",
+    "_compressor",
+    "_decompressor",
+    "_enabled",
+    "_inbound_compressed",
+    "_inbound_is_compressible",
+    "frame_inbound_payload_data",
+    "frame_inbound_complete",
+    "server_max_window_bits",
+    "client_max_window_bits",
+    "client_no_context_takeover",
+    "server_no_context_takeover",
+)
+
+
+def missing_internals() -> list[str]:
+    """What the patches above rely on that the installed libraries lack (empty: all there)."""
+    missing = []
+    probe = ASGIWebsocketConnection.__new__(ASGIWebsocketConnection)
+    with contextlib.suppress(Exception):
+        ASGIWebsocketConnection.__init__(probe, None, {})  # type: ignore[arg-type,typeddict-item]
+    for name in _QUART_INTERNALS:
+        if not hasattr(probe, name):
+            missing.append(f"quart.asgi.ASGIWebsocketConnection.{name}")
+    if list(inspect.signature(ASGIWebsocketConnection.close_connection).parameters) != [
+        "self",
+        "send",
+        "code",
+        "reason",
+    ]:
+        missing.append("quart.asgi.ASGIWebsocketConnection.close_connection(send, code, reason)")
+    deflate = PerMessageDeflate()
+    for name in _DEFLATE_INTERNALS:
+        if not hasattr(deflate, name):
+            missing.append(f"wsproto.extensions.PerMessageDeflate.{name}")
+    if not isinstance(getattr(ws_stream, "PerMessageDeflate", None), type):
+        missing.append("hypercorn.protocol.ws_stream.PerMessageDeflate")
+    return missing
+
+
+def unchecked_versions() -> list[str]:
+    """Installed versions newer (or older) than the ones :data:`CHECKED` names."""
+    out = []
+    for package, versions in CHECKED.items():
+        installed = metadata.version(package)
+        if ".".join(installed.split(".")[:2]) not in versions:
+            out.append(f"{package} {installed} (checked: {', '.join(versions)})")
+    return out
