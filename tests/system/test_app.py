@@ -11,11 +11,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from conftest import Replica, http_json, http_text
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from websockets.uri import parse_uri
+
+from tests.helpers import Replica, http_json, http_text
 
 pytestmark = pytest.mark.dynamodb_local
 

@@ -19,10 +19,11 @@ from typing import Any
 import jwt
 import pytest
 from canvas_sync.tokens import generate_keys, mint
-from conftest import Replica, http_json
-from test_auth import attacks
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
+
+from tests.helpers import Replica, http_json
+from tests.unit.test_auth import attacks
 
 pytestmark = pytest.mark.dynamodb_local
 

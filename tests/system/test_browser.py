@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from canvas_sync.redis_local import RedisServer
-from conftest import OUTPUT, Replica, missing, wait_until
+from canvas_sync.devtools.redis_local import RedisServer
+
+from tests.helpers import OUTPUT, Replica, missing, wait_until
 
 pytestmark = pytest.mark.dynamodb_local
 

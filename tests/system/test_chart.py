@@ -16,10 +16,15 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
-from canvas_sync.dynamodb_local import cache_dir
-from conftest import Replica, http_text, missing
+from canvas_sync.devtools.dynamodb_local import cache_dir
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import (
+    ROOT,
+    Replica,
+    http_text,
+    missing,
+)
+
 CHART = ROOT / "helm" / "canvas-sync"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "HTTPRoute"}
@@ -97,7 +102,7 @@ def crd_validator() -> Path:
     npm, node = shutil.which("npm"), shutil.which("node")
     if not npm or not node:
         missing("node and npm are needed to validate custom resources against their CRD schemas")
-    source = ROOT / "tests" / "crd"
+    source = ROOT / "tests" / "system" / "crd"
     target = cache_dir() / "crd-check"
     target.mkdir(parents=True, exist_ok=True)
     for name in ("package.json", "validate.mjs"):

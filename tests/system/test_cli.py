@@ -14,8 +14,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from canvas_sync.dynamodb_local import DynamoDBLocal, free_port
+from canvas_sync.devtools.dynamodb_local import DynamoDBLocal
+from canvas_sync.devtools.process import free_port
 from canvas_sync.store import DynamoStore, make_client
+
+from tests.helpers import ROOT
 
 
 def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -107,10 +110,9 @@ def test_dev_falls_back_to_moto_without_java_or_npm(tmp_path: Path) -> None:
 def test_one_version_everywhere() -> None:
     """pyproject reads the version from the package; the chart's appVersion must follow it."""
     import importlib.metadata
-    from pathlib import Path
 
     import canvas_sync
     import yaml
 
-    chart = yaml.safe_load((Path(__file__).parent.parent / "helm/canvas-sync/Chart.yaml").read_text())
+    chart = yaml.safe_load((ROOT / "helm/canvas-sync/Chart.yaml").read_text())
     assert importlib.metadata.version("canvas-sync") == canvas_sync.__version__ == chart["appVersion"]

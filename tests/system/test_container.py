@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from canvas_sync.dynamodb_local import DynamoDBLocal, free_port
-from test_chart import FULLNAME, app_deployment, by_kind, render
+from canvas_sync.devtools.dynamodb_local import DynamoDBLocal
+from canvas_sync.devtools.process import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+from tests.system.test_chart import FULLNAME, app_deployment, by_kind, render
+
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 
 
@@ -90,6 +92,10 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True,
         timeout=600,
     )
+    removed = re.search(r"rm -r /opt/canvas-sync/(lib/python\*/site-packages/canvas_sync/devtools)", build_stage)
+    assert removed, "the image leaves the development tooling out"
+    (devtools,) = venv.glob(removed.group(1))
+    shutil.rmtree(devtools)  # as the build stage does: what follows runs without it
     return venv
 
 
@@ -136,6 +142,8 @@ def test_the_image_entry_command_serves(
     finally:
         proc.kill()
     assert b'"loop": "uvloop"' in proc.stderr.read()  # type: ignore[union-attr]
+    dev = subprocess.run([*command[:1], "dev"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert dev.returncode == 2 and "development tooling is not installed here" in dev.stderr
 
 
 @pytest.mark.dynamodb_local

@@ -11,9 +11,10 @@ from contextlib import ExitStack
 from typing import Any
 
 import pytest
-from conftest import Replica, http_json, wait_until
-from convergence_check import check_convergence
 from websockets.sync.client import ClientConnection, connect
+
+from loadtest.convergence_check import check_convergence
+from tests.helpers import Replica, http_json, wait_until
 
 pytestmark = pytest.mark.dynamodb_local
 

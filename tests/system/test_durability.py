@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from canvas_sync.dynamodb_local import DynamoDBLocal, free_port
+from canvas_sync.devtools.dynamodb_local import DynamoDBLocal
+from canvas_sync.devtools.process import free_port
 from canvas_sync.store import DynamoStore, make_client
-from conftest import Replica, http_json, http_text, wait_until
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
+
+from tests.helpers import Replica, http_json, http_text, wait_until
 
 pytestmark = pytest.mark.dynamodb_local
 

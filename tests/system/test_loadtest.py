@@ -15,10 +15,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
 sys.path.insert(0, str(ROOT / "loadtest"))
 
-from discovery import discovery_api, pod_urls  # noqa: E402
+from loadtest.discovery import discovery_api, pod_urls
 
 SLICES = {
     "items": [

@@ -10,12 +10,13 @@ from contextlib import ExitStack
 from typing import Any
 
 import pytest
-from canvas_sync.dynamodb_local import DynamoDBLocal
-from canvas_sync.redis_local import RedisServer
+from canvas_sync.devtools.dynamodb_local import DynamoDBLocal
+from canvas_sync.devtools.redis_local import RedisServer
 from canvas_sync.store import DynamoStore, make_client
-from conftest import Replica, http_json, http_text, wait_until
-from convergence_check import check_convergence
 from websockets.sync.client import connect
+
+from loadtest.convergence_check import check_convergence
+from tests.helpers import Replica, http_json, http_text, wait_until
 
 pytestmark = pytest.mark.dynamodb_local
 

@@ -6,125 +6,125 @@ import gc
 import json
 
 import pytest
-from canvas_sync import state as state_module
+from canvas_sync import projects as projects_module
 from canvas_sync.model import HybridClock, ObjectState
+from canvas_sync.projects import Limits, Project, Projects, gc_paused
 from canvas_sync.protocol import Create, Delete, ProtocolError, Update
-from canvas_sync.state import CanvasState, Limits, Project, gc_paused
 
 
 @pytest.fixture
-def canvas() -> CanvasState:
-    return CanvasState(HybridClock("a"), Limits(max_objects=3, max_object_bytes=200, max_stored_object_bytes=1000))
+def projects() -> Projects:
+    return Projects(HybridClock("a"), Limits(max_objects=3, max_object_bytes=200, max_stored_object_bytes=1000))
 
 
-def hold(canvas: CanvasState, project_id: str = "p1", states: list[ObjectState] | None = None) -> Project:
-    return canvas.install(canvas.build(project_id, states or []))
+def hold(projects: Projects, project_id: str = "p1", states: list[ObjectState] | None = None) -> Project:
+    return projects.install(projects.build(project_id, states or []))
 
 
 @pytest.fixture
-def project(canvas: CanvasState) -> Project:
-    return hold(canvas)
+def project(projects: Projects) -> Project:
+    return hold(projects)
 
 
 def views(project: Project) -> list[dict]:
     return [json.loads(v) for v in project.snapshot_jsons()]
 
 
-def refused(canvas: CanvasState, project: Project, command: object) -> str:
-    before = (dict(project.objects), views(project), canvas.dirty.counts())
+def refused(projects: Projects, project: Project, command: object) -> str:
+    before = (dict(project.objects), views(project), projects.dirty.counts())
     with pytest.raises(ProtocolError) as info:
-        canvas.apply(project, command)  # type: ignore[arg-type]
-    assert (dict(project.objects), views(project), canvas.dirty.counts()) == before, "a refused edit changed state"
+        projects.edit(project, command)  # type: ignore[arg-type]
+    assert (dict(project.objects), views(project), projects.dirty.counts()) == before, "a refused edit changed state"
     return info.value.code
 
 
-def test_create_update_delete(canvas: CanvasState, project: Project) -> None:
-    out = canvas.apply(project, Create("1", "r1", "rect", {"x": 1, "fill": "red"}))
+def test_create_update_delete(projects: Projects, project: Project) -> None:
+    out = projects.edit(project, Create("1", "r1", "rect", {"x": 1, "fill": "red"}))
     assert out is not None and out.key == "r1" and out.latest  # a newer upsert of r1 may replace it in an outbox
     assert json.loads(out.text) == {"op": "upsert", "object": {"id": "r1", "type": "rect", "x": 1, "fill": "red"}}
-    canvas.apply(project, Update("2", "r1", {"x": 2, "fill": None, "type": "ellipse"}))
+    projects.edit(project, Update("2", "r1", {"x": 2, "fill": None, "type": "ellipse"}))
     assert views(project) == [{"id": "r1", "type": "ellipse", "x": 2}]
-    deleted = canvas.apply(project, Delete("3", "r1"))
+    deleted = projects.edit(project, Delete("3", "r1"))
     assert deleted is not None and deleted.key == "r1" and not deleted.latest  # nothing later may pass it
     assert json.loads(deleted.text) == {"op": "delete", "id": "r1"}
     assert views(project) == []
-    canvas.apply(project, Create("4", "r1", "text", {"y": 5}))
+    projects.edit(project, Create("4", "r1", "text", {"y": 5}))
     assert views(project) == [{"id": "r1", "type": "text", "y": 5}]
 
 
-def test_errors_change_nothing(canvas: CanvasState, project: Project) -> None:
-    canvas.apply(project, Create(None, "r1", "rect", {"x": 1}))
-    assert refused(canvas, project, Create(None, "r1", "rect", {})) == "conflict"
-    assert refused(canvas, project, Update(None, "nope", {"x": 1})) == "not_found"
-    assert refused(canvas, project, Delete(None, "nope")) == "not_found"
-    assert refused(canvas, project, Update(None, "r1", {"text": "x" * 300})) == "too_large"
-    canvas.apply(project, Delete(None, "r1"))
-    assert refused(canvas, project, Update(None, "r1", {"x": 1})) == "not_found"
-    assert refused(canvas, project, Delete(None, "r1")) == "not_found"
+def test_errors_change_nothing(projects: Projects, project: Project) -> None:
+    projects.edit(project, Create(None, "r1", "rect", {"x": 1}))
+    assert refused(projects, project, Create(None, "r1", "rect", {})) == "conflict"
+    assert refused(projects, project, Update(None, "nope", {"x": 1})) == "not_found"
+    assert refused(projects, project, Delete(None, "nope")) == "not_found"
+    assert refused(projects, project, Update(None, "r1", {"text": "x" * 300})) == "too_large"
+    projects.edit(project, Delete(None, "r1"))
+    assert refused(projects, project, Update(None, "r1", {"x": 1})) == "not_found"
+    assert refused(projects, project, Delete(None, "r1")) == "not_found"
 
 
 def test_update_cannot_pass_64_properties(project: Project) -> None:
-    canvas = CanvasState(
+    projects = Projects(
         HybridClock("a"), Limits(max_objects=10, max_object_bytes=100_000, max_stored_object_bytes=100_000)
     )
-    project = hold(canvas, "p")
-    canvas.apply(project, Create(None, "r1", "rect", {f"p{i}": i for i in range(64)}))
-    assert refused(canvas, project, Update(None, "r1", {"extra": 1})) == "bad_message"
-    canvas.apply(project, Update(None, "r1", {"p0": None, "extra": 1}))  # one out, one in: fine
+    project = hold(projects, "p")
+    projects.edit(project, Create(None, "r1", "rect", {f"p{i}": i for i in range(64)}))
+    assert refused(projects, project, Update(None, "r1", {"extra": 1})) == "bad_message"
+    projects.edit(project, Update(None, "r1", {"p0": None, "extra": 1}))  # one out, one in: fine
 
 
-def test_object_limit_counts_live_objects_only(canvas: CanvasState, project: Project) -> None:
+def test_object_limit_counts_live_objects_only(projects: Projects, project: Project) -> None:
     for i in range(3):
-        canvas.apply(project, Create(None, f"o{i}", "rect", {}))
-    assert refused(canvas, project, Create(None, "o9", "rect", {})) == "limit_exceeded"
-    canvas.apply(project, Delete(None, "o0"))
-    canvas.apply(project, Create(None, "o9", "rect", {}))
+        projects.edit(project, Create(None, f"o{i}", "rect", {}))
+    assert refused(projects, project, Create(None, "o9", "rect", {})) == "limit_exceeded"
+    projects.edit(project, Delete(None, "o0"))
+    projects.edit(project, Create(None, "o9", "rect", {}))
 
 
-def test_dirty_is_per_object_and_many_edits_cost_one_item(canvas: CanvasState, project: Project) -> None:
-    canvas.apply(project, Create(None, "r1", "rect", {"x": 0}))
+def test_dirty_is_per_object_and_many_edits_cost_one_item(projects: Projects, project: Project) -> None:
+    projects.edit(project, Create(None, "r1", "rect", {"x": 0}))
     for x in range(100):
-        canvas.apply(project, Update(None, "r1", {"x": x}))
-    canvas.apply(project, Create(None, "r2", "rect", {}))
-    assert canvas.dirty.counts() == (1, 2)
-    taken = canvas.dirty.take()
+        projects.edit(project, Update(None, "r1", {"x": x}))
+    projects.edit(project, Create(None, "r2", "rect", {}))
+    assert projects.dirty.counts() == (1, 2)
+    taken = projects.dirty.take()
     assert sorted(t.state.id for t in taken) == ["r1", "r2"]
-    assert canvas.dirty.counts() == (1, 2)  # not durable until the save succeeds
-    canvas.dirty.finish()
-    assert canvas.dirty.counts() == (0, 0)
-    assert canvas.dirty.take() == []
+    assert projects.dirty.counts() == (1, 2)  # not durable until the save succeeds
+    projects.dirty.finish()
+    assert projects.dirty.counts() == (0, 0)
+    assert projects.dirty.take() == []
 
 
-def test_edit_during_save_is_neither_lost_nor_cleared(canvas: CanvasState, project: Project) -> None:
-    canvas.apply(project, Create(None, "r1", "rect", {"x": 0}))
-    taken = canvas.dirty.take()
-    canvas.apply(project, Update(None, "r1", {"x": 1}))  # while the save is in flight
-    canvas.dirty.finish()  # the save of x=0 succeeds
-    again = canvas.dirty.take()
+def test_edit_during_save_is_neither_lost_nor_cleared(projects: Projects, project: Project) -> None:
+    projects.edit(project, Create(None, "r1", "rect", {"x": 0}))
+    taken = projects.dirty.take()
+    projects.edit(project, Update(None, "r1", {"x": 1}))  # while the save is in flight
+    projects.dirty.finish()  # the save of x=0 succeeds
+    again = projects.dirty.take()
     assert [t.state.view()["x"] for t in again] == [1]
     assert taken[0].state.view()["x"] == 0  # the taken copy never changed under the saver
 
 
-def test_failed_save_puts_objects_back(canvas: CanvasState, project: Project) -> None:
-    canvas.apply(project, Create(None, "r1", "rect", {}))
-    canvas.apply(project, Create(None, "r2", "rect", {}))
-    taken = canvas.dirty.take()
-    canvas.dirty.finish(failed=[t for t in taken if t.state.id == "r2"])
-    assert [t.state.id for t in canvas.dirty.take()] == ["r2"]
+def test_failed_save_puts_objects_back(projects: Projects, project: Project) -> None:
+    projects.edit(project, Create(None, "r1", "rect", {}))
+    projects.edit(project, Create(None, "r2", "rect", {}))
+    taken = projects.dirty.take()
+    projects.dirty.finish(failed=[t for t in taken if t.state.id == "r2"])
+    assert [t.state.id for t in projects.dirty.take()] == ["r2"]
 
 
-def test_idle_projects_are_evicted_only_when_clean_and_unwatched(canvas: CanvasState, project: Project) -> None:
-    canvas.apply(project, Create(None, "r1", "rect", {}))
-    assert canvas.evict_idle(0, now=project.last_active + 1) == []  # dirty
-    canvas.dirty.take()
-    assert canvas.evict_idle(0, now=project.last_active + 1) == []  # save in flight
-    canvas.dirty.finish()
+def test_idle_projects_are_evicted_only_when_clean_and_unwatched(projects: Projects, project: Project) -> None:
+    projects.edit(project, Create(None, "r1", "rect", {}))
+    assert projects.evict_idle(0, now=project.last_active + 1) == []  # dirty
+    projects.dirty.take()
+    assert projects.evict_idle(0, now=project.last_active + 1) == []  # save in flight
+    projects.dirty.finish()
     project.connections.add(object())  # type: ignore[arg-type]
-    assert canvas.evict_idle(0, now=project.last_active + 1) == []  # watched
+    assert projects.evict_idle(0, now=project.last_active + 1) == []  # watched
     project.connections.clear()
-    assert canvas.evict_idle(10, now=project.last_active + 1) == []  # not idle long enough
-    assert canvas.evict_idle(10, now=project.last_active + 11) == ["p1"]
-    assert canvas.get("p1") is None
+    assert projects.evict_idle(10, now=project.last_active + 1) == []  # not idle long enough
+    assert projects.evict_idle(10, now=project.last_active + 11) == ["p1"]
+    assert projects.get("p1") is None
 
 
 def remote_copy(state: ObjectState, **props: object) -> ObjectState:
@@ -132,60 +132,60 @@ def remote_copy(state: ObjectState, **props: object) -> ObjectState:
     return ObjectState(state.id, state.alive, state.type, {**state.props, **{k: (v, stamp) for k, v in props.items()}})
 
 
-def test_merge_remote_newer_state_updates_memory_and_tells_clients(canvas: CanvasState, project: Project) -> None:
-    canvas.apply(project, Create(None, "r1", "rect", {"x": 1}))
-    canvas.dirty.take()
-    canvas.dirty.finish()
-    result = canvas.merge_remote(project, [remote_copy(project.objects["r1"], x=5)])
+def test_merge_remote_newer_state_updates_memory_and_tells_clients(projects: Projects, project: Project) -> None:
+    projects.edit(project, Create(None, "r1", "rect", {"x": 1}))
+    projects.dirty.take()
+    projects.dirty.finish()
+    result = projects.merge(project, [remote_copy(project.objects["r1"], x=5)])
     assert result.changed == ["r1"] and result.repaired == []
     assert [json.loads(m.text) for m in result.messages] == [
         {"op": "upsert", "object": {"id": "r1", "type": "rect", "x": 5}}
     ]
-    assert canvas.dirty.counts() == (0, 0)  # the table already holds exactly this
+    assert projects.dirty.counts() == (0, 0)  # the table already holds exactly this
 
 
-def test_merge_remote_behind_memory_marks_a_repair(canvas: CanvasState, project: Project) -> None:
-    canvas.apply(project, Create(None, "r1", "rect", {"x": 1}))
+def test_merge_remote_behind_memory_marks_a_repair(projects: Projects, project: Project) -> None:
+    projects.edit(project, Create(None, "r1", "rect", {"x": 1}))
     stale = project.objects["r1"]
-    canvas.apply(project, Update(None, "r1", {"y": 2}))
-    canvas.dirty.take()
-    canvas.dirty.finish()
+    projects.edit(project, Update(None, "r1", {"y": 2}))
+    projects.dirty.take()
+    projects.dirty.finish()
     theirs = remote_copy(stale, fill="red")  # another replica's item, lacking our y
-    result = canvas.merge_remote(project, [theirs])
+    result = projects.merge(project, [theirs])
     assert views(project) == [{"id": "r1", "type": "rect", "x": 1, "y": 2, "fill": "red"}]
-    assert result.repaired == ["r1"] and canvas.dirty.counts() == (1, 1)
-    again = canvas.merge_remote(project, [theirs])  # pulled again before the repair is saved
+    assert result.repaired == ["r1"] and projects.dirty.counts() == (1, 1)
+    again = projects.merge(project, [theirs])  # pulled again before the repair is saved
     assert again.repaired == [] and again.messages == []
 
 
-def test_merge_remote_delete_and_stale_copies(canvas: CanvasState, project: Project) -> None:
-    canvas.apply(project, Create(None, "r1", "rect", {"x": 1}))
+def test_merge_remote_delete_and_stale_copies(projects: Projects, project: Project) -> None:
+    projects.edit(project, Create(None, "r1", "rect", {"x": 1}))
     live = project.objects["r1"]
-    canvas.dirty.take()
-    canvas.dirty.finish()
+    projects.dirty.take()
+    projects.dirty.finish()
     later = live.latest_stamp()[0] + 1000
     tomb = ObjectState("r1", (False, (later, 0, "zz")), live.type, {})
-    result = canvas.merge_remote(project, [tomb])
+    result = projects.merge(project, [tomb])
     assert [json.loads(m.text) for m in result.messages] == [{"op": "delete", "id": "r1"}] and views(project) == []
-    result = canvas.merge_remote(project, [live])  # a stale live copy
+    result = projects.merge(project, [live])  # a stale live copy
     assert result.messages == [] and views(project) == [] and result.repaired == ["r1"]
     with pytest.raises(ProtocolError):
-        canvas.apply(project, Update(None, "r1", {"x": 2}))
+        projects.edit(project, Update(None, "r1", {"x": 2}))
 
 
-def test_merged_stamps_move_the_clock_forward(canvas: CanvasState, project: Project) -> None:
-    far = ObjectState.created("r9", "rect", {}, (canvas.clock.wall_ms() + 60_000, 0, "zz"))
-    canvas.merge_remote(project, [far])
-    canvas.apply(project, Update(None, "r9", {"x": 1}))
+def test_merged_stamps_move_the_clock_forward(projects: Projects, project: Project) -> None:
+    far = ObjectState.created("r9", "rect", {}, (projects.clock.wall_ms() + 60_000, 0, "zz"))
+    projects.merge(project, [far])
+    projects.edit(project, Update(None, "r9", {"x": 1}))
     assert project.objects["r9"].props["x"][1] > far.alive[1]
 
 
-def test_merging_into_an_evicted_project_changes_nothing(canvas: CanvasState, project: Project) -> None:
-    assert canvas.evict_idle(0, now=project.last_active + 1) == ["p1"]
-    late = ObjectState.created("r1", "rect", {}, (canvas.clock.wall_ms(), 0, "zz"))
-    result = canvas.merge_remote(project, [late])  # a pull that was in flight during the eviction
-    assert result.changed == [] and canvas.dirty.counts() == (0, 0)
-    assert canvas.dirty.take() == []
+def test_merging_into_an_evicted_project_changes_nothing(projects: Projects, project: Project) -> None:
+    assert projects.evict_idle(0, now=project.last_active + 1) == ["p1"]
+    late = ObjectState.created("r1", "rect", {}, (projects.clock.wall_ms(), 0, "zz"))
+    result = projects.merge(project, [late])  # a pull that was in flight during the eviction
+    assert result.changed == [] and projects.dirty.counts() == (0, 0)
+    assert projects.dirty.take() == []
 
 
 def test_gc_pause_is_shared_by_nested_loads_and_restores_the_previous_setting() -> None:
@@ -208,66 +208,66 @@ def test_gc_pause_is_shared_by_nested_loads_and_restores_the_previous_setting() 
 # --- what a client can make us store is bounded (the robustness issue) ------------------
 
 
-def test_removing_a_property_that_is_not_there_stores_nothing(canvas: CanvasState, project: Project) -> None:
-    canvas.apply(project, Create(None, "r1", "rect", {"x": 1}))
+def test_removing_a_property_that_is_not_there_stores_nothing(projects: Projects, project: Project) -> None:
+    projects.edit(project, Create(None, "r1", "rect", {"x": 1}))
     before = project.objects["r1"]
     for i in range(100):
-        assert canvas.apply(project, Update(None, "r1", {f"never_set_{i}": None})) is None  # acked, nothing to send
+        assert projects.edit(project, Update(None, "r1", {f"never_set_{i}": None})) is None  # acked, nothing to send
     assert project.objects["r1"] is before and project.objects["r1"].stored_size() == before.stored_size()
 
 
-def test_removed_properties_count_against_the_stored_limit(canvas: CanvasState, project: Project) -> None:
+def test_removed_properties_count_against_the_stored_limit(projects: Projects, project: Project) -> None:
     """Set-then-remove keeps each name and stamp: the visible object stays tiny, what is stored does not."""
-    canvas.apply(project, Create(None, "r1", "rect", {}))
+    projects.edit(project, Create(None, "r1", "rect", {}))
     accepted = 0
     with pytest.raises(ProtocolError) as info:
         for i in range(1000):
             name = f"p{i:04}" + "x" * 40
-            canvas.apply(project, Update(None, "r1", {name: 1}))
-            canvas.apply(project, Update(None, "r1", {name: None}))
+            projects.edit(project, Update(None, "r1", {name: 1}))
+            projects.edit(project, Update(None, "r1", {name: None}))
             accepted += 1
     assert info.value.code == "too_large" and "store" in info.value.message
     assert 0 < accepted < 20
     assert views(project) == [{"id": "r1", "type": "rect"}]
-    assert project.objects["r1"].stored_size() <= canvas.limits.max_stored_object_bytes
-    assert refused(canvas, project, Update(None, "r1", {"y" * 60: 1})) == "too_large"  # and it changed nothing
-    canvas.apply(project, Update(None, "r1", {"x": 5}))  # names it already stores still change
+    assert project.objects["r1"].stored_size() <= projects.limits.max_stored_object_bytes
+    assert refused(projects, project, Update(None, "r1", {"y" * 60: 1})) == "too_large"  # and it changed nothing
+    projects.edit(project, Update(None, "r1", {"x": 5}))  # names it already stores still change
 
 
-def test_stored_size_bound_is_never_below_the_exact_size(canvas: CanvasState, project: Project) -> None:
-    canvas.apply(project, Create(None, "r1", "rect", {"a": "é" * 10, "b": [1, {"c": None}]}))
+def test_stored_size_bound_is_never_below_the_exact_size(projects: Projects, project: Project) -> None:
+    projects.edit(project, Create(None, "r1", "rect", {"a": "é" * 10, "b": [1, {"c": None}]}))
     for i in range(5):
-        canvas.apply(project, Update(None, "r1", {f"n{i}": i, "a": None if i % 2 else "z"}))
-        canvas.apply(project, Update(None, "r1", {f"n{i}": None, "type": "ellipse"}))
+        projects.edit(project, Update(None, "r1", {f"n{i}": i, "a": None if i % 2 else "z"}))
+        projects.edit(project, Update(None, "r1", {f"n{i}": None, "type": "ellipse"}))
         state = project.objects["r1"]
         assert state.stored_size_bound(len(project.views["r1"].encode())) >= state.stored_size()
 
 
 def test_tombstones_count_against_their_own_limit(project: Project) -> None:
-    canvas = CanvasState(HybridClock("a"), Limits(max_objects=3, max_tombstones=4))
-    project = hold(canvas)
+    projects = Projects(HybridClock("a"), Limits(max_objects=3, max_tombstones=4))
+    project = hold(projects)
     for i in range(4):
-        canvas.apply(project, Create(None, f"o{i}", "rect", {}))
-        canvas.apply(project, Delete(None, f"o{i}"))
+        projects.edit(project, Create(None, f"o{i}", "rect", {}))
+        projects.edit(project, Delete(None, f"o{i}"))
     assert len(project.tombstones) == 4
-    assert refused(canvas, project, Create(None, "new", "rect", {})) == "limit_exceeded"
-    canvas.apply(project, Create(None, "o1", "rect", {}))  # re-creating a deleted id adds no tombstone
+    assert refused(projects, project, Create(None, "new", "rect", {})) == "limit_exceeded"
+    projects.edit(project, Create(None, "o1", "rect", {}))  # re-creating a deleted id adds no tombstone
     assert len(project.objects) == 4 and len(project.tombstones) == 3
 
 
 def test_tombstones_past_the_horizon_are_forgotten_and_not_loaded() -> None:
     wall = [1_000_000]
-    canvas = CanvasState(HybridClock("a", wall_ms=lambda: wall[0]), Limits(tombstone_ttl_ms=60_000))
-    project = hold(canvas)
+    projects = Projects(HybridClock("a", wall_ms=lambda: wall[0]), Limits(tombstone_ttl_ms=60_000))
+    project = hold(projects)
     for i in range(3):
-        canvas.apply(project, Create(None, f"o{i}", "rect", {}))
-    canvas.apply(project, Delete(None, "o0"))
+        projects.edit(project, Create(None, f"o{i}", "rect", {}))
+    projects.edit(project, Delete(None, "o0"))
     wall[0] += 30_000
-    canvas.apply(project, Delete(None, "o1"))
+    projects.edit(project, Delete(None, "o1"))
     wall[0] += 40_000  # o0 deleted 70 s ago, o1 40 s ago
-    assert canvas.expire_tombstones() == 1
+    assert projects.expire_tombstones() == 1
     assert sorted(project.objects) == ["o1", "o2"] and list(project.tombstones) == ["o1"]
-    reloaded = canvas.build(
+    reloaded = projects.build(
         "p2", [*list(project.objects.values()), ObjectState("old", (False, (1, 0, "b")), ("rect", (1, 0, "b")))]
     )
     assert sorted(reloaded.objects) == ["o1", "o2"]  # a load skips expired tombstones too
@@ -277,49 +277,49 @@ def test_a_stamp_far_ahead_moves_the_clock_only_to_the_bound_and_edits_still_win
     wall = [1_000_000]
     clamped: list[tuple[int, int, str]] = []
     clock = HybridClock("a", wall_ms=lambda: wall[0], max_drift_ms=5_000, on_clamp=clamped.append)
-    canvas = CanvasState(clock)
-    project = hold(canvas)
+    projects = Projects(clock)
+    project = hold(projects)
     forged = ObjectState.created("r1", "rect", {"x": 1}, (wall[0] + 3_600_000, 7, "zz"))  # an hour ahead
-    canvas.merge_remote(project, [forged])
+    projects.merge(project, [forged])
     assert clamped == [forged.alive[1]]
     assert clock.now()[0] <= wall[0] + 5_000  # the clock is not dragged an hour ahead
-    canvas.apply(project, Create(None, "r2", "rect", {}))
+    projects.edit(project, Create(None, "r2", "rect", {}))
     assert project.objects["r2"].alive[1][0] <= wall[0] + 5_000
-    canvas.apply(project, Update(None, "r1", {"x": 2}))  # the client's edit still beats the forged stamp
+    projects.edit(project, Update(None, "r1", {"x": 2}))  # the client's edit still beats the forged stamp
     assert views(project)[0] == {"id": "r1", "type": "rect", "x": 2}
     assert project.objects["r1"].props["x"][1] > forged.alive[1]
     near = ObjectState.created("r3", "rect", {}, (wall[0] + 1_000, 0, "zz"))
-    canvas.merge_remote(project, [near])
-    assert len(clamped) == 1 and clock.peek() >= (wall[0] + 1_000, 0)  # within the bound: absorbed as is
+    projects.merge(project, [near])
+    assert len(clamped) == 1 and clock.now()[:2] > (wall[0] + 1_000, 0)  # within the bound: absorbed as is
 
 
-def test_merging_unchanged_states_costs_no_merge(canvas: CanvasState, monkeypatch: pytest.MonkeyPatch) -> None:
-    canvas = CanvasState(HybridClock("a"), Limits(max_objects=100))
-    stamp = (canvas.clock.wall_ms(), 0, "b")
+def test_merging_unchanged_states_costs_no_merge(projects: Projects, monkeypatch: pytest.MonkeyPatch) -> None:
+    projects = Projects(HybridClock("a"), Limits(max_objects=100))
+    stamp = (projects.clock.wall_ms(), 0, "b")
     table = [ObjectState.created(f"o{i}", "rect", {"x": i}, stamp) for i in range(50)]
-    project = hold(canvas, "p", [ObjectState.from_doc(s.id, s.to_doc()) for s in table])
+    project = hold(projects, "p", [ObjectState.from_doc(s.id, s.to_doc()) for s in table])
     merges: list[str] = []
-    real = state_module.merge
-    monkeypatch.setattr(state_module, "merge", lambda a, b: merges.append(a.id) or real(a, b))
-    result = canvas.merge_remote(project, [ObjectState.from_doc(s.id, s.to_doc()) for s in table])
-    assert merges == [] and result.changed == [] and canvas.dirty.counts() == (0, 0)
+    real = projects_module.merge
+    monkeypatch.setattr(projects_module, "merge", lambda a, b: merges.append(a.id) or real(a, b))
+    result = projects.merge(project, [ObjectState.from_doc(s.id, s.to_doc()) for s in table])
+    assert merges == [] and result.changed == [] and projects.dirty.counts() == (0, 0)
     newer = ObjectState.created("o7", "rect", {"x": 70}, (stamp[0] + 1, 0, "b"))
-    assert canvas.merge_remote(project, [newer]).changed == ["o7"] and merges == ["o7"]
+    assert projects.merge(project, [newer]).changed == ["o7"] and merges == ["o7"]
 
 
 def test_expiry_reads_only_the_oldest_deletes() -> None:
     """Forgetting costs what is forgotten: the scan stops at the first delete within the horizon."""
     wall = [1_000_000]
-    canvas = CanvasState(HybridClock("a", wall_ms=lambda: wall[0]), Limits(tombstone_ttl_ms=60_000))
-    project = hold(canvas)
+    projects = Projects(HybridClock("a", wall_ms=lambda: wall[0]), Limits(tombstone_ttl_ms=60_000))
+    project = hold(projects)
     for i in range(3):
-        canvas.apply(project, Create(None, f"o{i}", "rect", {}))
-        canvas.apply(project, Delete(None, f"o{i}"))
+        projects.edit(project, Create(None, f"o{i}", "rect", {}))
+        projects.edit(project, Delete(None, f"o{i}"))
         wall[0] += 10_000
     late = ObjectState("old", (False, (wall[0] - 50_000, 0, "b")), ("rect", (1, 0, "b")))
-    canvas.merge_remote(project, [late])  # merged after newer deletes: behind them
+    projects.merge(project, [late])  # merged after newer deletes: behind them
     assert list(project.tombstones) == ["o0", "o1", "o2", "old"]
     wall[0] = 1_000_000 + 65_000  # o0 is 65 s old, o1 55 s, "old" 75 s
-    assert canvas.expire_tombstones() == 1 and list(project.tombstones) == ["o1", "o2", "old"]
+    assert projects.expire_tombstones() == 1 and list(project.tombstones) == ["o1", "o2", "old"]
     wall[0] += 20_000
-    assert canvas.expire_tombstones() == 3 and project.tombstones == {}
+    assert projects.expire_tombstones() == 3 and project.tombstones == {}

@@ -160,8 +160,8 @@ def test_encoding_is_canonical() -> None:
 
 def test_presence_messages() -> None:
     cmd = parse('{"op":"presence","req":"1","state":{"cursor":[1,2],"name":"Ann","colour":"#f00"}}')
-    assert isinstance(cmd, protocol.Presence) and cmd.state["name"] == "Ann" and cmd.req == "1"
-    assert cmd.state_json == '{"colour":"#f00","cursor":[1,2],"name":"Ann"}'
+    assert isinstance(cmd, protocol.SetPresence) and cmd.presence["name"] == "Ann" and cmd.req == "1"
+    assert cmd.presence_json == '{"colour":"#f00","cursor":[1,2],"name":"Ann"}'
     for bad in ('{"op":"presence"}', '{"op":"presence","state":[1]}', '{"op":"presence","state":"x"}'):
         with pytest.raises(ProtocolError) as info:
             parse(bad)

@@ -1,26 +1,23 @@
-"""Sync: its decisions as plain functions, the worker on the in-memory store, and DynamoDB Local."""
+"""The table puller: its decisions as plain functions, then the puller on the in-memory store
+(the same against DynamoDB Local: tests/system/test_pull_dynamodb.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from canvas_sync import sync as sync_module
+from canvas_sync import pull as pull_module
 from canvas_sync.dirty import DirtyObject
-from canvas_sync.dynamodb_local import DynamoDBLocal
 from canvas_sync.metrics import Metrics
 from canvas_sync.model import HybridClock, ObjectState
-from canvas_sync.state import CanvasState, Project
-from canvas_sync.store import DynamoStore, MemoryStore, Store, make_client
+from canvas_sync.projects import Project, Projects
+from canvas_sync.pull import Backoff, Cursor, Puller, feed_since, heads_due, note_heads, plan, reconcile_budget
+from canvas_sync.store import MemoryStore, Store
 from canvas_sync.store.memory import InjectedFault
-from canvas_sync.sync import Backoff, Cursor, SyncWorker, feed_since, heads_due, note_heads, plan, reconcile_budget
 from hypothesis import given
 from hypothesis import strategies as st
-from test_autosave import BlockingClient
 
 OVERLAP = 0.3
 
@@ -118,15 +115,15 @@ def test_plan_reads_each_project_at_most_once_and_never_while_it_backs_off(
 
 
 class Node:
-    """One replica's state, store and sync worker, in this process."""
+    """One replica's projects, store and puller, in this process."""
 
     def __init__(self, store: Store, name: str, reconcile: float = 3600.0) -> None:
         self.clock = HybridClock(name)
-        self.state = CanvasState(self.clock)
+        self.projects = Projects(self.clock)
         self.store = store
         self.metrics = Metrics()
-        self.sync = SyncWorker(
-            self.state,
+        self.puller = Puller(
+            self.projects,
             store,
             self.clock,
             self.metrics,
@@ -146,9 +143,9 @@ class Node:
         store.changes_since = counted  # type: ignore[method-assign]
 
     def hold(self, project: str) -> Project:
-        project_obj = self.state.build(project, self.store.load_project(project), self.clock.wall_ms())
+        project_obj = self.projects.build(project, self.store.load_project(project), self.clock.wall_ms())
         project_obj.loaded_heads = self.store.heads([project])[project]
-        return self.state.install(project_obj)
+        return self.projects.install(project_obj)
 
     def save(self, project: str, object_id: str, saved_at_ms: int | None = None, **props: Any) -> None:
         state = ObjectState.created(object_id, "rect", props, self.clock.now())
@@ -156,9 +153,9 @@ class Node:
         assert not report.failed and report.heads == 1
 
     def pass_once(self) -> list[str]:
-        """Run one sync pass; the projects whose feed it queried."""
+        """Run one pull pass; the projects whose feed it queried."""
         self.queried.clear()
-        asyncio.run(self.sync.pass_once())
+        asyncio.run(self.puller.pass_once())
         return sorted(self.queried)
 
 
@@ -179,7 +176,7 @@ def only_other_replicas_saves_are_queried(a: Node, b: Node) -> None:
 
     b.save("shared", "s1", x=3)
     assert a.pass_once() == ["shared"]
-    assert a.state.get("shared").views["s1"] == '{"id":"s1","type":"rect","x":3}'  # type: ignore[union-attr]
+    assert a.projects.get("shared").views["s1"] == '{"id":"s1","type":"rect","x":3}'  # type: ignore[union-attr]
     assert a.pass_once() == ["shared"]  # re-read for the overlap window (index lag, skew)
     time.sleep(OVERLAP + 0.05)
     assert a.pass_once() == []
@@ -199,10 +196,10 @@ def test_a_save_that_lands_late_is_found_through_its_token(memory_nodes: tuple[N
     c = Node(MemoryStore("c", shared=a.store), "c")  # type: ignore[arg-type]
     c.save("p", "c1", x=1)  # ...meanwhile c saves, and a's watermark moves past b's saved_at + overlap
     assert a.pass_once() == ["p"]
-    assert a.sync.cursors["p"].watermark_ms - late_stamp > OVERLAP * 1000
+    assert a.puller.cursors["p"].watermark_ms - late_stamp > OVERLAP * 1000
     b.save("p", "b1", saved_at_ms=late_stamp, x=2)  # ...and b's batch lands now
     a.pass_once()
-    assert "b1" in a.state.get("p").views  # type: ignore[union-attr]
+    assert "b1" in a.projects.get("p").views  # type: ignore[union-attr]
 
 
 def test_throttling_backs_off_instead_of_reading_more(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -210,12 +207,12 @@ def test_throttling_backs_off_instead_of_reading_more(monkeypatch: pytest.Monkey
     store = MemoryStore("a")
     other = MemoryStore("b", shared=store)
     node = Node(store, "a", reconcile=60.0)
-    node.sync.interval, node.sync.max_backoff = 1.0, 30.0
+    node.puller.interval, node.puller.max_backoff = 1.0, 30.0
     for i in range(100):
         other.write([DirtyObject(f"p{i}", ObjectState.created("o", "rect", {}, (1, 0, "b")))], saved_at_ms=1)
         node.hold(f"p{i}")
     now = [1000.0]
-    monkeypatch.setattr(sync_module.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(pull_module.time, "monotonic", lambda: now[0])
     node.pass_once()  # cursors start; reconciles fall due 60 s later
     now[0] += 61.0
     throttled = True
@@ -230,17 +227,17 @@ def test_throttling_backs_off_instead_of_reading_more(monkeypatch: pytest.Monkey
         node.pass_once()
         now[0] += 1.0
     reads = len(store.calls)
-    assert node.sync.last_error is not None and "ProvisionedThroughput" in node.sync.last_error
+    assert node.puller.last_error is not None and "ProvisionedThroughput" in node.puller.last_error
     # Healthy, this is one heads read a pass (30). Per-project backoff alone still spends the
     # reconcile budget every pass (126 measured); whole passes back off, so far fewer.
     assert reads <= 40, store.calls
-    assert node.sync.status()["projects_backing_off"] > 0
+    assert node.puller.status()["projects_backing_off"] > 0
     throttled = False
     for _ in range(120):  # recovery: every project reconciled within the interval and the cap
         node.pass_once()
         now[0] += 1.0
-    assert node.sync.last_error is None and node.sync.status()["projects_backing_off"] == 0
-    assert all(now[0] - c.last_reconcile < 62 for c in node.sync.cursors.values())
+    assert node.puller.last_error is None and node.puller.status()["projects_backing_off"] == 0
+    assert all(now[0] - c.last_reconcile < 62 for c in node.puller.cursors.values())
 
 
 def test_a_failed_heads_read_backs_off_and_queries_no_feed_blindly(memory_nodes: tuple[Node, Node]) -> None:
@@ -256,13 +253,13 @@ def test_a_failed_heads_read_backs_off_and_queries_no_feed_blindly(memory_nodes:
     a.store.fault = broken  # type: ignore[attr-defined]
     b.save("p2", "o", x=1)
     assert a.pass_once() == []
-    assert a.sync.status()["last_error"] == "InjectedFault: injected"
+    assert a.puller.status()["last_error"] == "InjectedFault: injected"
     assert a.metrics.sync_pulls.labels("heads", "error")._value.get() == 1
     assert a.pass_once() == [] and a.metrics.sync_pulls.labels("heads", "error")._value.get() == 1  # backing off
     a.store.fault = lambda operation: None  # type: ignore[attr-defined]
     time.sleep(0.1)
-    assert a.pass_once() == ["p2"] and a.sync.last_error is None
-    assert "o" in a.state.get("p2").views  # type: ignore[union-attr]
+    assert a.pass_once() == ["p2"] and a.puller.last_error is None
+    assert "o" in a.projects.get("p2").views  # type: ignore[union-attr]
 
 
 def test_last_error_clears_once_no_project_is_held(memory_nodes: tuple[Node, Node]) -> None:
@@ -270,17 +267,17 @@ def test_last_error_clears_once_no_project_is_held(memory_nodes: tuple[Node, Nod
     a.hold("p1")
     a.store.fault = lambda operation: (_ for _ in ()).throw(InjectedFault("down"))  # type: ignore[attr-defined]
     a.pass_once()
-    assert a.sync.last_error
-    assert a.state.evict_idle(0, now=time.monotonic() + 1) == ["p1"]
+    assert a.puller.last_error
+    assert a.projects.evict_idle(0, now=time.monotonic() + 1) == ["p1"]
     a.pass_once()
-    assert a.sync.last_error is None and a.sync.cursors == {}
+    assert a.puller.last_error is None and a.puller.cursors == {}
 
 
 def test_a_big_merge_gives_the_loop_back_between_chunks(memory_nodes: tuple[Node, Node]) -> None:
     a, b = memory_nodes
     project = a.hold("big")
     stamp = b.clock.now()
-    states = [ObjectState.created(f"o{i:05}", "rect", {"x": i}, stamp) for i in range(5 * sync_module.MERGE_CHUNK)]
+    states = [ObjectState.created(f"o{i:05}", "rect", {"x": i}, stamp) for i in range(5 * pull_module.MERGE_CHUNK)]
 
     async def run() -> int:
         turns = 0
@@ -295,7 +292,7 @@ def test_a_big_merge_gives_the_loop_back_between_chunks(memory_nodes: tuple[Node
         task = asyncio.create_task(ticker())
         await asyncio.sleep(0)
         turns = 0
-        result = await a.sync.apply(project, states)
+        result = await a.puller.merge(project, states)
         done = True
         await task
         assert len(result.changed) == len(states)
@@ -303,45 +300,3 @@ def test_a_big_merge_gives_the_loop_back_between_chunks(memory_nodes: tuple[Node
 
     assert asyncio.run(run()) >= 4  # the ticker ran between every two chunks
     assert len(project.views) == len(states)
-
-
-# --- the same against DynamoDB Local ---------------------------------------------------
-
-
-@pytest.fixture
-def nodes(dynamodb_local: DynamoDBLocal, table: str) -> Iterator[tuple[Node, Node]]:
-    stores = [DynamoStore(make_client(dynamodb_local.endpoint), table, replica_id=n, concurrency=2) for n in ("a", "b")]
-    yield Node(stores[0], "a"), Node(stores[1], "b")
-    for store in stores:
-        store.close()
-
-
-@pytest.mark.dynamodb_local
-def test_only_projects_another_replica_saved_are_queried_in_dynamodb(nodes: tuple[Node, Node]) -> None:
-    only_other_replicas_saves_are_queried(*nodes)
-
-
-@pytest.mark.dynamodb_local
-def test_a_batch_delayed_past_the_overlap_is_still_pulled(
-    nodes: tuple[Node, Node], dynamodb_local: DynamoDBLocal
-) -> None:
-    a, b = nodes
-    a.hold("p")
-    a.pass_once()
-    b.store.client = delayed = BlockingClient(b.store.client)  # type: ignore[attr-defined]
-    saver = threading.Thread(target=b.save, args=("p", "late"), kwargs={"x": 1})
-    saver.start()  # b's pass has fixed its saved_at and waits on its batch
-    assert delayed.inside.wait(5)
-    time.sleep(OVERLAP + 0.2)
-    c_store = DynamoStore(b.store.client.client, b.store.table, replica_id="c")  # type: ignore[attr-defined]
-    c = Node(c_store, "c")
-    c.save("p", "c1", x=2)  # another replica's save moves a's watermark past b's saved_at + overlap
-    wait = time.monotonic() + 5
-    while "c1" not in a.state.get("p").views and time.monotonic() < wait:  # type: ignore[union-attr]
-        a.pass_once()
-    delayed.release.set()
-    saver.join(10)
-    for _ in range(3):  # the feed window; the reconcile is an hour away
-        a.pass_once()
-    assert "late" in a.state.get("p").views  # type: ignore[union-attr]
-    c_store.close()

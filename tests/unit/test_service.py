@@ -16,9 +16,12 @@ from canvas_sync.model import HybridClock, ObjectState
 from canvas_sync.service import CanvasService
 from canvas_sync.store import MemoryStore
 from canvas_sync.store.memory import InjectedFault
+from canvas_sync.wiring import build
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from tests.helpers import InProcessClient
 
 
 def service(store: MemoryStore | None = None, **settings: Any) -> CanvasService:
@@ -29,7 +32,7 @@ def service(store: MemoryStore | None = None, **settings: Any) -> CanvasService:
         "auth": "off",
         **settings,
     }
-    return CanvasService(load_settings(**values), store or MemoryStore("a"))
+    return build(load_settings(**values), store or MemoryStore("a"))
 
 
 async def started(svc: CanvasService) -> CanvasService:
@@ -72,13 +75,8 @@ def test_shutdown_merges_and_sends_on_the_loop() -> None:
         project = await svc.project("p1")
         watcher = Recorder()
         project.connections.add(watcher)  # type: ignore[arg-type]
-        conn = Connection(16)
-        assert (
-            json.loads(svc.handle(project, conn, json.dumps({"op": "create", "object": {"id": "o", "type": "rect"}})))[
-                "op"
-            ]
-            == "ack"
-        )
+        client = await InProcessClient(svc, "p1").open()
+        assert client.send({"op": "create", "object": {"id": "o", "type": "rect"}}) == {"op": "ack"}
         newer_in_table(store, "p1", "o", y=7)
         return await svc.shutdown(), watcher
 
@@ -97,9 +95,8 @@ def test_shutdown_writes_again_when_the_read_back_fails_half_way() -> None:
     async def run() -> tuple[bool, CanvasService]:
         svc = await started(service(store))
         for pid in ("p1", "p2"):
-            project = await svc.project(pid)
-            svc.handle(
-                project, Connection(16), json.dumps({"op": "create", "object": {"id": "o", "type": "rect", "x": 1}})
+            (await InProcessClient(svc, pid).open()).send(
+                {"op": "create", "object": {"id": "o", "type": "rect", "x": 1}}
             )
         (await svc.project("p2")).connections.add(Recorder(fail=True))  # type: ignore[arg-type]
         real_write = store.write
@@ -131,7 +128,7 @@ def test_housekeeping_keeps_running_after_an_error(monkeypatch: pytest.MonkeyPat
             raise RuntimeError("injected")
         return []
 
-    monkeypatch.setattr(svc.state, "evict_idle", evict)
+    monkeypatch.setattr(svc.projects, "evict_idle", evict)
 
     async def run() -> None:
         task = asyncio.create_task(svc._housekeeping())
@@ -145,17 +142,10 @@ def test_housekeeping_keeps_running_after_an_error(monkeypatch: pytest.MonkeyPat
 def test_every_frame_spends_the_rate_limit_malformed_ones_too() -> None:
     async def run() -> list[dict[str, Any]]:
         svc = await started(service(rate_limit=2))  # bursts of 4
-        project = await svc.project("p1")
-        conn = Connection(16, rate_per_second=2)
-        replies = [json.loads(svc.handle(project, conn, "{not json")) for _ in range(4)]
-        replies.append(
-            json.loads(
-                svc.handle(
-                    project, conn, json.dumps({"op": "create", "req": "r", "object": {"id": "o", "type": "rect"}})
-                )
-            )
-        )
-        replies.append(json.loads(svc.handle(project, conn, "{not json")))
+        client = await InProcessClient(svc, "p1").open()
+        replies = [client.send("{not json") for _ in range(4)]
+        replies.append(client.send({"op": "create", "req": "r", "object": {"id": "o", "type": "rect"}}))
+        replies.append(client.send("{not json"))
         await svc.shutdown()
         return replies
 
@@ -197,13 +187,14 @@ class EditorsAndViewers(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.svc = service(rate_limit=0)
-        self.project = self.svc.state.install(self.svc.state.build("p", []))
+        self.project = self.svc.projects.install(self.svc.projects.build("p", []))
         self.editor, self.viewer = Connection(100_000), Connection(100_000)
+        self.editor.project = self.viewer.project = self.project  # open() would load; this holds it already
         self.viewer.editor = False
         self.model: dict[str, dict[str, Any]] = {}
 
     def send(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any]:
-        reply = self.svc.handle(self.project, conn, json.dumps({**message, "req": "r"}))
+        reply = self.svc.receive(conn, json.dumps({**message, "req": "r"}))
         assert reply is not None
         answer = json.loads(reply)
         assert answer["op"] in ("ack", "pong") or answer["code"] in KNOWN, answer
@@ -248,7 +239,7 @@ class EditorsAndViewers(RuleBasedStateMachine):
 
     @rule(text=st.text(max_size=30))
     def anyone_sends_garbage(self, text: str) -> None:
-        reply = self.svc.handle(self.project, self.viewer, text)
+        reply = self.svc.receive(self.viewer, text)
         assert reply is None or json.loads(reply)["op"] in ("error", "pong", "ack")
 
     @invariant()

@@ -1,16 +1,16 @@
-"""The DynamoDB repository: the same assertions against moto and AWS DynamoDB Local."""
+"""The DynamoDB repository on moto; tests/system/test_store_dynamodb.py runs these same
+assertions against AWS DynamoDB Local (moto is laxer: never the only evidence)."""
 
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 from canvas_sync.dirty import DirtyObject
-from canvas_sync.model import ObjectState
+from canvas_sync.model import TOMBSTONE_TTL, ObjectState
 from canvas_sync.store import (
     HEAD,
     HEAD_WRITER_MAX_AGE_MS,
@@ -20,25 +20,19 @@ from canvas_sync.store import (
     make_client,
 )
 
+from tests.doubles import FlakyClient
 
-@pytest.fixture(params=["moto", "dynamodb_local"])
-def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[DynamoStore]:
-    if request.param == "moto":
-        from moto import mock_aws
 
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        with mock_aws():
-            s = DynamoStore(make_client(None, region="us-east-1"), "objects", "r1", concurrency=1)
-            s.create_table()
-            yield s
-            s.close()
-    else:
-        local = request.getfixturevalue("dynamodb_local")
-        s = DynamoStore(make_client(local.endpoint), f"t_{uuid.uuid4().hex[:10]}", "r1")
+@pytest.fixture
+def store(monkeypatch: pytest.MonkeyPatch) -> Iterator[DynamoStore]:
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        s = DynamoStore(make_client(None, region="us-east-1"), "objects", "r1", concurrency=1)
         s.create_table()
         yield s
-        s.client.delete_table(TableName=s.table)
         s.close()
 
 
@@ -88,7 +82,8 @@ def test_tombstones_carry_ttl_and_expired_ones_are_skipped(store: DynamoStore) -
     item = store.client.get_item(TableName=store.table, Key={"project_id": {"S": "p1"}, "object_id": {"S": "dead"}})[
         "Item"
     ]
-    assert int(item[TTL_ATTRIBUTE]["N"]) > time.time() + 24 * 3600
+    assert int(item[TTL_ATTRIBUTE]["N"]) == int(now / 1000 + store.tombstone_ttl)  # the delete's time + the TTL
+    assert store.tombstone_ttl == TOMBSTONE_TTL  # one default, the service's
     assert [s.id for s in store.load_project("p1")] == ["dead"]  # "old" expired long ago
 
 
@@ -101,30 +96,6 @@ def test_metadata_items_are_not_objects(store: DynamoStore) -> None:
 def test_one_save_never_holds_two_requests_for_one_key(store: DynamoStore) -> None:
     with pytest.raises(ValueError):
         store.write(dirty(2) + dirty(1), saved_at_ms=1)
-
-
-class FlakyClient:
-    """Wraps a real client: some BatchWriteItem calls fail, some leave items unprocessed."""
-
-    def __init__(self, client: Any, script: list[str]) -> None:
-        self.client = client
-        self.script = list(script)
-        self.sizes: list[int] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.client, name)
-
-    def batch_write_item(self, RequestItems: dict[str, list[Any]]) -> dict[str, Any]:
-        ((table, requests),) = RequestItems.items()
-        self.sizes.append(len(requests))
-        action = self.script.pop(0) if self.script else "ok"
-        if action == "error":
-            raise ClientError({"Error": {"Code": "InternalServerError", "Message": "injected"}}, "BatchWriteItem")
-        if action == "half":
-            keep, left = requests[: len(requests) // 2], requests[len(requests) // 2 :]
-            self.client.batch_write_item(RequestItems={table: keep})
-            return {"UnprocessedItems": {table: left}}
-        return self.client.batch_write_item(RequestItems=RequestItems)
 
 
 def test_unprocessed_items_are_retried_until_written(store: DynamoStore) -> None:
