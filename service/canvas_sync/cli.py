@@ -1,4 +1,4 @@
-"""The ``canvas-sync`` command: ``serve``, ``create-table`` and ``dev``."""
+"""The ``canvas-sync`` command: ``serve``, ``create-table``, ``dev``, ``probe``, ``keygen`` and ``token``."""
 
 from __future__ import annotations
 

@@ -41,111 +41,152 @@ class EventLoop(StrEnum):
 
 
 class Settings(BaseSettings):
-    """Every knob of one replica. Names map to ``CANVAS_<NAME>`` variables."""
+    """Every knob of one replica. Names map to ``CANVAS_<NAME>`` variables.
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    The docstring under each field is its documentation: ``docs/configuration.md`` is
+    generated from them (``python -m canvas_sync.devtools.docs``), and a unit test fails
+    when a field has none or the page is behind.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, use_attribute_docstrings=True)
 
     host: str = "0.0.0.0"
+    """Bind address (``--host`` overrides)."""
     port: int = Field(8080, ge=0, le=65535)
+    """HTTP + WebSocket port (``--port`` overrides)."""
     table: str = Field("canvas_objects", min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")
+    """DynamoDB table name."""
     dynamodb_endpoint: str | None = None
+    """DynamoDB endpoint URL, e.g. ``http://127.0.0.1:8000`` for DynamoDB Local; unset: AWS. With an
+    endpoint and no credentials, dummy credentials and ``us-east-1`` are used."""
     create_table: bool = False
+    """Create the table (its change-feed index and TTL too) at start if missing."""
     autosave_interval: float = Field(5.0, gt=0)
+    """Seconds between auto-save passes (fractions allowed)."""
     sync_interval: float = Field(1.0, gt=0)
+    """Seconds between pulls of other replicas' saved changes (fractions allowed)."""
     replica_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=64)
+    """Identifies this replica in logs, clock stamps and ``/health``."""
     max_message_bytes: int = Field(65536, gt=0)
+    """Largest WebSocket frame accepted; a larger one closes the connection with 1009 (so does a
+    compressed frame that would inflate past it)."""
     max_object_bytes: int = Field(16384, gt=0)
+    """Largest object accepted, measured as its canonical JSON; larger gets ``too_large``."""
     max_objects_per_project: int = Field(10000, gt=0)
+    """Live objects per project; a create beyond it gets ``limit_exceeded``."""
     shutdown_timeout: float = Field(20.0, gt=0)
+    """Seconds allowed for the final flush on shutdown; ``serve`` exits 1 if something could not be
+    saved within it."""
     log_level: LogLevel = LogLevel.info
+    """Level of the JSON log lines on stderr."""
 
     auth: AuthMode = AuthMode.jwt
-    """jwt: every project route and socket needs a token; off: no checks (development only)."""
+    """``jwt``: every project route and socket needs a token, and ``serve`` refuses to start without a
+    way to verify one (a JWKS or a secret). ``off``: no checks (development only; logged as a
+    warning at start)."""
     auth_jwks_url: str | None = None
-    """JWKS of the issuer (https://, or file:// for keys made by `canvas-sync keygen`)."""
+    """The issuer's JWKS, for ES256/RS256 tokens: ``https://…/.well-known/jwks.json`` (an OIDC
+    issuer's ``jwks_uri``), or ``file://`` for keys made by ``canvas-sync keygen``."""
     auth_secret: SecretStr | None = None
-    """HS256 shared secret (at least 32 bytes), instead of a JWKS."""
+    """An HS256 shared secret of at least 32 bytes, instead of a JWKS."""
     auth_algorithms: str = ""
-    """Comma-separated allow-list (ES256, RS256, HS256); empty: ES256 and RS256 with a JWKS,
-    HS256 with a secret. `alg: none` is never accepted."""
+    """Comma-separated allow-list (ES256, RS256, HS256); empty: by key type, ES256 and RS256 with a
+    JWKS, HS256 with a secret. ``alg: none`` is never accepted."""
     auth_issuer: str | None = None
+    """When set, a token's ``iss`` must equal it."""
     auth_audience: str = Field("canvas-sync", min_length=1)
+    """A token's ``aud`` must contain it."""
     auth_leeway: float = Field(30.0, ge=0, le=300)
+    """Seconds of clock skew allowed on ``exp``, ``nbf`` and ``iat``."""
     auth_query_token: bool = False
+    """Also accept a token in ``?token=`` (off by default: access logs keep query strings)."""
     allowed_origins: str = ""
-    """Comma-separated browser origins allowed besides the service's own."""
+    """Comma-separated browser origins allowed besides the service's own (which always is), matched
+    exactly. Requests without ``Origin`` are not browsers and are judged by their token alone."""
 
     redis_url: str | None = None
-    """redis:// or rediss:// URL of Redis/Valkey for the live relay; unset: no relay."""
+    """``redis://``, ``rediss://`` (TLS) or ``unix://`` URL of Redis/Valkey for the live relay between
+    replicas; unset: no relay, convergence through the table only."""
     redis_password: SecretStr | None = None
     """Password (AUTH) for the relay's Redis, kept out of the URL (the chart fills it from a Secret)."""
 
-    # Beyond the contract: documented in the README's configuration table.
+    # Beyond the contract (docs/configuration.md, generated from these docstrings, marks which are).
     event_loop: EventLoop = EventLoop.uvloop
-    """uvloop measured about 40% more WebSocket round trips than asyncio's own loop."""
+    """uvloop measured about 40% more WebSocket round trips than asyncio's own loop; where it is
+    not installed, asyncio's loop runs, with a warning."""
     project_idle_timeout: float = Field(300.0, gt=0)
     """Seconds a project with no connections and nothing unsaved stays in memory."""
     send_queue_size: int = Field(1024, gt=0)
-    """Messages queued for one WebSocket before the client counts as too slow (1013).
-    A newer state of an object replaces one still queued, so only distinct objects count."""
+    """Messages queued for one WebSocket client. A newer state of an object replaces one still
+    queued, so only different objects count; a client that falls that far behind is too slow
+    and is closed with 1013."""
     send_interval: float = Field(0.02, ge=0, le=1)
     """Seconds a busy socket waits after a frame before the next, so that what arrives
     meanwhile goes out together (one frame for ``canvas-sync.v2``) and a newer state of an
-    object replaces an older one. A socket that was quiet sends at once; 0 turns it off."""
+    object replaces an older one. A socket that was quiet sends at once; ``0`` turns it off."""
     rate_limit: float = Field(1000.0, ge=0)
-    """Messages per second one connection may sustain (burst: twice that); 0 turns it off.
-    Every frame counts, malformed ones included."""
+    """Messages per second one connection may sustain (bursts of twice that) before it gets
+    ``rate_limited``; ``0`` turns it off. Every frame counts, malformed ones too."""
     sync_overlap: float = Field(10.0, gt=0)
     """Seconds of the change feed re-read each pull: covers clock skew, slow saves, index lag."""
     reconcile_interval: float = Field(60.0, gt=0)
     """Seconds between full re-reads of each held project (a safety net under the feed)."""
     autosave_max_backoff: float = Field(30.0, gt=0)
-    """Upper bound of the pause between failing auto-save passes."""
+    """Longest pause between auto-save passes while DynamoDB fails (the pause grows, with jitter)."""
     save_concurrency: int = Field(4, gt=0, le=32)
     """BatchWriteItem calls in flight at once during one pass."""
     tombstone_ttl: float = Field(TOMBSTONE_TTL, gt=0)
     """Seconds a delete is remembered (memory and the table's TTL): a delete is final unless
     a replica holding the object was cut off from DynamoDB for longer than this."""
     max_tombstones_per_project: int = Field(10_000, gt=0)
-    """Deleted objects a project remembers at once; beyond it, creating new ids is refused
-    (limit_exceeded) until old deletes pass CANVAS_TOMBSTONE_TTL."""
+    """Deleted objects a project remembers at once; beyond it, creates of new ids get
+    ``limit_exceeded`` (re-creating a deleted id still works) until old deletes pass
+    CANVAS_TOMBSTONE_TTL."""
     max_stored_object_bytes: int = Field(65_536, gt=0, le=MAX_STORED_OBJECT_BYTES)
-    """What one object may take in the table (its values, removed properties' names and
-    every stamp); at most 384 KiB, below DynamoDB's 400 KB item limit."""
+    """What one object may take in the table: its values plus removed properties' names and every
+    stamp; an edit past it gets ``too_large``. At least CANVAS_MAX_OBJECT_BYTES, at most 384 KiB
+    (DynamoDB refuses items over 400 KB)."""
     max_clock_drift: float = Field(300.0, gt=0)
-    """Seconds ahead of the wall clock a stamp read from the table may move this replica's clock."""
+    """Seconds ahead of the wall clock a stamp read from the table may move this replica's clock;
+    further is clamped, counted and logged."""
     relay_heads_interval: float = Field(15.0, gt=0)
-    """While the relay is healthy: seconds between reads of each held project's #head."""
+    """While the relay is healthy: seconds between reads of each held project's ``#head`` (back to
+    CANVAS_SYNC_INTERVAL when it is not)."""
     relay_reconcile_interval: float = Field(600.0, gt=0)
     """While the relay is healthy: seconds between full re-reads of each held project."""
     relay_heartbeat: float = Field(1.0, gt=0)
     """Seconds between relay heartbeats; silence for three means a replica (or our subscription) is gone."""
     relay_queue_size: int = Field(10_000, gt=0)
-    """Messages waiting to be published; beyond it they are dropped (receivers catch up)."""
+    """Messages waiting to be published; beyond it they are dropped, counted, and the receivers
+    catch up."""
     max_connections_per_subject: int = Field(50, ge=0)
-    """Open sockets one token subject may hold at once on this replica (0: no limit)."""
+    """Open sockets one token subject may hold at once on this replica (HTTP 429 beyond; ``0``: no
+    limit)."""
     max_connections_per_address: int = Field(500, ge=0)
-    """Open sockets from one client address on this replica (0: no limit; behind a proxy
-    every client shares its address)."""
+    """Open sockets from one client address on this replica (``0``: no limit; behind a proxy every
+    client shares its address)."""
     max_connections_per_project: int = Field(1000, ge=0)
-    """Open sockets on one project on this replica (0: no limit)."""
+    """Open sockets on one project on this replica (``0``: no limit)."""
     rate_limit_close_after: int = Field(50, ge=1)
-    """Messages answered `rate_limited` in a row before the socket is closed (4429)."""
+    """Messages answered ``rate_limited`` in a row before the socket is closed with 4429."""
     dev_token_key: str | None = None
-    """Development only (`canvas-sync dev` sets it): a private key the demo page's
-    /dev/token endpoint signs tokens with. Never set this in production."""
+    """Development only (``canvas-sync dev`` sets it): a private key the demo page's
+    ``/dev/token`` endpoint signs editor tokens with. Never set this in production."""
     sync_max_backoff: float = Field(30.0, gt=0)
-    """Longest pause before retrying a project's (or the heads') failed read."""
+    """Longest pause before a failed read (of one project, or of a whole pull pass) is tried again."""
     websocket_compression: bool = True
     """Accept permessage-deflate when a client offers it (browsers do): big snapshots shrink
-    about tenfold, and each such connection keeps a zlib state (see the window bits)."""
+    about tenfold, and each such connection keeps a zlib state (see the window bits);
+    ``false`` saves it (the ``memory`` benchmark)."""
     websocket_window_bits: int = Field(11, ge=9, le=15)
     """The deflate window the server compresses with (``server_max_window_bits``), and the
     most it lets a client use (``client_max_window_bits``, when offered). Canvas JSON
     repeats itself within a few hundred bytes: 11 (2 KiB) compresses snapshots as well as
-    15 (32 KiB, zlib's default) and keeps a connection's zlib state about 16 KiB, not 256."""
+    15 (32 KiB, zlib's default). zlib's memory level follows it, so the compressor's state is
+    about 16 KiB, not 256, and an idle connection measured about 58 KB instead of 130 KB
+    (35 KB without compression)."""
     clock_offset_ms: int = 0
-    """Added to the wall clock; for tests that simulate a replica with a skewed clock."""
+    """Milliseconds added to the wall clock; for tests that simulate a replica with a skewed clock."""
 
     @field_validator("auth_secret")
     @classmethod

@@ -132,7 +132,7 @@ class Merged:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """What one project may hold; see the README's configuration table."""
+    """What one project may hold; docs/configuration.md says what each setting means."""
 
     max_objects: int = 10_000
     max_object_bytes: int = 16_384
