@@ -41,7 +41,7 @@ lint: $(VENV)/.installed
 ## prints the tables and writes docs/bench/RESULTS.md, results.json and PNG plots
 bench: $(VENV)/.installed dynamodb-local
 	$(PY) -m pip install -q -e '.[bench]'
-	$(PY) loadtest/bench/run_all.py
+	$(PY) -m loadtest.bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis test-output

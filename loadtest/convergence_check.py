@@ -3,7 +3,7 @@
 Converged means: every replica's ``GET /projects/{p}/objects`` returns the same bytes for
 every project (the contract makes equal states equal bytes), and no replica has anything
 unsaved for it (``/projects/{p}/status``), so the table holds it too. Standard library
-only: it runs in the Locust image, which has no canvas-sync package.
+only: it asks replicas over HTTP, wherever it runs (the Locust image among them).
 """
 
 from __future__ import annotations

@@ -7,8 +7,11 @@ Locust's statistics show per-op latency. Races that concurrent editing of shared
 produces on purpose (``conflict``, ``not_found``) count as answered requests under their
 own name, not as failures; every other error code is a failure.
 
-    locust -f loadtest/locustfile.py --headless -u 60 -r 10 -t 60s \\
+    python -m locust -f loadtest/locustfile.py --headless -u 60 -r 10 -t 60s \\
         --host http://127.0.0.1:8080 --replica-urls http://127.0.0.1:8080,http://127.0.0.1:8081
+
+Run it from the repository root (``loadtest/run-local`` does): it imports the ``loadtest``
+package, and ``canvas_sync`` (installed) to mint tokens with ``--token-key``.
 
 In a cluster, users connect through the Service (``--host``) and the check finds each pod
 with ``--discover-service`` (EndpointSlices). Exit code 1 when the replicas do not
@@ -20,27 +23,27 @@ from __future__ import annotations
 import itertools
 import json
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import gevent
 import websocket
+from canvas_sync.tokens import mint
 from locust import User, between, constant, events, task
 from locust.env import Environment
 from locust.exception import StopUser
 from locust.runners import WorkerRunner
 from locust.stats import StatsEntry
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from convergence_check import check_convergence  # beside this file, also in the image
+from loadtest.convergence_check import check_convergence
 
 EXPECTED_RACES = {"conflict", "not_found"}
 COLOURS = ["#e53935", "#1e88e5", "#43a047", "#fdd835", "#8e24aa", "#fb8c00", "#00acc1", "#6d4c41"]
 EDIT_NAMES = ("create", "update (drag)", "update (recolour)", "update (text)", "delete")
 CROSS_REPLICA = "cross-replica (ack on one replica -> upsert on every other)"
+TOKEN_TTL = 6 * 3600
+"""Seconds a minted token lasts: longer than any run."""
 
 
 @events.init_command_line_parser.add_listener
@@ -127,20 +130,8 @@ def _options(parser: Any) -> None:
 def token_for(environment: Environment, sub: str, role: str = "editor") -> str | None:
     """A user's token: minted with --token-key (one subject per user), else --token, else none."""
     options = environment.parsed_options
-    if options.token_key:
-        import jwt  # only where tokens are minted; PyJWT is in the load-test image
-
-        key = Path(options.token_key)
-        kid = key.with_name("kid").read_text().strip() if key.with_name("kid").exists() else None
-        now = int(time.time())
-        claims = {
-            "sub": sub,
-            "aud": "canvas-sync",
-            "iat": now,
-            "exp": now + 6 * 3600,
-            "projects": {f"{options.project_prefix}-*": role},
-        }
-        return jwt.encode(claims, key.read_bytes(), algorithm="ES256", headers={"kid": kid} if kid else None)
+    if options.token_key:  # ES256, its kid read from the key's folder (canvas-sync keygen writes it)
+        return mint(sub, {f"{options.project_prefix}-*": role}, TOKEN_TTL, private_key=Path(options.token_key))
     return options.token or None
 
 
@@ -166,7 +157,7 @@ def user_urls(environment: Environment) -> list[str]:
 def check_urls(environment: Environment) -> list[str]:
     options = environment.parsed_options
     if options.discover_service:
-        from discovery import discovery_api, pod_urls
+        from loadtest.discovery import discovery_api, pod_urls
 
         return pod_urls(discovery_api(), options.discover_namespace, options.discover_service)
     return _split(options.check_urls) or user_urls(environment)

@@ -1,6 +1,7 @@
 """One command for a local load test: DynamoDB Local, N replicas, Locust headless, a summary.
 
     loadtest/run-local --replicas 3 --users 60 --time 60s
+    python -m loadtest.run_local --replicas 3    # the same, from the repository root
 
 Writes Locust's HTML and CSV reports and the convergence report to ``--out`` (default
 ``loadtest/reports/<timestamp>``), prints ops/s, acked-edit latency p50/p95/p99, the
@@ -30,6 +31,7 @@ from canvas_sync.store import DynamoStore, make_client
 from canvas_sync.tokens import generate_keys
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 TABLE = "loadtest"
 
 
@@ -75,6 +77,7 @@ def run_locust(
 ) -> tuple[int, dict[str, Any]]:
     """Locust headless on the canvas mix against ``urls`` (optionally pinned to ``cpus``):
     its exit code and the convergence report, with the acked-edit statistics in ``stats``."""
+    out = out.resolve()  # Locust runs in another directory
     report = out / "convergence.json"
     report.unlink(missing_ok=True)
     command = [
@@ -115,8 +118,11 @@ def run_locust(
     ]
     limit = _seconds(run_time) + convergence_timeout + 120
     pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    # The locustfile imports the loadtest package (and canvas_sync, installed): the
+    # repository root on PYTHONPATH, whatever Locust puts on sys.path itself.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     try:
-        code = subprocess.run(command, cwd=HERE, timeout=limit, preexec_fn=pin).returncode
+        code = subprocess.run(command, cwd=ROOT, env=env, timeout=limit, preexec_fn=pin).returncode
     except subprocess.TimeoutExpired:
         print(f"run-local: Locust did not finish within {limit:.0f}s; stopped it", file=sys.stderr)
         code = 1
@@ -226,8 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _capacity(database: DynamoDBLocal, out: Path, step_time: int, max_users: int) -> int:
-    sys.path.insert(0, str(HERE / "bench"))
-    import capacity  # the benchmark's own steps, so `make bench` and this command agree
+    from loadtest.bench import capacity  # the benchmark's own steps, so `make bench` and this command agree
 
     try:
         DynamoStore(make_client(database.endpoint), TABLE).create_table()

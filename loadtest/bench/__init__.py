@@ -1,0 +1,1 @@
+"""The benchmarks, by name: ``python -m loadtest.bench --help`` lists them (``make bench`` runs all)."""

@@ -1,8 +1,10 @@
-"""13. Capacity of one pod: one replica pinned to one core, Locust users on the canvas mix
-raised step by step until the acked-edit p99 passes 100 ms (or the load generator, on the
-other cores, runs out first: then the server's CPU per edit says how far one core goes).
+"""``capacity``: what one pod carries. One replica pinned to one core, Locust users on the
+canvas mix raised step by step until the acked-edit p99 passes 100 ms (or the load
+generator, on the other cores, runs out first: then the server's CPU per edit says how far
+one core goes).
 
-    loadtest/run-local --capacity          # the same, from the command line
+    python -m loadtest.bench.capacity
+    loadtest/run-local --capacity          # the same steps, with run-local's options
 
 Each step is a fresh Locust run (teams of TEAM users per project) against the same
 replica; between steps the replica keeps what it holds, as a pod would. Per step: edits/s,
@@ -20,13 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from common import cpu_seconds, rss_bytes, table
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # loadtest/: run_local
 from canvas_sync.devtools.process import free_port
 from canvas_sync.devtools.replicas import ReplicaProcess
 from canvas_sync.tokens import generate_keys
-from run_local import TABLE, counter, run_locust
+
+from loadtest.run_local import TABLE, counter, run_locust
+
+from .common import cpu_seconds, rss_bytes, table
 
 STEPS = (25, 50, 100, 200, 400, 800, 1600)
 WARM_UP = 4
@@ -186,7 +188,7 @@ def summarize(rows: list[dict[str, Any]], step_seconds: int, server_cpus: int, l
 
 def markdown(r: dict[str, Any]) -> str:
     out = table(
-        f"13. Capacity: one replica pinned to {r['server_cpus']} core, Locust (canvas mix, teams of "
+        f"capacity: one replica pinned to {r['server_cpus']} core, Locust (canvas mix, teams of "
         f"{r['team']} per project, tokens on) on {r['load_generator_cpus']} other core(s), "
         f"{r['step_seconds']} s per step; stopped by: {r['stopped_by']}",
         [
@@ -227,3 +229,9 @@ def markdown(r: dict[str, Any]) -> str:
             "mix before it is full.\n"
         )
     return out
+
+
+if __name__ == "__main__":
+    from .suite import standalone
+
+    sys.exit(standalone("capacity"))

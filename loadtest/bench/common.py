@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import statistics
@@ -11,20 +10,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from canvas_sync.devtools.dynamodb_local import DynamoDBLocal
 from canvas_sync.devtools.process import free_port
 from canvas_sync.devtools.replicas import ReplicaProcess
-from canvas_sync.store import DynamoStore, make_client
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path.insert(0, str(HERE.parent))  # loadtest/: the convergence check shared with Locust and the tests
 TABLE = "bench_objects"
 
 
@@ -136,13 +131,3 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> str:
     lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
-
-
-def standalone(run: Callable[[str], dict[str, Any]], markdown: Callable[[dict[str, Any]], str]) -> int:
-    """One benchmark module on its own, against a DynamoDB Local of its own."""
-    with DynamoDBLocal() as ddb:
-        DynamoStore(make_client(ddb.endpoint), TABLE).create_table()
-        result = run(ddb.endpoint)
-    print(json.dumps(result, indent=2))
-    print(markdown(result))
-    return 0

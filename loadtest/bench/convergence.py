@@ -1,4 +1,4 @@
-"""Convergence across three replica processes, against AWS DynamoDB Local.
+"""``convergence``: convergence across three replica processes, against AWS DynamoDB Local.
 
 Each round: six clients (two per replica) make random concurrent edits on 15 shared
 objects of a new project for a few seconds; then the time until every replica's
@@ -6,7 +6,10 @@ objects of a new project for a few seconds; then the time until every replica's
 After the rounds: the sync lag histogram (save on one replica to arrival on another)
 and the DynamoDB read requests that one idle held project costs per minute.
 
-    python loadtest/bench/convergence.py [--rounds 10] [--autosave 5] [--sync 1]
+    python -m loadtest.bench.convergence [--rounds 10] [--autosave 5] [--sync 1]
+
+It starts a DynamoDB Local of its own; ``python -m loadtest.bench convergence`` runs it
+(5 rounds, 30 idle seconds) in a subprocess, as part of the whole suite.
 """
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import uvloop
 from canvas_sync.devtools.dynamodb_local import DynamoDBLocal
 from canvas_sync.store import DynamoStore, make_client
-from common import ROOT, TABLE, counter, get, replica
-from convergence_check import check_convergence
 from websockets.asyncio.client import connect
+
+from loadtest.convergence_check import check_convergence
+
+from .common import ROOT, TABLE, counter, get, replica, table
 
 IDS = [f"s{i}" for i in range(15)]
 
@@ -158,9 +164,28 @@ def main() -> int:
         "idle_reads_per_project_per_min": round(per_project_per_min, 1),
     }
     print(json.dumps(result, indent=2))
+    print(markdown(result))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def markdown(c: dict[str, Any]) -> str:
+    return table(
+        f"convergence: across {c['replicas']} replicas (autosave {c['autosave_s']:g} s, sync {c['sync_s']:g} s; "
+        "contended random edits)",
+        ["convergence p50", "convergence p99", "bound", "sync lag p50", "sync lag p99", "items per edit"],
+        [
+            [
+                f"{c['convergence_s']['p50']} s",
+                f"{c['convergence_s']['p99']} s",
+                f"{c['bound_s']} s",
+                f"{c['sync_lag_s']['p50']} s",
+                f"{c['sync_lag_s']['p99']} s",
+                c["items_per_edit"],
+            ]
+        ],
+    )
 
 
 if __name__ == "__main__":

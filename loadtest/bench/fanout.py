@@ -1,15 +1,20 @@
-"""2. Fan-out: one writer, 50 readers on one project, against a bare Quart relay."""
+"""``fanout``: one writer, 50 readers on one project, against a bare Quart relay.
+
+python -m loadtest.bench.fanout
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from typing import Any
 
 import uvloop
-from common import baseline, pct, replica, table
 from websockets.asyncio.client import connect
+
+from .common import baseline, pct, replica, table
 
 READERS = 50
 
@@ -90,8 +95,14 @@ def markdown(r: dict[str, Any]) -> str:
         for label, m in (("bare Quart relay", r["bare_quart_relay"]), ("canvas-sync", r["ours"]))
     ]
     return table(
-        f"2. Fan-out: 1 writer, {r['readers']} readers on one project "
+        f"fanout: 1 writer, {r['readers']} readers on one project "
         f"(ratio {r['ratio']}; median of {r['repeats']} runs each)",
         ["server", "updates sent", "deliveries/s", "p50 delivery ms", "p99 delivery ms", "delivered"],
         rows,
     )
+
+
+if __name__ == "__main__":
+    from .suite import standalone
+
+    sys.exit(standalone("fanout"))

@@ -1,9 +1,11 @@
-"""12. A hot project: many clients on one board, each dragging its own object as fast as
+"""``hot``: a hot project, many clients on one board, each dragging its own object as fast as
 the server acks, so the pod is saturated. Two figures per run: the ack p99, and how long
 after an ack every other client holds that object's state (or a newer one).
 
 Old clients (one message a frame) and ``canvas-sync.v2`` clients (a frame may hold
 several messages) are measured alike.
+
+    python -m loadtest.bench.hot
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import bisect
 import re
+import sys
 import time
 from typing import Any
 
 import uvloop
-from common import cpu_seconds, pct, replica, table
 from websockets.asyncio.client import connect
+
+from .common import cpu_seconds, pct, replica, table
 
 CLIENTS = (32, 128)
 SECONDS = 5.0
@@ -155,7 +159,7 @@ def run(endpoint: str) -> dict[str, Any]:
 
 def markdown(r: dict[str, Any]) -> str:
     return table(
-        f"12. A hot project: every client drags its own object on one board, as fast as acks come "
+        f"hot: a hot project, every client drags its own object on one board, as fast as acks come "
         f"({r['seconds']:.0f} s; 'newest': from an ack until each other client holds that state or a newer one)",
         [
             "clients",
@@ -190,10 +194,6 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    from canvas_sync.devtools.dynamodb_local import DynamoDBLocal
-    from canvas_sync.store import DynamoStore, make_client
-    from common import TABLE
+    from .suite import standalone
 
-    with DynamoDBLocal() as ddb:
-        DynamoStore(make_client(ddb.endpoint), TABLE).create_table()
-        print(markdown(run(ddb.endpoint)))
+    sys.exit(standalone("hot"))

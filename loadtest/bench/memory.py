@@ -1,15 +1,20 @@
-"""6. Resident memory of a replica per 10,000 stored objects and per 1,000 idle connections."""
+"""``memory``: resident memory of a replica per 10,000 stored objects and per 1,000 idle connections.
+
+python -m loadtest.bench.memory
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from typing import Any
 
 import uvloop
-from common import replica, rss_bytes, table
 from websockets.asyncio.client import connect
+
+from .common import replica, rss_bytes, table
 
 OBJECT = {
     "type": "rect",
@@ -89,7 +94,7 @@ def run(endpoint: str) -> dict[str, Any]:
 def markdown(r: dict[str, Any]) -> str:
     o, c, w, n = r["objects"], r["connections"], r["connections_window_15"], r["connections_no_deflate"]
     return table(
-        "6. Resident memory of one replica",
+        "memory: resident memory of one replica",
         ["what", "RSS growth", "per item", "beyond the object's JSON / connections per GiB"],
         [
             [
@@ -113,3 +118,9 @@ def markdown(r: dict[str, Any]) -> str:
             ),
         ],
     )
+
+
+if __name__ == "__main__":
+    from .suite import standalone
+
+    sys.exit(standalone("memory"))

@@ -1,4 +1,4 @@
-"""10. The live relay: how fast other replicas see an edit, what it costs, what it survives.
+"""``relay``: the live relay. How fast other replicas see an edit, what it costs, what it survives.
 
 - latency: 3 replicas with the relay; a writer on A updates one object 500 times (about
   100 a second); watchers on B and C. Ack on A to the upsert on both, beside the same
@@ -13,7 +13,7 @@
 - solo: round trips on projects nobody else holds, relay on over relay off (median of 3
   interleaved runs at 32 clients).
 
-    python loadtest/bench/relay.py
+    python -m loadtest.bench.relay
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import sys
 import time
 from typing import Any
 
-import roundtrip
 import uvloop
 from canvas_sync.admission import Admitted
 from canvas_sync.auth import Role
@@ -35,9 +34,12 @@ from canvas_sync.devtools.redis_local import RedisServer
 from canvas_sync.relay import Kind, MemoryBroker, Receiver, Verdict, decode
 from canvas_sync.store import DynamoStore, MemoryStore, make_client
 from canvas_sync.wiring import build
-from common import TABLE, counter, pct, replica, standalone, table
-from convergence_check import check_convergence
 from websockets.asyncio.client import connect
+
+from loadtest.convergence_check import check_convergence
+
+from . import roundtrip
+from .common import TABLE, counter, pct, replica, table
 
 
 async def _latency(
@@ -340,7 +342,7 @@ def run(endpoint: str) -> dict[str, Any]:
 def markdown(r: dict[str, Any]) -> str:
     lat, d, rs, rd, s = r["latency"], r["drops"], r["restart"], r["reads"], r["solo"]
     return table(
-        "10. Live relay (Redis pub/sub between replicas)",
+        "relay: the live relay (Redis pub/sub between replicas)",
         ["measure", "figure", "baseline in the same run", "ratio"],
         [
             [
@@ -391,4 +393,6 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(standalone(run, markdown))
+    from .suite import standalone
+
+    sys.exit(standalone("relay"))

@@ -1,4 +1,4 @@
-"""What a hostile client or a struggling DynamoDB can do to a replica, measured.
+"""``robustness``: what a hostile client or a struggling DynamoDB can do to a replica, measured.
 
 - poisoning: one client sets and removes ever new property names on one object (each
   removal keeps the name and its stamp); how many updates are acked, what the stored item
@@ -10,7 +10,7 @@
   (as sent over HTTP, botocore's retries included) before and during.
 - stall: the event loop's longest stall while a 10,000-object project is reconciled.
 
-    python loadtest/bench/robustness.py
+    python -m loadtest.bench.robustness
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from canvas_sync.model import HybridClock, ObjectState
 from canvas_sync.projects import Limits, Projects
 from canvas_sync.pull import Puller
 from canvas_sync.store import DynamoStore, make_client
-from common import TABLE, replica, rss_bytes, standalone, table, wait_clean
 from websockets.asyncio.client import connect
+
+from .common import TABLE, replica, rss_bytes, table, wait_clean
 
 THROTTLED = (
     b'{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException","message":"throttled"}'
@@ -235,7 +236,7 @@ def run(endpoint: str) -> dict[str, Any]:
 def markdown(r: dict[str, Any]) -> str:
     p, c, s, t = r["poisoning"], r["churn"], r["stall"], r["throttling"]
     return table(
-        "9. Robustness (hostile clients, a throttling DynamoDB, big reconciles)",
+        "robustness: hostile clients, a throttling DynamoDB, big reconciles",
         ["case", "figure"],
         [
             ["poisoning: set-and-remove updates acked before `too_large`", p["updates_accepted"]],
@@ -253,4 +254,6 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(standalone(run, markdown))
+    from .suite import standalone
+
+    sys.exit(standalone("robustness"))

@@ -1,16 +1,22 @@
-"""1 and 8. Edit round trips (update -> ack) against baselines, and scaling over replicas."""
+"""Two benchmarks: ``roundtrip``, edit round trips (update -> ack) against bare Quart and bare
+websockets baselines; ``scaling``, the same round trips spread over 1, 2 and 4 replicas.
+
+    python -m loadtest.bench.roundtrip     # both: python -m loadtest.bench roundtrip scaling
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import uvloop
-from common import baseline, cpu_seconds, pct, replica, table
 from websockets.asyncio.client import connect
+
+from .common import baseline, cpu_seconds, pct, replica, table
 
 CLIENTS = (8, 32, 128)
 REPEATS = 5
@@ -19,7 +25,7 @@ REPEATS = 5
 
 class _Window:
     """The measured window opens once every client is connected and has created its
-    object, so cache-miss loads (benchmark 5) and connection set-up are not counted."""
+    object, so cache-miss loads (the cold-load benchmark) and connection set-up are not counted."""
 
     def __init__(self, clients: int, seconds: float, pid: int | None) -> None:
         self.waiting = clients
@@ -180,7 +186,7 @@ class _replicas:
             m.__exit__(None, None, None)
 
 
-def markdown(result: dict[str, Any], scale: dict[str, Any]) -> str:
+def markdown(result: dict[str, Any]) -> str:
     rows = []
     for r in result["rows"]:
         for name, label, base in (
@@ -206,8 +212,8 @@ def markdown(result: dict[str, Any], scale: dict[str, Any]) -> str:
                     round(cpu_quart / m["server_cpu_us_per_op"], 3),
                 ]
             )
-    out = table(
-        f"1. Edit round trips (update -> ack), a project per client unless said; clients offer "
+    return table(
+        f"roundtrip: edit round trips (update -> ack), a project per client unless said; clients offer "
         f"permessage-deflate as browsers do unless said; bare Quart and canvas-sync: median of "
         f"{result['repeats']} interleaved runs; ratios against bare Quart with the same compression",
         [
@@ -222,9 +228,17 @@ def markdown(result: dict[str, Any], scale: dict[str, Any]) -> str:
         ],
         rows,
     )
-    out += "\n" + table(
-        f"8. Scaling: {scale['clients']} clients spread over replicas",
+
+
+def scaling_markdown(scale: dict[str, Any]) -> str:
+    return table(
+        f"scaling: {scale['clients']} clients spread over replicas",
         ["replicas", "ops/s", "p50 ms", "p99 ms"],
         [[r["replicas"], r["ops_per_s"], r["p50_ms"], r["p99_ms"]] for r in scale["rows"]],
     )
-    return out
+
+
+if __name__ == "__main__":
+    from .suite import standalone
+
+    sys.exit(standalone("roundtrip", "scaling"))

@@ -1,11 +1,11 @@
-"""11. What authentication costs: a token is verified once per connection, never per message.
+"""``security``: what authentication costs (a token is verified once per connection, never per message).
 
 - round trips: 32 clients on their own projects, a replica with authentication on (ES256
   tokens, a JWKS file) and one with it off, measured side by side (half the clients each,
   at the same time), 5 times; the median of the ratios.
 - verification: microseconds to verify one ES256 token in process, the cost of a connect.
 
-    python loadtest/bench/security.py
+    python -m loadtest.bench.security
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import roundtrip
 import uvloop
 from canvas_sync.auth import Keys
 from canvas_sync.tokens import generate_keys, mint
-from common import replica, standalone, table
+
+from . import roundtrip
+from .common import replica, table
 
 
 def solo(endpoint: str, clients: int = 32, seconds: float = 3.0, repeats: int = 5) -> dict[str, Any]:
@@ -72,7 +73,7 @@ def run(endpoint: str) -> dict[str, Any]:
 def markdown(r: dict[str, Any]) -> str:
     s, v = r["solo"], r["verify"]
     return table(
-        "11. Authentication (a token is verified per connection, never per message)",
+        "security: authentication (a token is verified per connection, never per message)",
         ["measure", "figure", "baseline in the same run", "ratio"],
         [
             [
@@ -87,4 +88,6 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(standalone(run, markdown))
+    from .suite import standalone
+
+    sys.exit(standalone("security"))

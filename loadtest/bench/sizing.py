@@ -1,17 +1,21 @@
-"""The sizing and cost table, computed from one ``make bench`` run's own measurements.
+"""``sizing``: the sizing and cost table, computed from one ``make bench`` run's own measurements.
 
 Per pod (one core, the chart's memory limit) and per 1,000 active editors (teams of 10, so
 100 boards held): edits/s, connections, boards, pods, and the DynamoDB request units and
 their on-demand price. Every input is a figure measured in the same run, except the
-prices, the chart's settings and the board size, which are stated with the result.
+prices, the chart's settings and the board size, which are stated with the result. It
+measures nothing itself: it needs the capacity, memory and relay benchmarks' results.
+
+    python -m loadtest.bench.sizing        # runs capacity, memory and relay first
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
-from common import table
+from .common import table
 
 PRICE_PER_MILLION_WRU = 0.625
 PRICE_PER_MILLION_RRU = 0.125
@@ -86,28 +90,28 @@ def table_from(results: dict[str, Any]) -> dict[str, Any]:
 def markdown(s: dict[str, Any]) -> str:
     k = s["per_1000"]
     out = table(
-        f"14. Sizing: one pod (1 core, HPA target {int(100 * HPA_TARGET)}% of it, {MEMORY_LIMIT_MIB} MiB limit), "
+        f"sizing: one pod (1 core, HPA target {int(100 * HPA_TARGET)}% of it, {MEMORY_LIMIT_MIB} MiB limit), "
         f"and {EDITORS:,} active editors of the canvas mix ({s['per_user_edits_per_s']} edits/s each, "
         f"teams of {TEAM}, boards of {BOARD_OBJECTS:,} objects)",
         ["what", "figure", "from"],
         [
-            ["edits/s one core answers", f"{s['edits_per_core']:,}", "benchmark 13: server CPU per acked edit"],
+            ["edits/s one core answers", f"{s['edits_per_core']:,}", "capacity: server CPU per acked edit"],
             ["edits/s per pod at the HPA target", f"{s['edits_per_pod']:,}", "the row above x the target"],
             ["editors of this mix per pod", f"{s['editors_per_pod']:,}", "the row above / edits per editor"],
             [
                 "idle connections one pod's memory holds",
                 f"{s['connections_per_pod_memory']:,}",
-                "benchmark 6: RSS per connection (compression on)",
+                "memory: RSS per connection (compression on)",
             ],
             [
                 f"boards of {BOARD_OBJECTS:,} objects one pod's memory holds",
                 f"{s['boards_per_pod_memory']:,}",
-                "benchmark 6: RSS per object",
+                "memory: RSS per object",
             ],
             [
                 "DynamoDB items and #head markers written per edit",
                 f"{s['items_per_edit']} + {s['heads_per_edit']}",
-                "benchmark 13: the auto-save's coalescing",
+                "capacity: the auto-save's coalescing",
             ],
             [f"edits/s of {EDITORS:,} editors", f"{k['edits_per_s']:,}", ""],
             [f"pods for {EDITORS:,} editors at the HPA target", k["pods"], ""],
@@ -119,8 +123,7 @@ def markdown(s: dict[str, Any]) -> str:
             [
                 "read request units/s, relay on / off",
                 f"{k['rru_per_s_relay']} / {k['rru_per_s_table']}",
-                "benchmark 10: reads per held board; full re-reads every "
-                f"{RECONCILE_S['relay']} / {RECONCILE_S['table']} s",
+                f"relay: reads per held board; full re-reads every {RECONCILE_S['relay']} / {RECONCILE_S['table']} s",
             ],
             [
                 "DynamoDB on-demand per month, relay on / off",
@@ -130,3 +133,9 @@ def markdown(s: dict[str, Any]) -> str:
         ],
     )
     return out + f"\nPrices: {PRICE_SOURCE}.\n"
+
+
+if __name__ == "__main__":
+    from .suite import standalone
+
+    sys.exit(standalone("sizing"))

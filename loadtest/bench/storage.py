@@ -1,8 +1,13 @@
-"""4 and 5. Saving 10,000 dirty objects and cold loads, each beside plain boto3."""
+"""Two benchmarks, each beside plain boto3: ``save``, one auto-save pass over 10,000 dirty
+objects; ``cold-load``, loading a project that is not in memory (a cache miss).
+
+    python -m loadtest.bench.storage       # both: python -m loadtest.bench save cold-load
+"""
 
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -12,7 +17,8 @@ from canvas_sync.model import HybridClock, ObjectState
 from canvas_sync.projects import Limits, Projects, gc_paused
 from canvas_sync.protocol import Create
 from canvas_sync.store import DynamoStore, make_client
-from common import TABLE, pct, table
+
+from .common import TABLE, pct, table
 
 
 def _store(endpoint: str) -> DynamoStore:
@@ -152,9 +158,9 @@ def cold_load(endpoint: str, sizes: tuple[int, ...] = (1_000, 10_000, 50_000)) -
     return {"rows": rows}
 
 
-def markdown(saved: dict[str, Any], loads: dict[str, Any]) -> str:
-    out = table(
-        f"4. Saving {saved['objects']:,} dirty objects "
+def save_markdown(saved: dict[str, Any]) -> str:
+    return table(
+        f"save: saving {saved['objects']:,} dirty objects "
         f"(speedup {saved['speedup']}x; median of {saved['repeats']} runs each)",
         ["writer", "seconds", "BatchWriteItem requests", "p50 ms", "p99 ms"],
         [
@@ -162,9 +168,18 @@ def markdown(saved: dict[str, Any], loads: dict[str, Any]) -> str:
             ["plain boto3, one call after another", *saved["plain_boto3"].values()],
         ],
     )
-    out += "\n" + table(
-        f"5. Cold load (cache miss) beside a bare paginated boto3 Query (median of {LOAD_REPEATS} interleaved runs)",
+
+
+def cold_load_markdown(loads: dict[str, Any]) -> str:
+    return table(
+        "cold-load: a cold load (cache miss) beside a bare paginated boto3 Query "
+        f"(median of {LOAD_REPEATS} interleaved runs)",
         ["objects", "bare Query s", "canvas-sync load s", "ratio"],
         [[r["objects"], r["bare_query_s"], r["ours_s"], r["ratio"]] for r in loads["rows"]],
     )
-    return out
+
+
+if __name__ == "__main__":
+    from .suite import standalone
+
+    sys.exit(standalone("save", "cold-load"))

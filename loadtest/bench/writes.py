@@ -1,16 +1,21 @@
-"""3. Write reduction: edits against DynamoDB items written and BatchWriteItem calls."""
+"""``writes``: write reduction, edits against DynamoDB items written and BatchWriteItem calls.
+
+python -m loadtest.bench.writes
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import random
+import sys
 import time
 from typing import Any
 
 import uvloop
-from common import metrics, replica, table, wait_clean
 from websockets.asyncio.client import connect
+
+from .common import metrics, replica, table, wait_clean
 
 
 async def _call(ws: Any, message: dict[str, Any]) -> None:
@@ -115,7 +120,7 @@ def markdown(r: dict[str, Any]) -> str:
         for k, v in r.items()
     ]
     return table(
-        "3. Write reduction (auto-save every 5 s; writes = object items + #head updates)",
+        "writes: write reduction (auto-save every 5 s; writes = object items + #head updates)",
         [
             "scenario",
             "edits",
@@ -127,3 +132,9 @@ def markdown(r: dict[str, Any]) -> str:
         ],
         rows,
     )
+
+
+if __name__ == "__main__":
+    from .suite import standalone
+
+    sys.exit(standalone("writes"))

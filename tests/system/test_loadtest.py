@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -15,11 +16,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.helpers import ROOT
-
-sys.path.insert(0, str(ROOT / "loadtest"))
-
+from loadtest.bench import sizing, suite
 from loadtest.discovery import discovery_api, pod_urls
+from tests.helpers import ROOT
 
 SLICES = {
     "items": [
@@ -107,7 +106,7 @@ def test_locustfile_checks_the_discovered_pods(fake_api: str, tmp_path: Path) ->
     )
     # importing locust patches the process with gevent: keep it out of pytest's process
     code = (
-        "import sys, types; sys.path.insert(0, 'loadtest'); from locustfile import check_urls; "
+        "import types; from loadtest.locustfile import check_urls; "
         "o = types.SimpleNamespace(discover_service='canvas', discover_namespace='canvas-ns', check_urls='', "
         "replica_urls=''); "
         "print(' '.join(check_urls(types.SimpleNamespace(parsed_options=o, host='http://canvas:80'))))"
@@ -157,13 +156,10 @@ def test_capacity_pins_one_replica_and_reports_each_step(tmp_path: Path) -> None
     assert step["users"] == 25 and step["converged"] and step["edits_per_s"] > 50
     assert 0 < step["server_cores"] <= 1.05  # one core at most: pinned
     assert step["dynamodb_per_s"]["items_written"] > 0 and capacity["edits_per_core"] > step["edits_per_s"]
-    assert "13. Capacity: one replica pinned to 1 core" in result.stdout
+    assert "### capacity: one replica pinned to 1 core" in result.stdout
 
 
 def test_the_sizing_table_follows_from_the_measurements() -> None:
-    sys.path.insert(0, str(ROOT / "loadtest" / "bench"))
-    import sizing
-
     results = {
         "capacity": {
             "edits_per_core": 3000,
@@ -191,3 +187,25 @@ def test_the_sizing_table_follows_from_the_measurements() -> None:
     assert k["rru_per_s_table"] == round(100 * (60 + 2 + 74) / 60, 1)
     month = 730 * 3600 * (1040 * 0.625 + k["rru_per_s_relay"] * 0.125) / 1e6
     assert abs(k["dollars_per_month_relay"] - month) < 0.5
+
+
+def test_benchmarks_run_by_name() -> None:
+    def bench(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "loadtest.bench", *args]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    listing = bench("--help")
+    assert listing.returncode == 0, listing.stderr
+    for benchmark in suite.BENCHMARKS:
+        assert re.search(rf"^  {re.escape(benchmark.name)} +{re.escape(benchmark.measures[:30])}", listing.stdout, re.M)
+    unknown = bench("13")
+    assert unknown.returncode == 2 and "no benchmark '13'" in unknown.stderr
+    # what sizing is computed from runs first, in the suite's order
+    chosen = [b.name for b in suite.chosen(["sizing", "cold-load"])]
+    assert chosen == ["cold-load", "memory", "relay", "capacity", "sizing"]
+    # each module runs on its own (python -m loadtest.bench.<module>), and between them every benchmark
+    standalone: set[str] = set()
+    for module in (ROOT / "loadtest" / "bench").glob("*.py"):
+        for names in re.findall(r"standalone\(([^)]*)\)", module.read_text()):
+            standalone.update(re.findall(r'"([^"]+)"', names))
+    assert standalone == set(suite.BY_NAME) - {"convergence"}  # convergence: a CLI of its own
