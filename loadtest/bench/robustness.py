@@ -134,13 +134,13 @@ def throttling(endpoint: str, projects: int = 100, healthy_s: float = 15, thrott
     store = DynamoStore(client, TABLE, "reader")
     other = DynamoStore(make_client(endpoint), TABLE, "writer")
     clock = HybridClock("reader")
-    projects = Projects(clock)
+    held = Projects(clock)
     writer_clock = HybridClock("writer")
     for i in range(projects):
         stamp = writer_clock.now()
         states = [ObjectState.created(f"o{j}", "rect", {"x": j}, stamp) for j in range(20)]
         other.write([DirtyObject(f"thr{i}", state) for state in states], stamp[0])
-        projects.install(projects.build(f"thr{i}", store.load_project(f"thr{i}"), clock.wall_ms()))
+        held.install(held.build(f"thr{i}", store.load_project(f"thr{i}"), clock.wall_ms()))
     requests: collections.Counter[str] = collections.Counter()
     throttle = False
 
@@ -151,7 +151,7 @@ def throttling(endpoint: str, projects: int = 100, healthy_s: float = 15, thrott
         return None
 
     client.meta.events.register("before-send.dynamodb", before_send)
-    sync = Puller(projects, store, clock, Metrics(), interval=1.0, overlap=10.0, reconcile_interval=60.0)
+    sync = Puller(held, store, clock, Metrics(), interval=1.0, overlap=10.0, reconcile_interval=60.0)
 
     async def run() -> tuple[dict[str, int], dict[str, int]]:
         nonlocal throttle
@@ -185,7 +185,7 @@ def stall(endpoint: str, objects: int = 10_000, runs: int = 3) -> dict[str, Any]
     and one where every object changed."""
     store = DynamoStore(make_client(endpoint), TABLE, "a")
     clock = HybridClock("a")
-    projects = Projects(clock, Limits(max_objects=objects * 2))
+    held = Projects(clock, Limits(max_objects=objects * 2))
 
     def saved(x: int) -> None:
         props = {"x": x, "y": 0.5, "fill": "#abcdef", "w": 10, "h": 20}
@@ -194,8 +194,8 @@ def stall(endpoint: str, objects: int = 10_000, runs: int = 3) -> dict[str, Any]
         store.write([DirtyObject("big", state) for state in states], stamp[0])
 
     saved(0)
-    project = projects.install(projects.build("big", store.load_project("big")))
-    sync = Puller(projects, store, clock, Metrics(), interval=1.0, overlap=10.0, reconcile_interval=60.0)
+    project = held.install(held.build("big", store.load_project("big")))
+    sync = Puller(held, store, clock, Metrics(), interval=1.0, overlap=10.0, reconcile_interval=60.0)
     sync._track_projects(time.monotonic())
 
     async def measure() -> float:
