@@ -24,6 +24,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from .dirty import DirtyObject, DirtySet
@@ -56,6 +57,8 @@ class AutosaveWorker:
         self.last_save_at: float | None = None
         self.last_error: str | None = None
         self.consecutive_failures = 0
+        self.on_pass: Callable[[], None] = lambda: None
+        """Called on this thread after every pass that took something (saved acks follow it)."""
         self._wake = threading.Event()
         self._deadline: float | None = None
         self._thread = threading.Thread(target=self._run, name="canvas-autosave", daemon=True)
@@ -63,6 +66,7 @@ class AutosaveWorker:
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
+        self._succeeded()  # nothing is unsaved yet: a fresh pod is not "not saved since 1970"
         self._thread.start()
 
     @property
@@ -118,6 +122,7 @@ class AutosaveWorker:
         if not taken:
             if self.store.heads_owed:  # objects saved earlier, their head update failed
                 self._count_heads(self.store.announce())
+            self._succeeded()  # nothing to save is a success: the timestamp means "all saved then"
             return None
         start = time.perf_counter()
         try:
@@ -126,6 +131,7 @@ class AutosaveWorker:
             log.exception("autosave pass crashed")
             report = WriteReport(failed=list(taken), errors=[f"{type(error).__name__}: {error}"])
         self.dirty.finish(report.failed, report.refused)
+        self.on_pass()
         self._count_heads(report.heads)
         for item, why in report.refused:
             log.error(
@@ -184,11 +190,13 @@ class AutosaveWorker:
             return taken
         self._count_read("success")
         return [
-            DirtyObject(o.project, merge(o.state, table[(o.project, o.state.id)]))
-            if (o.project, o.state.id) in table
-            else o
+            replace(o, state=merge(o.state, table[(o.project, o.state.id)])) if (o.project, o.state.id) in table else o
             for o in taken
         ]
+
+    def _succeeded(self) -> None:
+        if self.metrics:
+            self.metrics.last_success.set(time.time())
 
     def _count_read(self, outcome: str) -> None:
         if self.metrics:

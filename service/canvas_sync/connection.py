@@ -15,6 +15,7 @@ from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Protocol
 
 from .outbox import Outbox, batch
+from .saved import Ledger
 
 if TYPE_CHECKING:
     from .admission import Admitted
@@ -55,6 +56,7 @@ class Connection:
         on_slow: Callable[[], None] = lambda: None,
         batched: bool = False,
         send_interval: float = 0.0,
+        saved_acks: bool = False,
     ) -> None:
         self.on_slow = on_slow
         self.client_id = secrets.token_hex(6)
@@ -69,7 +71,9 @@ class Connection:
         """Messages answered ``rate_limited`` in a row."""
         self.outbox = Outbox(queue_size)
         self.batched = batched
-        """The client chose ``canvas-sync.v2``: what waited goes out as one frame (a JSON array)."""
+        """The client chose ``canvas-sync.v2`` or v3: what waited goes out as one frame (a JSON array)."""
+        self.ledger = Ledger(tracked=saved_acks)
+        """This socket's changes in order; with v3 also which are saved (``saved.py``)."""
         self.send_interval = send_interval
         """After a frame, how long the writer lets messages gather before the next one."""
         self.woke_peers = False

@@ -5,12 +5,13 @@ Names are part of the contract; labels never carry project ids (unbounded cardin
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "EDIT_ERROR_CODES", "RELAY_KINDS", "Metrics"]
 
 disable_created_metrics()  # the *_created series only double the scrape size
 
@@ -18,12 +19,40 @@ LAG_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
 RELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0, 2.5, 5.0, 10.0)
 
+EDIT_ERROR_CODES = (
+    "bad_json",
+    "bad_message",
+    "conflict",
+    "not_found",
+    "too_large",
+    "limit_exceeded",
+    "rate_limited",
+    "unauthorized",
+    "forbidden",
+)
+"""The protocol's error codes: ``canvas_edit_errors_total{code}`` has a series for each from the start."""
+RELAY_KINDS = ("object", "too_big", "presence", "presence_all", "hello", "bad")
+"""``canvas_relay_received_total{kind}``: ``relay.core.Kind.label`` of each message kind but
+heartbeats (not counted), and ``bad`` for what is not a relay message."""
+
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.edits = Counter("canvas_edits", "Accepted edits, by op", ["op"], registry=r)
+        self.replays = Counter(
+            "canvas_replays",
+            "Changes sent again with their stamp (a client replaying after a reconnect), by outcome: "
+            "applied (memory changed), duplicate (memory had it), redated (stamp ahead of the clock: a fresh one)",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("applied", "duplicate", "redated"):
+            self.replays.labels(outcome)
+        self.saved_acks = Counter(
+            "canvas_saved_acks", "saved messages sent to canvas-sync.v3 sockets (at most one per pass each)", registry=r
+        )
         self.edit_errors = Counter("canvas_edit_errors", "Refused client messages, by error code", ["code"], registry=r)
         self.connections = Gauge("canvas_websocket_connections", "Open WebSocket connections", registry=r)
         self.slow_clients = Counter(
@@ -37,6 +66,11 @@ class Metrics:
             "canvas_project_load_duration_seconds", "Cache-miss load time", registry=r
         )
         self.dirty_objects = Gauge("canvas_dirty_objects", "Objects changed in memory and not yet saved", registry=r)
+        self.oldest_unsaved_age = Gauge(
+            "canvas_oldest_unsaved_change_age_seconds",
+            "Age of the oldest change not yet in the table (quarantined ones included); 0 when all is saved",
+            registry=r,
+        )
         self.batches = Counter("canvas_autosave_batches", "BatchWriteItem calls, by outcome", ["outcome"], registry=r)
         self.objects_written = Counter("canvas_autosave_objects_written", "Items written to DynamoDB", registry=r)
         self.heads_written = Counter(
@@ -44,7 +78,8 @@ class Metrics:
         )
         self.batch_seconds = Histogram(
             "canvas_autosave_batch_duration_seconds",
-            "Duration of one BatchWriteItem call",
+            "Duration of one successful BatchWriteItem call (failures are counted, not timed: their timeouts "
+            "would read as latency)",
             buckets=BATCH_BUCKETS,
             registry=r,
         )
@@ -56,7 +91,8 @@ class Metrics:
         )
         self.last_success = Gauge(
             "canvas_autosave_last_success_timestamp_seconds",
-            "Unix time of the last pass that saved everything it took",
+            "Unix time of the last pass that saved everything it took (a pass with nothing to save counts; "
+            "set at start)",
             registry=r,
         )
         self.sync_pulls = Counter(
@@ -161,10 +197,15 @@ class Metrics:
             self.relay_catch_ups.labels(reason)
         for status in ("401", "403", "429"):
             self.refusals.labels(status)
+        for code in EDIT_ERROR_CODES:
+            self.edit_errors.labels(code)
+        for kind in RELAY_KINDS:
+            self.relay_received.labels(kind)
 
     def observe_batch(self, outcome: str, seconds: float, written: int) -> None:
         self.batches.labels(outcome).inc()
-        self.batch_seconds.observe(seconds)
+        if outcome == "success":  # a failure's timeouts and retries are the outage, not latency
+            self.batch_seconds.observe(seconds)
         if written:
             self.objects_written.inc(written)
 
@@ -175,6 +216,7 @@ class Metrics:
         projects: Callable[[], float],
         dirty: Callable[[], float],
         quarantined: Callable[[], float],
+        oldest_unsaved: Callable[[], float | None],
         worker_alive: Callable[[], float],
         ready: Callable[[], float],
         relay_connected: Callable[[], float],
@@ -183,6 +225,7 @@ class Metrics:
         self.connections.set_function(connections)
         self.projects_loaded.set_function(projects)
         self.dirty_objects.set_function(dirty)
+        self.oldest_unsaved_age.set_function(lambda: _age(oldest_unsaved()))
         self.quarantined.set_function(quarantined)
         self.relay_connected.set_function(relay_connected)
         self.worker_alive.set_function(worker_alive)
@@ -190,3 +233,8 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _age(since: float | None) -> float:
+    """Seconds since a wall-clock time; 0 for None (nothing waiting)."""
+    return 0.0 if since is None else max(0.0, time.time() - since)

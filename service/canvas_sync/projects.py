@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, Protocol
 
 from . import protocol
 from .dirty import DirtySet
-from .model import TOMBSTONE_TTL, ZERO, HybridClock, ObjectState, merge
+from .model import TOMBSTONE_TTL, ZERO, HybridClock, ObjectState, Stamp, merge
 from .protocol import Create, Delete, ProtocolError, Update
 
 _gc_lock = threading.Lock()
@@ -121,6 +121,22 @@ class Project:
         return woken
 
 
+class Edit(NamedTuple):
+    """What one accepted change did."""
+
+    broadcast: Broadcast | None
+    """For the other clients; None when nothing they see changed."""
+    stamp: Stamp
+    """The stamp the change was given: what its ``ack`` names, and what a replay sends back."""
+    version: int
+    """Its mark in the dirty set (saved acknowledgements wait for it)."""
+    echo: Broadcast | None = None
+    """A replay's answer to its sender before the ack: the object as it is now, which may
+    be newer than the replayed change."""
+    replay: str = ""
+    """For a replay, ``applied`` (memory changed) or ``duplicate`` (memory had it already)."""
+
+
 @dataclass
 class Merged:
     """What merging saved or relayed states changed: ids, messages for clients, ids marked for repair."""
@@ -210,12 +226,18 @@ class Projects:
 
     # --- edits --------------------------------------------------------------------------
 
-    def edit(self, project: Project, command: Create | Update | Delete) -> Broadcast | None:
-        """Apply a client's edit; returns the message for the other clients (None: no change).
+    def edit(self, project: Project, command: Create | Update | Delete) -> Edit:
+        """Apply a client's change; raises :class:`ProtocolError` and changes nothing when refused.
 
-        Raises :class:`ProtocolError` and changes nothing when the edit is refused.
+        A change that carries a stamp (a replay of one acked before, perhaps by a replica
+        that died since) merges with that stamp: idempotent, and anything newer still
+        wins. A stamp ahead of this replica's clock gets a fresh one instead, so no client
+        wins by dating its change forward.
         """
         project.last_active = time.monotonic()
+        stamp = command.stamp
+        if stamp is not None and stamp < self.clock.now():
+            return self._replay(project, command, stamp)
         if isinstance(command, Create):
             return self._create(project, command)
         if isinstance(command, Update):
@@ -238,19 +260,25 @@ class Projects:
                 req,
             )
 
-    def _create(self, project: Project, cmd: Create) -> Broadcast:
-        old = project.objects.get(cmd.id)
-        if old is not None and old.is_alive:
-            raise ProtocolError("conflict", f"object {cmd.id!r} already exists", cmd.req)
+    def _check_room(self, project: Project, old: ObjectState | None, req: str | None) -> None:
+        """A create of a new id (or of a deleted one) must fit the project's limits."""
         if len(project.views) >= self.limits.max_objects:
-            raise ProtocolError("limit_exceeded", f"a project holds at most {self.limits.max_objects} objects", cmd.req)
+            raise ProtocolError("limit_exceeded", f"a project holds at most {self.limits.max_objects} objects", req)
         if old is None and len(project.tombstones) >= self.limits.max_tombstones:
             raise ProtocolError(
                 "limit_exceeded",
                 f"this project remembers {self.limits.max_tombstones} recently deleted objects, "
                 "the most it may: re-create a deleted id or try again later",
-                cmd.req,
+                req,
             )
+
+    def _create(self, project: Project, cmd: Create) -> Edit:
+        old = project.objects.get(cmd.id)
+        if old is not None and old.is_alive:
+            if cmd.retry:  # it landed before the socket died (the relay may have brought it): set it again
+                return self._update(project, Update(cmd.req, cmd.id, {**cmd.props, "type": cmd.type}), force=True)
+            raise ProtocolError("conflict", f"object {cmd.id!r} already exists", cmd.req)
+        self._check_room(project, old, cmd.req)
         stamp = self.clock.now() if old is None else self.clock.now_after(old.latest_stamp())
         new = ObjectState.created(cmd.id, cmd.type, cmd.props, stamp)
         if old is not None:
@@ -258,10 +286,10 @@ class Projects:
         view = protocol.encode(new.view())
         self._check_stored(new, len(view.encode()), cmd.req)
         project.set_object(new)
-        self.dirty.mark(project.id, new)
-        return Broadcast.upsert(cmd.id, view)
+        return Edit(Broadcast.upsert(cmd.id, view), stamp, self.dirty.mark(project.id, new))
 
-    def _update(self, project: Project, cmd: Update) -> Broadcast | None:
+    def _update(self, project: Project, cmd: Update, force: bool = False) -> Edit:
+        """``force``: mark the object for saving even if nothing changes (a retried create)."""
         state = self._live(project, cmd.id, cmd.req)
         view: dict[str, Any] = state.view() or {}
         absent = []
@@ -274,28 +302,79 @@ class Projects:
                 absent.append(name)  # removing what is not there: nothing to remember
         changes = {k: v for k, v in cmd.props.items() if k not in absent} if absent else cmd.props
         if not changes:
-            return None
-        if len(view) - 2 > protocol.MAX_PROPS:
-            raise ProtocolError("bad_message", f"at most {protocol.MAX_PROPS} properties besides id and type", cmd.req)
+            return Edit(None, self.clock.now(), self.dirty.mark(project.id, state) if force else self.dirty.version())
+        self._check_props(len(view), cmd.req)
         text = protocol.encode(view)  # the new view: checked for size, then kept and sent as is
-        size = len(text.encode())
-        if size > self.limits.max_object_bytes:
-            raise ProtocolError(
-                "too_large", f"object would be larger than {self.limits.max_object_bytes} bytes", cmd.req
-            )
-        new = state.updated(changes, self.clock.now_after(state.latest_stamp()))
+        size = self._check_view(text, cmd.req)
+        stamp = self.clock.now_after(state.latest_stamp())
+        new = state.updated(changes, stamp)
         self._check_stored(new, size, cmd.req)
         project.objects[cmd.id] = new
         project.views[cmd.id] = text
-        self.dirty.mark(project.id, new)
-        return Broadcast.upsert(cmd.id, text)
+        return Edit(Broadcast.upsert(cmd.id, text), stamp, self.dirty.mark(project.id, new))
 
-    def _delete(self, project: Project, cmd: Delete) -> Broadcast:
+    def _check_props(self, view_keys: int, req: str | None) -> None:
+        if view_keys - 2 > protocol.MAX_PROPS:
+            raise ProtocolError("bad_message", f"at most {protocol.MAX_PROPS} properties besides id and type", req)
+
+    def _check_view(self, text: str, req: str | None) -> int:
+        size = len(text.encode())
+        if size > self.limits.max_object_bytes:
+            raise ProtocolError("too_large", f"object would be larger than {self.limits.max_object_bytes} bytes", req)
+        return size
+
+    def _delete(self, project: Project, cmd: Delete) -> Edit:
+        gone = project.objects.get(cmd.id)
+        if cmd.retry and (gone is None or not gone.is_alive):  # it landed before the socket died
+            version = self.dirty.mark(project.id, gone) if gone is not None else self.dirty.version()
+            return Edit(None, gone.alive[1] if gone is not None else self.clock.now(), version)
         state = self._live(project, cmd.id, cmd.req)
-        tomb = ObjectState(state.id, (False, self.clock.now_after(state.latest_stamp())), state.type, {})
+        stamp = self.clock.now_after(state.latest_stamp())
+        tomb = ObjectState(state.id, (False, stamp), state.type, {})
         project.set_object(tomb)
-        self.dirty.mark(project.id, tomb)
-        return Broadcast.deleted(cmd.id)
+        return Edit(Broadcast.deleted(cmd.id), stamp, self.dirty.mark(project.id, tomb))
+
+    # --- replays ------------------------------------------------------------------------
+
+    def _replay(self, project: Project, cmd: Create | Update | Delete, stamp: Stamp) -> Edit:
+        """Merge a change with the stamp it was first given, field by field.
+
+        A create of an object that exists (with that stamp, or newer) and a delete of one
+        already gone are no conflict: the merge keeps what is newest. The result is marked
+        dirty even when memory held it already: it may have come by the relay from a
+        replica that died before saving it, and its sender waits for ``saved``.
+        """
+        old = project.objects.get(cmd.id)
+        if isinstance(cmd, Create):
+            new = ObjectState.created(cmd.id, cmd.type, cmd.props, stamp)
+            if old is None or (not old.is_alive and old.alive[1] < stamp):
+                self._check_room(project, old, cmd.req)
+            if old is not None:
+                new = merge(old, new)
+        elif isinstance(cmd, Update):
+            if old is None:
+                raise ProtocolError("not_found", f"no object {cmd.id!r}", cmd.req)
+            type_ = (cmd.props["type"], stamp) if "type" in cmd.props else (old.type[0], ZERO)
+            props = {name: (value, stamp) for name, value in cmd.props.items() if name != "type"}
+            new = merge(old, ObjectState(cmd.id, (old.alive[0], ZERO), type_, props))
+        else:
+            if old is None:  # never here, or forgotten: gone either way
+                return Edit(None, stamp, self.dirty.version(), Broadcast.deleted(cmd.id), "duplicate")
+            new = merge(old, ObjectState(cmd.id, (False, stamp), old.type, {}))
+        view = new.view()
+        if view is not None and new != old:
+            self._check_props(len(view), cmd.req)
+            text = protocol.encode(view)
+            self._check_stored(new, self._check_view(text, cmd.req), cmd.req)
+        before = project.views.get(cmd.id)
+        after = project.set_object(new) if new != old else before
+        version = self.dirty.mark(project.id, new)
+        outcome = "applied" if new != old else "duplicate"
+        if after is not None:
+            echo = Broadcast.upsert(cmd.id, after)
+            return Edit(echo if after != before else None, stamp, version, echo, outcome)
+        gone = Broadcast.deleted(cmd.id)
+        return Edit(gone if before is not None else None, stamp, version, gone, outcome)
 
     # --- states from other replicas ---------------------------------------------------
 

@@ -17,6 +17,8 @@ from typing import Any, TypeGuard
 
 import orjson
 
+from .model import Stamp
+
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 PROP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_PROPS = 64
@@ -29,11 +31,29 @@ V1 = "canvas-sync.v1"
 """The subprotocol of one server message per frame (also what a client names beside a token)."""
 V2 = "canvas-sync.v2"
 """The same messages, but a frame may hold several: a JSON array of them, in order."""
+V3 = "canvas-sync.v3"
+"""V2, plus ``{"op":"saved","seq":n}`` once this socket's changes up to ``n`` are in the table."""
+BATCHED = (V2, V3)
+MAX_STAMP_CHARS = 160
+STAMP_RE = re.compile(r"(0|[1-9][0-9]{0,15})\.(0|[1-9][0-9]{0,9})\.([^\x00-\x1f]{1,128})")
+"""``ms.counter.replica``: a clock stamp as an ``ack`` names it (replica ids may hold dots)."""
 
 
 def subprotocol(offered: list[str]) -> str | None:
     """The newest subprotocol the client offers; None keeps a plain socket (one message a frame)."""
-    return V2 if V2 in offered else V1 if V1 in offered else None
+    return next((version for version in (V3, V2, V1) if version in offered), None)
+
+
+def stamp_text(stamp: Stamp) -> str:
+    return f"{stamp[0]}.{stamp[1]}.{stamp[2]}"
+
+
+def parse_stamp(value: object, req: str | None) -> Stamp:
+    """A stamp a client sends back (replay); ``bad_message`` when it is not one of ours."""
+    match = STAMP_RE.fullmatch(value) if isinstance(value, str) and len(value) <= MAX_STAMP_CHARS else None
+    if match is None:
+        raise ProtocolError("bad_message", "'stamp' must be a stamp from an earlier ack", req)
+    return int(match[1]), int(match[2]), match[3]
 
 
 class ProtocolError(Exception):
@@ -52,6 +72,10 @@ class Create:
     id: str
     type: str
     props: dict[str, Any]
+    stamp: Stamp | None = None
+    """Set on a replay: the stamp an earlier ``ack`` gave this change."""
+    retry: bool = False
+    """Sent again without an ack (the socket died): an id already live is no conflict."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +84,16 @@ class Update:
     id: str
     props: dict[str, Any]
     """Properties to set; ``None`` removes one; the key ``type`` changes the type."""
+    stamp: Stamp | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Delete:
     req: str | None
     id: str
+    stamp: Stamp | None = None
+    retry: bool = False
+    """Sent again without an ack (the socket died): an object already gone is no error."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +139,7 @@ def encode(message: Any) -> str:
 
 
 def is_valid_id(value: object) -> TypeGuard[str]:
-    return isinstance(value, str) and ID_RE.match(value) is not None
+    return isinstance(value, str) and ID_RE.fullmatch(value) is not None
 
 
 def _reject_constant(name: str) -> Any:
@@ -184,7 +212,7 @@ MAX_NAMES = 65536
 def _prop_name(name: str, req: str | None) -> str:
     if name in _NAMES:
         return name
-    if not PROP_RE.match(name):
+    if not PROP_RE.fullmatch(name):
         raise ProtocolError("bad_message", f"bad property name {name!r}: must match {PROP_RE.pattern}", req)
     name = sys.intern(name)
     if len(_NAMES) < MAX_NAMES:
@@ -230,6 +258,18 @@ def _utf8_safe(message: Any) -> bool:
     return True
 
 
+def _stamp(message: dict[str, Any], req: str | None) -> Stamp | None:
+    raw = message.get("stamp")
+    return None if raw is None else parse_stamp(raw, req)
+
+
+def _retry(message: dict[str, Any], req: str | None) -> bool:
+    raw = message.get("retry", False)
+    if type(raw) is not bool:
+        raise ProtocolError("bad_message", "'retry' must be true or false", req)
+    return raw
+
+
 def parse(text: str, max_object_bytes: int) -> Command:
     """Turn one text frame into a command, or raise :class:`ProtocolError`."""
     try:
@@ -266,7 +306,7 @@ def _parse(text: str, max_object_bytes: int, exact: bool) -> Command:
             props["type"] = type_
         else:
             props = check_props(changes, req, allow_null=True, exact=exact)
-        return Update(req, object_id, props)
+        return Update(req, object_id, props, _stamp(message, req))
     if op == "ping":
         return Ping(req)
     if op == "create":
@@ -281,9 +321,9 @@ def _parse(text: str, max_object_bytes: int, exact: bool) -> Command:
         props = check_props(props, req, allow_null=False, exact=exact)
         if object_size(obj) > max_object_bytes:
             raise ProtocolError("too_large", f"object is larger than {max_object_bytes} bytes", req)
-        return Create(req, object_id, type_, props)
+        return Create(req, object_id, type_, props, _stamp(message, req), _retry(message, req))
     if op == "delete":
-        return Delete(req, _object_id(message, "id", req))
+        return Delete(req, _object_id(message, "id", req), _stamp(message, req), _retry(message, req))
     if op == "presence":
         presence = message.get("state")
         if type(presence) is not dict:
@@ -306,6 +346,16 @@ def _parse(text: str, max_object_bytes: int, exact: bool) -> Command:
 
 def ack(req: str | None) -> str:
     return f'{{"op":"ack","req":{_ENCODER.encode(req)}}}' if req is not None else '{"op":"ack"}'
+
+
+def change_ack(req: str | None, stamp: Stamp, seq: int) -> str:
+    """The ack of an accepted create, update or delete: the stamp it was given and its place."""
+    named = f',"req":{_ENCODER.encode(req)}' if req is not None else ""
+    return f'{{"op":"ack"{named},"seq":{seq},"stamp":{_ENCODER.encode(stamp_text(stamp))}}}'
+
+
+def saved(seq: int) -> str:
+    return f'{{"op":"saved","seq":{seq}}}'
 
 
 def error(err: ProtocolError) -> str:

@@ -37,6 +37,7 @@ from .projects import Project, Projects, gc_paused
 from .protocol import Auth, Create, Delete, Ping, ProtocolError, SetPresence, Update
 from .pull import Puller
 from .relay import Relay, RelayBridge
+from .saved import SavedAcks
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -102,11 +103,15 @@ class CanvasService:
         self._loads: dict[str, asyncio.Future[Project]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._edit_counters = {cls: self.metrics.edits.labels(cls.__name__.lower()) for cls in (Create, Update, Delete)}
+        self._replays = {o: self.metrics.replays.labels(o) for o in ("applied", "duplicate", "redated")}
+        self.saved_acks = SavedAcks(self.dirty, lambda: self.connections, self.metrics.saved_acks.inc)
+        self.autosave.on_pass = self.saved_acks.after_pass
         self.metrics.bind(
             connections=lambda: len(self.connections),
             projects=lambda: len(self.projects.projects),
             dirty=lambda: self.dirty.counts()[1],
             quarantined=self.dirty.quarantined_count,
+            oldest_unsaved=self.dirty.oldest_unsaved,
             worker_alive=lambda: 1.0 if self.autosave.alive else 0.0,
             ready=lambda: 1.0 if self.ready else 0.0,
             relay_connected=lambda: 1.0 if self.relay is not None and self.relay.healthy else 0.0,
@@ -115,6 +120,7 @@ class CanvasService:
     # --- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.saved_acks.loop = asyncio.get_running_loop()
         self.autosave.start()
         self._loops = [
             asyncio.create_task(self._become_ready(), name="canvas-ready"),
@@ -323,8 +329,9 @@ class CanvasService:
             self.settings.send_queue_size,
             self.settings.rate_limit,
             self.metrics.slow_clients.inc,
-            batched=subprotocol == protocol.V2,
+            batched=subprotocol in protocol.BATCHED,
             send_interval=self.settings.send_interval,
+            saved_acks=subprotocol == protocol.V3,
         )
         conn.project, conn.admitted = project, admitted
         conn.sub, conn.editor = admitted.sub, admitted.role == Role.EDITOR
@@ -402,7 +409,7 @@ class CanvasService:
                 return None
             if not conn.editor:
                 raise ProtocolError("forbidden", "this token may view this project, not edit it", command.req)
-            fanout = self.projects.edit(project, command)
+            edit = self.projects.edit(project, command)
         except ProtocolError as error:
             if not allowed:
                 error = self._rate_limited(error.req) if error.code != "rate_limited" else error
@@ -412,12 +419,16 @@ class CanvasService:
             self.metrics.edit_errors.labels(error.code).inc()
             return protocol.error(error)
         self._edit_counters[type(command)].inc()
-        if fanout is not None:
-            woken = project.broadcast(fanout, exclude=conn)
+        if edit.broadcast is not None:
+            woken = project.broadcast(edit.broadcast, exclude=conn)
             conn.woke_peers = 0 < woken >= len(project.connections) - 1  # every peer was idle: not a busy board
             if self.bridge is not None:
                 self.bridge.edited(project.id, project.objects[command.id])
-        return protocol.ack(command.req)
+        if command.stamp is not None:
+            self._replays[edit.replay or "redated"].inc()
+        if edit.echo is not None:  # a replay: the sender's copy may be older than memory's
+            conn.send(*edit.echo)
+        return protocol.change_ack(command.req, edit.stamp, conn.ledger.record(edit.version))
 
     def _rate_limited(self, req: str | None) -> ProtocolError:
         return ProtocolError("rate_limited", f"more than {self.settings.rate_limit:g} messages per second", req)

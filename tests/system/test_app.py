@@ -51,14 +51,12 @@ def test_snapshot_ack_and_fanout(replica: Replica) -> None:
                 "objects": [],
                 "presence": [],
             }
-        assert call(a, {"op": "create", "req": "1", "object": {"id": "r1", "type": "rect", "x": 1, "y": 0.1}}) == {
-            "op": "ack",
-            "req": "1",
-        }
+        ack = call(a, {"op": "create", "req": "1", "object": {"id": "r1", "type": "rect", "x": 1, "y": 0.1}})
+        assert ack == {"op": "ack", "req": "1", "seq": 1, "stamp": ack["stamp"]} and ack["stamp"].endswith(".replica-a")
         assert recv(b) == {"op": "upsert", "object": {"id": "r1", "type": "rect", "x": 1, "y": 0.1}}
-        assert call(b, {"op": "update", "id": "r1", "props": {"x": 2, "y": None}}) == {"op": "ack"}
+        assert call(b, {"op": "update", "id": "r1", "props": {"x": 2, "y": None}}).keys() == {"op", "seq", "stamp"}
         assert recv(a) == {"op": "upsert", "object": {"id": "r1", "type": "rect", "x": 2}}
-        assert call(a, {"op": "delete", "id": "r1", "req": "d"}) == {"op": "ack", "req": "d"}
+        assert call(a, {"op": "delete", "id": "r1", "req": "d"})["seq"] == 2  # this socket's second change
         assert recv(b) == {"op": "delete", "id": "r1"}
         assert call(a, {"op": "ping", "req": "p"}) == {"op": "pong", "req": "p"}
         with pytest.raises(TimeoutError):

@@ -39,12 +39,12 @@ def refused(projects: Projects, project: Project, command: object) -> str:
 
 
 def test_create_update_delete(projects: Projects, project: Project) -> None:
-    out = projects.edit(project, Create("1", "r1", "rect", {"x": 1, "fill": "red"}))
+    out = projects.edit(project, Create("1", "r1", "rect", {"x": 1, "fill": "red"})).broadcast
     assert out is not None and out.key == "r1" and out.latest  # a newer upsert of r1 may replace it in an outbox
     assert json.loads(out.text) == {"op": "upsert", "object": {"id": "r1", "type": "rect", "x": 1, "fill": "red"}}
     projects.edit(project, Update("2", "r1", {"x": 2, "fill": None, "type": "ellipse"}))
     assert views(project) == [{"id": "r1", "type": "ellipse", "x": 2}]
-    deleted = projects.edit(project, Delete("3", "r1"))
+    deleted = projects.edit(project, Delete("3", "r1")).broadcast
     assert deleted is not None and deleted.key == "r1" and not deleted.latest  # nothing later may pass it
     assert json.loads(deleted.text) == {"op": "delete", "id": "r1"}
     assert views(project) == []
@@ -212,7 +212,7 @@ def test_removing_a_property_that_is_not_there_stores_nothing(projects: Projects
     projects.edit(project, Create(None, "r1", "rect", {"x": 1}))
     before = project.objects["r1"]
     for i in range(100):
-        assert projects.edit(project, Update(None, "r1", {f"never_set_{i}": None})) is None  # acked, nothing to send
+        assert projects.edit(project, Update(None, "r1", {f"never_set_{i}": None})).broadcast is None  # acked, nothing to send
     assert project.objects["r1"] is before and project.objects["r1"].stored_size() == before.stored_size()
 
 

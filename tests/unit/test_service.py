@@ -76,7 +76,7 @@ def test_shutdown_merges_and_sends_on_the_loop() -> None:
         watcher = Recorder()
         project.connections.add(watcher)  # type: ignore[arg-type]
         client = await InProcessClient(svc, "p1").open()
-        assert client.send({"op": "create", "object": {"id": "o", "type": "rect"}}) == {"op": "ack"}
+        assert client.send({"op": "create", "object": {"id": "o", "type": "rect"}})["op"] == "ack"
         newer_in_table(store, "p1", "o", y=7)
         return await svc.shutdown(), watcher
 
