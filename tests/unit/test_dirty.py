@@ -68,3 +68,47 @@ def test_merged_states_replace_waiting_ones_and_repairs_are_counted_once() -> No
 
 def test_dirty_object_key() -> None:
     assert DirtyObject("p", state("r1", 0)).key == ("p", "r1")
+
+
+def test_versions_say_below_which_every_change_of_a_project_is_saved() -> None:
+    dirty = DirtySet()
+    assert dirty.saved_below("p") == 1 and dirty.oldest_unsaved() is None
+    first = dirty.mark("p", state("r1", 1))
+    dirty.mark("p", state("r1", 2))  # the same object again: still unsaved since the first mark
+    other = dirty.mark("q", state("r2", 1))
+    assert dirty.saved_below("p") == first and dirty.saved_below("q") == other
+    oldest = dirty.oldest_unsaved()
+    assert oldest is not None
+    taken = dirty.take()
+    assert dirty.saved_below("p") == first  # in flight is not saved
+    later = dirty.mark("p", state("r3", 1))
+    dirty.finish()
+    assert dirty.saved_below("p") == later and dirty.saved_below("q") == dirty.version() + 1
+    assert len(taken) == 2
+
+
+def test_a_failed_or_refused_object_keeps_its_first_version_when_edited_meanwhile() -> None:
+    dirty = DirtySet()
+    first = dirty.mark("p", state("r1", 1))
+    dirty.mark("p", state("r2", 1))
+    taken = {t.state.id: t for t in dirty.take()}
+    dirty.mark("p", state("r1", 2))
+    dirty.mark("p", state("r2", 2))
+    dirty.finish(failed=[taken["r1"]], refused=[(taken["r2"], "too big")])
+    assert dirty.saved_below("p") == first  # both copies' changes are unsaved still
+    assert {t.state.id: t.state.view()["x"] for t in dirty.take()} == {"r1": 2, "r2": 2}  # type: ignore[index]
+    dirty.finish(refused=[])
+    assert dirty.saved_below("p") == dirty.version() + 1
+
+
+def test_a_quarantined_object_holds_its_project_back_until_it_changes() -> None:
+    dirty = DirtySet()
+    first = dirty.mark("p", state("r1", 1))
+    (taken,) = dirty.take()
+    dirty.finish(refused=[(taken, "too big")])
+    assert dirty.saved_below("p") == first and dirty.oldest_unsaved() == taken.since
+    dirty.mark("p", state("r1", 2))
+    assert dirty.saved_below("p") == first  # changed, not yet saved: its first change is still waiting
+    dirty.take()
+    dirty.finish()
+    assert dirty.saved_below("p") == dirty.version() + 1 and dirty.oldest_unsaved() is None

@@ -169,3 +169,34 @@ def test_presence_messages() -> None:
     with pytest.raises(ProtocolError) as info:
         parse(json.dumps({"op": "presence", "req": "r", "state": {"name": "x" * 1100}}))
     assert (info.value.code, info.value.req) == ("too_large", "r")
+
+
+@given(st.integers(0, 2**53), st.integers(0, 10**9), st.from_regex(r"[A-Za-z0-9._:-]{1,64}", fullmatch=True))
+def test_a_stamp_reads_back_as_it_was_written(ms: int, counter: int, replica: str) -> None:
+    stamp = (ms, counter, replica)
+    assert protocol.parse_stamp(protocol.stamp_text(stamp), None) == stamp
+    parsed = protocol.parse(
+        json.dumps({"op": "update", "id": "r1", "props": {"x": 1}, "stamp": protocol.stamp_text(stamp)}), 1000
+    )
+    assert isinstance(parsed, Update) and parsed.stamp == stamp
+
+
+def test_v3_is_chosen_first_and_acks_carry_stamp_and_seq() -> None:
+    assert protocol.subprotocol([protocol.V2, protocol.V3]) == protocol.V3
+    assert protocol.subprotocol([protocol.V1, protocol.V2]) == protocol.V2
+    assert json.loads(protocol.change_ack("r", (5, 1, "a.b"), 7)) == {
+        "op": "ack",
+        "req": "r",
+        "stamp": "5.1.a.b",
+        "seq": 7,
+    }
+    assert json.loads(protocol.saved(3)) == {"op": "saved", "seq": 3}
+
+
+def test_ids_and_property_names_match_whole_strings() -> None:
+    with pytest.raises(ProtocolError):
+        protocol.parse('{"op":"delete","id":"r1\\n"}', 1000)
+    with pytest.raises(ProtocolError):
+        protocol.parse('{"op":"update","id":"r1","props":{"x\\n":1}}', 1000)
+    retried = protocol.parse('{"op":"delete","id":"r1","retry":true}', 1000)
+    assert isinstance(retried, Delete) and retried.retry
