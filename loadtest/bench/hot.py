@@ -43,11 +43,11 @@ class _Board:
         self.deadline = 0.0
 
 
-async def _client(url: str, me: int, board: _Board, clients: int, v2: bool) -> None:
+async def _client(url: str, me: int, board: _Board, clients: int, offered: list[str] | None) -> None:
     seen = board.seen[me]
     observer = me % (clients // OBSERVERS) == 0
     oid = f"c{me}"
-    async with connect(url, max_size=None, open_timeout=60, subprotocols=["canvas-sync.v2"] if v2 else None) as ws:  # type: ignore[list-item]
+    async with connect(url, max_size=None, open_timeout=60, subprotocols=offered) as ws:  # type: ignore[arg-type]
         await asyncio.wait_for(ws.recv(), 60)
         await ws.send(f'{{"op":"create","req":"c","object":{{"id":"{oid}","type":"rect","v":0}}}}')
         while '"req":"c"' not in await asyncio.wait_for(ws.recv(), 60):
@@ -116,7 +116,7 @@ def _lags(board: _Board) -> tuple[list[float], int]:
     return lags, missing
 
 
-async def _run(url: str, clients: int, v2: bool, pid: int) -> dict[str, Any]:
+async def _run(url: str, clients: int, offered: list[str] | None, pid: int) -> dict[str, Any]:
     board = _Board(clients)
     cpu_before = 0.0
 
@@ -127,7 +127,7 @@ async def _run(url: str, clients: int, v2: bool, pid: int) -> dict[str, Any]:
 
     watcher = asyncio.create_task(start_cpu())
     load_cpu = time.process_time()
-    await asyncio.gather(*(_client(url, i, board, clients, v2) for i in range(clients)))
+    await asyncio.gather(*(_client(url, i, board, clients, offered) for i in range(clients)))
     await watcher
     cpu = cpu_seconds(pid) - cpu_before
     load_cpu = time.process_time() - load_cpu
@@ -147,13 +147,18 @@ async def _run(url: str, clients: int, v2: bool, pid: int) -> dict[str, Any]:
     }
 
 
+def board(endpoint: str, clients: int, offered: list[str] | None) -> dict[str, Any]:
+    """One run on a fresh replica: ``clients`` on one board, offering ``offered``."""
+    with replica(endpoint) as server:
+        url = f"{server.ws_url('hot-')}{time.time_ns()}"
+        return uvloop.run(_run(url, clients, offered, server.pid))
+
+
 def run(endpoint: str) -> dict[str, Any]:
     rows = []
     for clients in CLIENTS:
         for v2 in (False, True):
-            with replica(endpoint) as server:
-                url = f"{server.ws_url('hot-')}{time.time_ns()}"
-                rows.append({"clients": clients, "v2": v2, **uvloop.run(_run(url, clients, v2, server.pid))})
+            rows.append({"clients": clients, "v2": v2, **board(endpoint, clients, ["canvas-sync.v2"] if v2 else None)})
     return {"rows": rows, "seconds": SECONDS}
 
 

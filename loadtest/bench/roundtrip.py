@@ -74,10 +74,11 @@ async def _measure(
     pid: int | None,
     token: str | None = None,
     compression: str | None = "deflate",
+    offered: list[str] | None = None,
 ) -> dict[str, float]:
     window = _Window(clients, seconds, pid)
     run = time.time_ns()
-    protocols = ["canvas-sync.v1", f"canvas-sync.bearer.{token}"] if token else None
+    protocols = [*(offered or ["canvas-sync.v1"]), f"canvas-sync.bearer.{token}"] if token else offered
     await asyncio.gather(
         *(
             _client(
@@ -109,13 +110,15 @@ def measure(
     shared: bool = False,
     pid: int | None = None,
     compression: str | None = "deflate",
+    offered: list[str] | None = None,
 ) -> dict[str, float]:
     """Round trips over ``seconds`` once all clients are connected; with ``pid``, also the
     server's CPU time per round trip in that window: what the server's own code costs,
     whatever else the shared machine runs, so the steadier of the two ratios. The clients
-    offer permessage-deflate as browsers do, unless ``compression`` is None."""
+    offer permessage-deflate as browsers do, unless ``compression`` is None, and the
+    subprotocols ``offered`` (none by default)."""
     urls = [f"ws://127.0.0.1:{p}" for p in ports]
-    return uvloop.run(_measure(urls, clients, seconds, shared, pid, compression=compression))
+    return uvloop.run(_measure(urls, clients, seconds, shared, pid, compression=compression, offered=offered))
 
 
 def run(endpoint: str, seconds: float) -> dict[str, Any]:

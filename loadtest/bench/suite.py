@@ -37,6 +37,7 @@ from . import (
     relay,
     robustness,
     roundtrip,
+    saved,
     security,
     sizing,
     storage,
@@ -109,6 +110,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "a saturated board (32 and 128 clients dragging at once): ack p99 and how soon the others see each edit",
         lambda ctx: hot.run(ctx.endpoint),
         hot.markdown,
+    ),
+    Benchmark(
+        "saved",
+        "what saved acknowledgements cost: v2 beside v3 clients, solo (beside bare Quart) and 64 on one board",
+        lambda ctx: saved.run(ctx.endpoint, ctx.seconds),
+        saved.markdown,
     ),
     Benchmark(
         "writes",
