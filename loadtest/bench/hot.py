@@ -147,9 +147,9 @@ async def _run(url: str, clients: int, offered: list[str] | None, pid: int) -> d
     }
 
 
-def board(endpoint: str, clients: int, offered: list[str] | None) -> dict[str, Any]:
-    """One run on a fresh replica: ``clients`` on one board, offering ``offered``."""
-    with replica(endpoint) as server:
+def board(endpoint: str, clients: int, offered: list[str] | None, **settings: object) -> dict[str, Any]:
+    """One run on a fresh replica (``settings`` for it): ``clients`` on one board, offering ``offered``."""
+    with replica(endpoint, **settings) as server:
         url = f"{server.ws_url('hot-')}{time.time_ns()}"
         return uvloop.run(_run(url, clients, offered, server.pid))
 

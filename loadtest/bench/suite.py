@@ -34,6 +34,7 @@ from . import (
     fanout,
     hot,
     memory,
+    quiet,
     relay,
     robustness,
     roundtrip,
@@ -110,6 +111,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "a saturated board (32 and 128 clients dragging at once): ack p99 and how soon the others see each edit",
         lambda ctx: hot.run(ctx.endpoint),
         hot.markdown,
+    ),
+    Benchmark(
+        "quiet",
+        "a quiet board (16 clients, 20 moves/s each): send-to-arrival p50/p99, adaptive gathering beside always",
+        lambda ctx: quiet.run(ctx.endpoint),
+        quiet.markdown,
     ),
     Benchmark(
         "saved",

@@ -123,7 +123,12 @@ class Settings(BaseSettings):
     send_interval: float = Field(0.02, ge=0, le=1)
     """Seconds a busy socket waits after a frame before the next, so that what arrives
     meanwhile goes out together (one frame for ``canvas-sync.v2``) and a newer state of an
-    object replaces an older one. A socket that was quiet sends at once; ``0`` turns it off."""
+    object replaces an older one. A socket that was quiet sends at once; ``0`` turns it off.
+    Only while the pod is busy: see ``CANVAS_GATHER_LAG``."""
+    gather_lag: float = Field(0.002, ge=0, le=1)
+    """Seconds the event loop must run late before sockets gather (``CANVAS_SEND_INTERVAL``):
+    on a quiet pod every message goes out at once, with no latency floor; under load the
+    loop falls behind and frames gather as before. ``0``: always gather."""
     rate_limit: float = Field(1000.0, ge=0)
     """Messages per second one connection may sustain (bursts of twice that) before it gets
     ``rate_limited``; ``0`` turns it off. Every frame counts, malformed ones too."""

@@ -57,6 +57,7 @@ class Connection:
         batched: bool = False,
         send_interval: float = 0.0,
         saved_acks: bool = False,
+        busy: Callable[[], bool] = lambda: True,
     ) -> None:
         self.on_slow = on_slow
         self.client_id = secrets.token_hex(6)
@@ -76,6 +77,8 @@ class Connection:
         """This socket's changes in order; with v3 also which are saved (``saved.py``)."""
         self.send_interval = send_interval
         """After a frame, how long the writer lets messages gather before the next one."""
+        self.busy = busy
+        """Whether gathering pays now (``lag.LoopLag.busy``): a quiet pod sends at once."""
         self.woke_peers = False
         """This client's last edit woke every other client's idle writer: its ack waits one turn (``service``)."""
         self._wakeup: asyncio.Future[None] | None = None  # the idle writer waits on it
@@ -167,5 +170,5 @@ class Connection:
                     return
             finally:
                 self._busy = False
-            if len(texts) > 1 and self.send_interval:
+            if len(texts) > 1 and self.send_interval and self.busy():
                 await asyncio.sleep(self.send_interval)  # messages came faster than one a frame: gather

@@ -30,6 +30,7 @@ from .autosave import AutosaveWorker
 from .config import Settings
 from .connection import FLOODING, GOING_AWAY, Connection, Socket
 from .dirty import DirtySet
+from .lag import LoopLag
 from .metrics import Metrics
 from .model import HybridClock
 from .presence import PRESENCE_FLUSH, PRESENCE_REFRESH, PresenceHub
@@ -104,6 +105,7 @@ class CanvasService:
         self._loops: list[asyncio.Task[None]] = []
         self._edit_counters = {cls: self.metrics.edits.labels(cls.__name__.lower()) for cls in (Create, Update, Delete)}
         self._replays = {o: self.metrics.replays.labels(o) for o in ("applied", "duplicate", "redated")}
+        self.lag = LoopLag(settings.gather_lag)
         self.saved_acks = SavedAcks(self.dirty, lambda: self.connections, self.metrics.saved_acks.inc)
         self.autosave.on_pass = self.saved_acks.after_pass
         self.metrics.bind(
@@ -127,6 +129,7 @@ class CanvasService:
             asyncio.create_task(self._housekeeping(), name="canvas-housekeeping"),
             asyncio.create_task(self.puller.run(), name="canvas-pull"),
             asyncio.create_task(self._tick(), name="canvas-tick"),
+            asyncio.create_task(self.lag.run(), name="canvas-loop-lag"),
         ]
         if self.relay is not None:
             await self.relay.start()
@@ -332,6 +335,7 @@ class CanvasService:
             batched=subprotocol in protocol.BATCHED,
             send_interval=self.settings.send_interval,
             saved_acks=subprotocol == protocol.V3,
+            busy=self.lag.busy,
         )
         conn.project, conn.admitted = project, admitted
         conn.sub, conn.editor = admitted.sub, admitted.role == Role.EDITOR

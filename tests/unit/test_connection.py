@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from canvas_sync.connection import GOING_AWAY, SLOW_CLIENT, Connection
+from canvas_sync.lag import LoopLag
 
 
 class Socket:
@@ -124,3 +126,47 @@ def test_closing_sends_what_waits_first_but_a_slow_client_gets_nothing_more() ->
 
     run(slow, socket, overflow)
     assert (socket.frames, socket.closed, slowed) == ([], SLOW_CLIENT, [True])
+
+
+def test_a_quiet_pod_sends_at_once_and_a_busy_one_gathers() -> None:
+    """Gathering waits send_interval after a frame of several messages, but only while busy."""
+
+    async def frames(busy: bool) -> list[float]:
+        conn = Connection(100, send_interval=0.2, batched=True, busy=lambda: busy)
+        sent: list[float] = []
+
+        class Sink:
+            async def receive(self) -> None:
+                return None
+
+            async def send(self, text: str) -> None:
+                sent.append(time.monotonic())
+
+            async def close(self, code: int, reason: str) -> None:
+                pass
+
+        writer = asyncio.ensure_future(conn.pump(Sink()))
+        conn.send("a")
+        conn.send("b")  # two waiting: the first frame holds both
+        await asyncio.sleep(0.01)
+        conn.send("c")
+        await asyncio.sleep(0.05)
+        conn.close(1000)
+        await asyncio.wait_for(writer, 1)
+        return sent
+
+    quiet = asyncio.run(frames(busy=False))
+    assert len(quiet) >= 2 and quiet[1] - quiet[0] < 0.1  # "c" went out at once
+    busy = asyncio.run(frames(busy=True))
+    assert busy[1] - busy[0] >= 0.19  # "c" waited for the interval
+
+
+def test_the_loop_lag_decays_and_a_zero_threshold_always_gathers() -> None:
+    lag = LoopLag(0.002)
+    assert not lag.busy()
+    lag.observe(0.01)
+    assert lag.busy()
+    for _ in range(20):
+        lag.observe(0.0)
+    assert not lag.busy()
+    assert LoopLag(0.0).busy()

@@ -129,6 +129,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "event_loop",
             "send_queue_size",
             "send_interval",
+            "gather_lag",
             "websocket_compression",
             "websocket_window_bits",
             "project_idle_timeout",
