@@ -343,3 +343,15 @@ def merge(a: ObjectState, b: ObjectState) -> ObjectState:
         mine = props.get(name)
         props[name] = theirs if mine is None else _newer(mine, theirs)
     return ObjectState(a.id, _newer(a.alive, b.alive), _newer(a.type, b.type), props).pruned()
+
+
+def newer_stamps(mine: ObjectState, theirs: ObjectState) -> list[Stamp]:
+    """Stamps of the fields ``mine`` holds newer than ``theirs`` (or that ``theirs`` lacks):
+    what a copy knows that the other does not. Empty when ``theirs`` is as new everywhere."""
+    out = [s for s, t in ((mine.alive[1], theirs.alive[1]), (mine.type[1], theirs.type[1])) if s > t]
+    props = theirs.props
+    for name, (_, stamp) in mine.props.items():
+        other = props.get(name)
+        if other is None or stamp > other[1]:
+            out.append(stamp)
+    return out

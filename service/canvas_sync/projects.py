@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, Protocol
 
 from . import protocol
 from .dirty import DirtySet
-from .model import TOMBSTONE_TTL, ZERO, HybridClock, ObjectState, Stamp, merge
+from .model import TOMBSTONE_TTL, ZERO, HybridClock, ObjectState, Stamp, merge, newer_stamps
 from .protocol import Create, Delete, ProtocolError, Update
 
 _gc_lock = threading.Lock()
@@ -160,10 +160,19 @@ class Limits:
 class Projects:
     """The registry: every project this replica holds, and the edits and merges applied to them."""
 
-    def __init__(self, clock: HybridClock, limits: Limits | None = None, dirty: DirtySet | None = None) -> None:
+    def __init__(
+        self,
+        clock: HybridClock,
+        limits: Limits | None = None,
+        dirty: DirtySet | None = None,
+        repair_grace_ms: int = 7_000,
+    ) -> None:
         self.clock = clock
         self.limits = limits or Limits()
         self.dirty = dirty or DirtySet()
+        self.repair_grace_ms = repair_grace_ms
+        """How long another replica's relayed fields may be missing from the table before
+        this replica writes them itself (``_owed``): its auto-save interval and a margin."""
         self.projects: dict[str, Project] = {}
 
     # --- holding projects -------------------------------------------------------------
@@ -378,6 +387,19 @@ class Projects:
 
     # --- states from other replicas ---------------------------------------------------
 
+    def _owed(self, merged: ObjectState, table: ObjectState) -> bool:
+        """Whether this replica should write what memory knows beyond the table's copy.
+
+        Fields stamped here are ours to save. Fields another replica stamped lately came
+        by the relay ahead of that replica's own save, which is on its way: writing them
+        too would double the writes of every relayed edit. Once older than
+        ``repair_grace_ms`` and still missing from the table (the change feed re-reads a
+        save for ``CANVAS_SYNC_OVERLAP``, longer than the grace), they were lost or
+        overwritten, and any replica that knows them repairs.
+        """
+        me, horizon = self.clock.replica_id, self.clock.wall_ms() - self.repair_grace_ms
+        return any(stamp[2] == me or stamp[0] < horizon for stamp in newer_stamps(merged, table))
+
     def merge(self, project: Project, states: Iterable[ObjectState]) -> Merged:
         """Merge states saved or relayed by other replicas into memory, per property.
 
@@ -405,6 +427,6 @@ class Projects:
                     result.messages.append(Broadcast.upsert(remote.id, after))
                 elif after is None and before is not None:
                     result.messages.append(Broadcast.deleted(remote.id))
-            if self.dirty.merged(project.id, merged, table_behind=merged != remote):
+            if self.dirty.merged(project.id, merged, table_behind=merged != remote and self._owed(merged, remote)):
                 result.repaired.append(remote.id)
         return result

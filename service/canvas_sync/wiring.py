@@ -44,7 +44,7 @@ def build(settings: Settings, store: Store | None = None, relay_transport: Trans
         max_tombstones=settings.max_tombstones_per_project,
         tombstone_ttl_ms=int(settings.tombstone_ttl * 1000),
     )
-    projects = Projects(clock, limits, dirty)
+    projects = Projects(clock, limits, dirty, repair_grace_ms=int((settings.autosave_interval + 2.0) * 1000))
     if store is None:
         store = DynamoStore(
             make_client(settings.dynamodb_endpoint, pool_size=2 * settings.save_concurrency + 4),

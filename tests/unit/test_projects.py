@@ -168,6 +168,9 @@ def test_merge_remote_delete_and_stale_copies(projects: Projects, project: Proje
     result = projects.merge(project, [tomb])
     assert [json.loads(m.text) for m in result.messages] == [{"op": "delete", "id": "r1"}] and views(project) == []
     result = projects.merge(project, [live])  # a stale live copy
+    assert result.messages == [] and views(project) == [] and result.repaired == []  # zz's own save is on its way
+    projects.repair_grace_ms = -2_000  # ...and now overdue: whoever knows the delete writes it
+    result = projects.merge(project, [live])
     assert result.messages == [] and views(project) == [] and result.repaired == ["r1"]
     with pytest.raises(ProtocolError):
         projects.edit(project, Update(None, "r1", {"x": 2}))
@@ -324,3 +327,18 @@ def test_expiry_reads_only_the_oldest_deletes() -> None:
     assert projects.expire_tombstones() == 1 and list(project.tombstones) == ["o1", "o2", "old"]
     wall[0] += 20_000
     assert projects.expire_tombstones() == 3 and project.tombstones == {}
+
+
+def test_fields_relayed_ahead_of_their_replicas_save_are_not_written_twice(projects: Projects, project: Project) -> None:
+    """A relayed state newer than the table's copy is its origin's to save, for a grace period;
+    fields stamped here are always ours to repair."""
+    now = projects.clock.wall_ms()
+    saved = ObjectState.created("r1", "rect", {"x": 1}, (now, 0, "b"))
+    relayed = saved.updated({"x": 2}, (now + 1, 0, "b"))
+    projects.merge(project, [relayed])  # by the relay: memory is ahead of the table
+    assert projects.merge(project, [saved]).repaired == []  # the feed brings b's older save: b saves x=2 itself
+    assert projects.dirty.counts() == (0, 0)
+    projects.edit(project, Update(None, "r1", {"y": 1}))  # ours: dirty anyway
+    projects.dirty.take()
+    projects.dirty.finish()
+    assert projects.merge(project, [relayed]).repaired == ["r1"]  # the table lost our y (b's write clobbered it)
