@@ -1,7 +1,9 @@
-"""JSON logs on stderr: one object per line, with the replica id on every line."""
+"""JSON logs on stderr: one object per line, with the replica id on every line, and
+ERROR kept for what an operator should look at."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
@@ -18,6 +20,25 @@ class _ReplicaFilter(logging.Filter):
         return True
 
 
+class _CancelledIsNotAnError(logging.Filter):
+    """A task cancelled on purpose is no error, yet Python 3.11's asyncio logs one as
+    ``Exception in callback`` with a CancelledError traceback (``StreamReaderProtocol``
+    asks a cancelled connection task for its exception; 3.12 checks first). hypercorn
+    cancels the connections still open when it stops. Such a record becomes one INFO line
+    (``event=task_cancelled``), so a real ERROR does not drown among them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if record.name != "asyncio" or not isinstance(error, asyncio.CancelledError):
+            return True
+        record.detail = record.getMessage().splitlines()[0]
+        record.msg, record.args = "asyncio task cancelled (not an error)", ()
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.exc_info, record.exc_text = None, None
+        record.event = "task_cancelled"
+        return logging.getLogger().isEnabledFor(logging.INFO)
+
+
 def setup_logging(level: str, replica_id: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
@@ -27,6 +48,7 @@ def setup_logging(level: str, replica_id: str) -> None:
         )
     )
     handler.addFilter(_ReplicaFilter(replica_id))
+    handler.addFilter(_CancelledIsNotAnError())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

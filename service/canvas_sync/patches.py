@@ -11,6 +11,9 @@ past the ones in :data:`CHECKED` (pyproject.toml pins the same ranges).
 - :class:`BoundedDeflate` and :class:`DeclineDeflate` (wsproto 1.2-1.3, put in place of
   hypercorn's ``ws_stream.PerMessageDeflate``, hypercorn 0.17-0.18): permessage-deflate
   with inflation bounded by the message limit and a small window, or declined.
+- :func:`stop_pings_on_close` (hypercorn 0.17-0.18, ``ws_stream.WSStream``): a closed
+  socket's ping task is cancelled at once instead of sleeping out its interval, and a
+  socket the client dropped without a close frame logs one INFO line (``socket_dropped``).
 """
 
 from __future__ import annotations
@@ -18,15 +21,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import zlib
 from importlib import metadata
 from types import SimpleNamespace
 from typing import Any
 
 from hypercorn.protocol import ws_stream
+from hypercorn.protocol.events import Event, StreamClosed
 from quart.asgi import ASGIWebsocketConnection
+from wsproto.connection import ConnectionState
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason
+
+log = logging.getLogger(__name__)
 
 CHECKED = {"quart": ("0.22",), "hypercorn": ("0.17", "0.18"), "wsproto": ("1.2", "1.3")}
 """Major.minor versions of each library whose internals these patches were read against."""
@@ -170,6 +178,50 @@ def set_websocket_compression(enabled: bool, max_message_bytes: int = 65536, win
     ws_stream.PerMessageDeflate = BoundedDeflate if enabled else DeclineDeflate  # type: ignore[misc]
 
 
+_HYPERCORN_HANDLE = ws_stream.WSStream.handle
+_HYPERCORN_PINGS = ws_stream.WSStream._send_pings
+_PING_TASK = "_canvas_ping_task"
+
+
+async def _send_pings(stream: ws_stream.WSStream) -> None:
+    """hypercorn's ping loop, its task remembered so that the close can cancel it."""
+    setattr(stream, _PING_TASK, asyncio.current_task())
+    await _HYPERCORN_PINGS(stream)
+
+
+async def _handle(stream: ws_stream.WSStream, event: Event) -> None:
+    """hypercorn's event handling; on the stream's close, a note of a dropped socket and
+    the end of its ping task."""
+    if isinstance(event, StreamClosed) and not stream.closed and _dropped(stream):
+        log.info(
+            "client dropped the socket without a close frame",
+            extra={"event": "socket_dropped", "path": stream.scope.get("path")},
+        )
+    await _HYPERCORN_HANDLE(stream, event)
+    if stream.closed:
+        pings = getattr(stream, _PING_TASK, None)
+        if pings is not None and not pings.done() and pings is not asyncio.current_task():
+            pings.cancel()
+
+
+def _dropped(stream: ws_stream.WSStream) -> bool:
+    """Open on both sides when the connection ended: no close frame came or went."""
+    return bool(
+        stream.state == ws_stream.ASGIWebsocketState.CONNECTED and stream.connection.state == ConnectionState.OPEN
+    )
+
+
+def stop_pings_on_close() -> None:
+    """hypercorn's ping task (``websocket_ping_interval``) checks ``closed`` only between
+    sleeps, so a closed socket's connection task lives on for up to the interval (20 s). A
+    shutdown in that window cancels it, and Python 3.11's asyncio logs each cancelled
+    connection as an ERROR with a CancelledError traceback: under churn, one per socket a
+    client dropped. Cancelling the ping task as the stream closes ends the connection at once
+    (hypercorn 0.17-0.18, see :data:`CHECKED`)."""
+    ws_stream.WSStream.handle = _handle  # type: ignore[method-assign,assignment]
+    ws_stream.WSStream._send_pings = _send_pings  # type: ignore[method-assign,assignment]
+
+
 _QUART_INTERNALS = ("_create_websocket_from_scope", "handle_websocket", "close_connection", "_accepted", "_closed")
 _DEFLATE_INTERNALS = (
     "_parse_params",
@@ -209,6 +261,15 @@ def missing_internals() -> list[str]:
             missing.append(f"wsproto.extensions.PerMessageDeflate.{name}")
     if not isinstance(getattr(ws_stream, "PerMessageDeflate", None), type):
         missing.append("hypercorn.protocol.ws_stream.PerMessageDeflate")
+    init = inspect.getsource(ws_stream.WSStream.__init__)
+    for name in ("closed", "state", "scope"):
+        if f"self.{name}" not in init:
+            missing.append(f"hypercorn.protocol.ws_stream.WSStream.{name}")
+    for name in ("handle", "_send_pings", "_send_wsproto_event"):
+        if not callable(getattr(ws_stream.WSStream, name, None)):
+            missing.append(f"hypercorn.protocol.ws_stream.WSStream.{name}")
+    if not hasattr(ws_stream, "ASGIWebsocketState") or "CONNECTED" not in ws_stream.ASGIWebsocketState.__members__:
+        missing.append("hypercorn.protocol.ws_stream.ASGIWebsocketState.CONNECTED")
     return missing
 
 

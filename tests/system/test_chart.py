@@ -9,7 +9,6 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -275,141 +274,8 @@ def rules(**values: Any) -> dict[str, Any]:
     return rule["spec"]
 
 
-@pytest.fixture
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        missing("promtool is not installed (Debian package prometheus; .ci/run installs it)")
-    return path
-
-
-def check_rules(promtool: str, tmp_path: Path, spec: dict[str, Any], tests: str, count: int) -> None:
-    """promtool checks the rules (annotation templates included), then unit-tests them."""
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
-    check = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yaml")], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
-    assert f"SUCCESS: {count} rules found" in check.stdout
-    for group in spec["groups"]:  # the unit tests compare labels; annotations were checked above
-        for rule in group["rules"]:
-            rule.pop("annotations", None)
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
-    (tmp_path / "tests.yaml").write_text(textwrap.dedent(tests))
-    run = subprocess.run([promtool, "test", "rules", str(tmp_path / "tests.yaml")], capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout + run.stderr
-
-
-SEL = f'namespace="canvas", service="{FULLNAME}", pod="p1"'
-PROMTOOL_TESTS = f"""
-rule_files: [rules.yaml]
-evaluation_interval: 1m
-tests:
-  - interval: 1m
-    input_series:
-      - series: 'canvas_autosave_batches_total{{outcome="error", {SEL}}}'
-        values: '0+10x30'
-      - series: 'canvas_dirty_objects{{{SEL}}}'
-        values: '6000+100x30'
-      - series: 'canvas_autosave_last_success_timestamp_seconds{{{SEL}}}'
-        values: '0x30'
-      - series: 'canvas_autosave_batch_duration_seconds_bucket{{le="1.0", {SEL}}}'
-        values: '0x30'
-      - series: 'canvas_autosave_batch_duration_seconds_bucket{{le="2.5", {SEL}}}'
-        values: '0+10x30'
-      - series: 'canvas_autosave_batch_duration_seconds_bucket{{le="+Inf", {SEL}}}'
-        values: '0+10x30'
-      - series: 'canvas_sync_lag_seconds_bucket{{le="10.0", {SEL}}}'
-        values: '0x30'
-      - series: 'canvas_sync_lag_seconds_bucket{{le="30.0", {SEL}}}'
-        values: '0+10x30'
-      - series: 'canvas_sync_lag_seconds_bucket{{le="+Inf", {SEL}}}'
-        values: '0+10x30'
-      - series: 'canvas_ready{{{SEL}}}'
-        values: '0x30'
-      - series: 'canvas_autosave_quarantined_objects{{{SEL}}}'
-        values: '0 0 1x28'
-      - series: 'canvas_clock_clamped_stamps_total{{{SEL}}}'
-        values: '0x10 1x20'
-    alert_rule_test:
-      - {{eval_time: 2m, alertname: CanvasSyncObjectsQuarantined, exp_alerts: []}}
-      - eval_time: 5m
-        alertname: CanvasSyncObjectsQuarantined
-        exp_alerts: [{{exp_labels: {{severity: critical, namespace: canvas, pod: p1}}}}]
-      - {{eval_time: 5m, alertname: CanvasSyncClockAhead, exp_alerts: []}}
-      - eval_time: 12m
-        alertname: CanvasSyncClockAhead
-        exp_alerts: [{{exp_labels: {{severity: warning, namespace: canvas, pod: p1}}}}]
-      - {{eval_time: 3m, alertname: CanvasSyncAutosaveFailing, exp_alerts: []}}
-      - eval_time: 20m
-        alertname: CanvasSyncAutosaveFailing
-        exp_alerts: [{{exp_labels: {{severity: warning, namespace: canvas, pod: p1}}}}]
-      - eval_time: 20m
-        alertname: CanvasSyncUnsavedEditsStuck
-        exp_alerts: [{{exp_labels: {{severity: critical, namespace: canvas, pod: p1}}}}]
-      - eval_time: 20m
-        alertname: CanvasSyncDirtyBacklogGrowing
-        exp_alerts: [{{exp_labels: {{severity: warning, namespace: canvas, pod: p1}}}}]
-      - eval_time: 20m
-        alertname: CanvasSyncBatchLatencyHigh
-        exp_alerts: [{{exp_labels: {{severity: warning, namespace: canvas}}}}]
-      - eval_time: 20m
-        alertname: CanvasSyncSyncLagHigh
-        exp_alerts: [{{exp_labels: {{severity: warning, namespace: canvas}}}}]
-      - {{eval_time: 1m, alertname: CanvasSyncNoReadyReplicas, exp_alerts: []}}
-      - eval_time: 5m
-        alertname: CanvasSyncNoReadyReplicas
-        exp_alerts: [{{exp_labels: {{severity: critical}}}}]
-  - interval: 1m
-    input_series:
-      - series: 'canvas_ready{{{SEL}}}'
-        values: '1x30'
-      - series: 'canvas_dirty_objects{{{SEL}}}'
-        values: '10x30'
-      - series: 'canvas_autosave_last_success_timestamp_seconds{{{SEL}}}'
-        values: '0+60x30'
-      - series: 'canvas_autosave_batches_total{{outcome="error", {SEL}}}'
-        values: '0x30'
-    alert_rule_test:
-      - {{eval_time: 20m, alertname: CanvasSyncNoReadyReplicas, exp_alerts: []}}
-      - {{eval_time: 20m, alertname: CanvasSyncUnsavedEditsStuck, exp_alerts: []}}
-      - {{eval_time: 20m, alertname: CanvasSyncDirtyBacklogGrowing, exp_alerts: []}}
-      - {{eval_time: 20m, alertname: CanvasSyncAutosaveFailing, exp_alerts: []}}
-"""
-
-
-def test_alert_rules_pass_promtool_check_and_unit_tests(promtool: str, tmp_path: Path) -> None:
-    check_rules(promtool, tmp_path, rules(), PROMTOOL_TESTS, count=8)
-
-
-RELAY_PROMTOOL_TESTS = f"""
-rule_files: [rules.yaml]
-evaluation_interval: 1m
-tests:
-  - interval: 1m
-    input_series:
-      - series: 'canvas_relay_connected{{{SEL}}}'
-        values: '1 1 0x30'
-      - series: 'canvas_relay_lag_seconds_bucket{{le="0.25", {SEL}}}'
-        values: '0x30'
-      - series: 'canvas_relay_lag_seconds_bucket{{le="0.5", {SEL}}}'
-        values: '0+10x30'
-      - series: 'canvas_relay_lag_seconds_bucket{{le="+Inf", {SEL}}}'
-        values: '0+10x30'
-    alert_rule_test:
-      - {{eval_time: 3m, alertname: CanvasSyncRelayDown, exp_alerts: []}}
-      - eval_time: 6m
-        alertname: CanvasSyncRelayDown
-        exp_alerts: [{{exp_labels: {{severity: warning, namespace: canvas, pod: p1}}}}]
-      - eval_time: 20m
-        alertname: CanvasSyncRelayLagging
-        exp_alerts: [{{exp_labels: {{severity: warning, namespace: canvas}}}}]
-"""
-
-
-def test_relay_alerts_exist_only_with_a_relay_and_pass_promtool(promtool: str, tmp_path: Path) -> None:
-    names = {r["alert"] for g in rules()["groups"] for r in g["rules"]}
-    assert not names & {"CanvasSyncRelayDown", "CanvasSyncRelayLagging"}  # no relay: canvas_relay_connected is 0
-    spec = rules(redis={"enabled": True})
-    check_rules(promtool, tmp_path, spec, RELAY_PROMTOOL_TESTS, count=10)
+# The rules' promtool checks and unit tests: tests/system/test_alert_rules.py; in a real
+# Prometheus scraping real replicas: tests/system/test_prometheus.py.
 
 
 # --- the live relay ----------------------------------------------------------------------------

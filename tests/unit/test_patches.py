@@ -6,11 +6,16 @@ something the patches rely on: read patches.py's notes before changing the pins.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import zlib
+from types import SimpleNamespace
 
 import pytest
 from canvas_sync import patches
 from hypercorn.protocol import ws_stream
+from hypercorn.protocol.events import StreamClosed
+from wsproto.connection import ConnectionState
 
 
 def test_every_internal_the_patches_use_is_still_there() -> None:
@@ -76,3 +81,52 @@ def test_inflation_stops_one_byte_past_the_message_limit(monkeypatch: pytest.Mon
     out = deflate.frame_inbound_payload_data(None, bomb)
     assert isinstance(out, bytes) and len(out) == 1001  # hypercorn sees one byte too many: 1009
     assert deflate.frame_inbound_payload_data(None, bomb) == b""  # the rest is never inflated
+
+
+def _stream(state: object, peer: object) -> SimpleNamespace:
+    """What hypercorn's WSStream.handle reads and writes on a StreamClosed."""
+    return SimpleNamespace(
+        closed=False, app_put=None, state=state, connection=SimpleNamespace(state=peer), scope={"path": "/ws/p"}
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "peer", "dropped"),
+    [
+        (ws_stream.ASGIWebsocketState.CONNECTED, ConnectionState.OPEN, True),  # gone without a close frame
+        (ws_stream.ASGIWebsocketState.CONNECTED, ConnectionState.CLOSED, False),  # the client closed
+        (ws_stream.ASGIWebsocketState.CLOSED, ConnectionState.LOCAL_CLOSING, False),  # we closed
+    ],
+)
+def test_a_closed_stream_stops_its_pings_at_once_and_a_drop_is_one_info_line(
+    state: object, peer: object, dropped: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """hypercorn's ping task sleeps out its interval (20 s) after the close, and a shutdown
+    in that window made Python 3.11 log the cancelled connection as an ERROR."""
+    stream = _stream(state, peer)
+
+    async def main() -> bool:
+        pings = asyncio.create_task(patches._send_pings(stream))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        with caplog.at_level(logging.INFO, logger="canvas_sync.patches"):
+            await patches._handle(stream, StreamClosed(stream_id=1))  # type: ignore[arg-type]
+        await asyncio.gather(pings, return_exceptions=True)
+        return pings.cancelled()
+
+    stream._send_wsproto_event = lambda event: asyncio.sleep(0)
+    stream.context = SimpleNamespace(sleep=asyncio.sleep)
+    stream.config = SimpleNamespace(websocket_ping_interval=20.0)
+    assert asyncio.run(asyncio.wait_for(main(), 2))
+    assert stream.closed
+    events = [r for r in caplog.records if getattr(r, "event", None) == "socket_dropped"]
+    assert [(r.levelno, r.path) for r in events] == ([(logging.INFO, "/ws/p")] if dropped else [])  # type: ignore[attr-defined]
+
+
+def test_the_ping_patch_is_put_in_place() -> None:
+    handle, pings = ws_stream.WSStream.handle, ws_stream.WSStream._send_pings
+    try:
+        patches.stop_pings_on_close()
+        assert ws_stream.WSStream.handle is patches._handle
+        assert ws_stream.WSStream._send_pings is patches._send_pings
+    finally:
+        ws_stream.WSStream.handle, ws_stream.WSStream._send_pings = handle, pings  # type: ignore[method-assign]

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -138,25 +138,39 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--port", type=int, default=8000)
     run.add_argument("--db-path", type=Path, help="keep data in this folder (default: in memory)")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "fetch":
+    if args.command == "fetch":
+        try:
             print(ensure_installed())
-            return 0
-        local = DynamoDBLocal(args.port, args.db_path).start()
+        except Unavailable as error:
+            print(f"dynamodb-local: {error}", file=sys.stderr)
+            return 1
+        return 0
+    return _run(DynamoDBLocal(args.port, args.db_path))
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _run(local: DynamoDBLocal) -> int:
+    """Run in the foreground; Ctrl-C or SIGTERM (at any moment, the start included) stops
+    the JVM too, so it is never left holding the port. 1 when it could not start or died."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        local.start()
+        print(f"DynamoDB Local at {local.endpoint} (Ctrl-C or SIGTERM stops it)", flush=True)
+        while local.running:
+            time.sleep(0.5)
+        print("dynamodb-local: the JVM exited on its own", file=sys.stderr)
+        return 1
     except Unavailable as error:
         print(f"dynamodb-local: {error}", file=sys.stderr)
         return 1
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())  # the JVM goes with us, never left holding the port
-    print(f"DynamoDB Local at {local.endpoint} (Ctrl-C or SIGTERM stops it)", flush=True)
-    try:
-        while not stopping.is_set() and local.running:
-            stopping.wait(0.5)
     except KeyboardInterrupt:
-        pass
+        return 0
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the stop short
         local.stop()
-    return 0
 
 
 if __name__ == "__main__":
