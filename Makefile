@@ -25,6 +25,7 @@ dynamodb-local: $(VENV)/.installed
 ## (CANVAS_STRICT_TESTS=1, as .ci/run sets, turns those skips into failures).
 test: lint
 	-$(PY) -m canvas_sync.devtools.dynamodb_local fetch
+	-$(PY) -m canvas_sync.devtools.node fetch
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## unit: the fast half alone (tests/unit: no Java, Redis, browser or network; seconds)

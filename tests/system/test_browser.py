@@ -7,7 +7,11 @@ Playwright's own browser download cannot work here). Screenshots of each step go
 
 from __future__ import annotations
 
+import functools
+import http.server
+import re
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +20,7 @@ from typing import Any
 import pytest
 from canvas_sync.devtools.redis_local import RedisServer
 
-from tests.helpers import OUTPUT, Replica, missing, wait_until
+from tests.helpers import OUTPUT, ROOT, Replica, missing, wait_until
 
 pytestmark = pytest.mark.dynamodb_local
 
@@ -54,6 +58,7 @@ def shapes(page: Any) -> list[str]:
 
 def open_page(browser: Any, replica: Replica, project: str, name: str | None = None) -> Any:
     page = browser.new_page(viewport={"width": 1000, "height": 640})
+    page.on("dialog", lambda dialog: dialog.accept())  # "leave with unsaved changes?": yes
     page.goto(f"{replica.url}/?project={project}" + (f"&name={name}" if name else ""))
     page.wait_for_selector('[data-testid="status"][data-state="online"]', timeout=10_000)
     return page
@@ -171,9 +176,192 @@ def test_the_page_is_served_with_its_assets(replicas: Any) -> None:
     replica = replicas("replica-page")
     html = urllib.request.urlopen(f"{replica.url}/?project=x", timeout=5).read().decode()
     assert '<svg id="board"' in html and "/static/app.js" in html
-    for asset, kind in (("app.js", "javascript"), ("app.css", "css")):
+    assert "canvas-client.js" in urllib.request.urlopen(f"{replica.url}/static/app.js", timeout=5).read().decode()
+    for asset, kind in (
+        ("app.js", "javascript"),
+        ("app.css", "css"),
+        ("canvas-client.js", "javascript"),
+        ("canvas-client-indexeddb.js", "javascript"),
+    ):
         with urllib.request.urlopen(f"{replica.url}/static/{asset}", timeout=5) as response:
             assert kind in response.headers["Content-Type"] and response.read()
+
+
+def test_offline_edits_survive_a_reload_with_indexeddb(browser: Any, replicas: Any) -> None:
+    """Edits made offline wait in IndexedDB: after a reload, still offline, they are on the
+    canvas again, and once the connection is back they are sent and saved. "Offline" is the
+    page's WebSockets cut and refused (Playwright's route_web_socket); HTTP still works, so
+    the page itself can reload."""
+    replica = replicas("replica-a", **FAST)
+    context = browser.new_context(viewport={"width": 1000, "height": 640})
+    offline = {"on": False}
+    routes: list[tuple[Any, Any]] = []
+
+    def route(ws: Any) -> None:
+        if offline["on"]:
+            ws.close(code=1001, reason="offline")
+            return
+        routes.append((ws, ws.connect_to_server()))
+
+    context.route_web_socket(re.compile(r".*/ws/.*"), route)
+    page = context.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(f"{replica.url}/?project=offline")
+    page.wait_for_selector('[data-testid="status"][data-state="online"]', timeout=10_000)
+    print(f"subprotocol through the route: {page.evaluate('window.canvasClient.protocol')}")
+    saving = '[data-testid="saving"]'
+    assert page.get_attribute(saving, "data-state") == "saved"
+    assert page.text_content(saving) == "all changes saved"
+
+    page.click("button[data-add=rect]")
+    wait_until(lambda: page.get_attribute(saving, "data-state") == "saved", timeout=20, what="the rectangle saved")
+    assert len(replica.objects("offline")) == 1
+
+    # offline: the sockets drop and new ones are refused
+    offline["on"] = True
+    for page_side, server_side in routes:
+        page_side.close(code=1001, reason="offline")
+        server_side.close()
+    page.wait_for_selector('[data-testid="status"][data-state="offline"]', timeout=10_000)
+    (rect_id,) = shapes(page)
+    page.click("button[data-add=ellipse]")
+    page.click("button[data-add=text]")
+    made_offline = sorted(set(shapes(page)) - {rect_id})
+    page.click(f'[data-id="{rect_id}"]')
+    page.click('#palette button[data-colour="#43a047"]')  # an update, offline
+    assert len(shapes(page)) == 3
+    wait_until(lambda: page.get_attribute(saving, "data-state") == "unsaved", timeout=20, what="unsaved shown")
+    assert page.get_attribute(saving, "data-count") == "3"
+    assert "kept on this device" in page.text_content(saving)
+    page.screenshot(path=SHOTS / "7-offline-edits-before-reload.png")
+
+    page.reload()  # still offline
+    page.wait_for_selector('[data-testid="status"][data-state="offline"]', timeout=10_000)
+    # what this page made offline is back (the rest of the canvas comes with the snapshot)
+    wait_until(lambda: sorted(shapes(page)) == made_offline, timeout=20, what="the offline edits back after the reload")
+    assert page.get_attribute(saving, "data-count") == "3"
+    assert len(replica.objects("offline")) == 1, "nothing reached the server yet"
+    page.screenshot(path=SHOTS / "8-offline-edits-after-reload.png")
+
+    # online again: the client reconnects at once on the browser's online event
+    offline["on"] = False
+    page.evaluate("window.dispatchEvent(new Event('online'))")
+    page.wait_for_selector('[data-testid="status"][data-state="online"]', timeout=15_000)
+    wait_until(lambda: page.get_attribute(saving, "data-state") == "saved", timeout=20, what="everything saved")
+    assert sorted(shapes(page)) == sorted([rect_id, *made_offline])
+    assert page.get_attribute(f'[data-id="{rect_id}"]', "fill") == "#43a047"
+    objects = {o["id"]: o for o in replica.objects("offline")}
+    assert len(objects) == 3 and objects[rect_id]["fill"] == "#43a047"
+    assert page.evaluate("window.canvasClient.unsaved") == 0
+
+    # a reload now has nothing left to send, and a fresh browser sees the same canvas
+    page.reload()
+    page.wait_for_selector('[data-testid="status"][data-state="online"]', timeout=10_000)
+    assert page.get_attribute(saving, "data-count") == "0"
+    other = open_page(browser, replica, "offline")
+    wait_until(lambda: sorted(shapes(other)) == sorted(objects), timeout=20, what="the canvas in another browser")
+    context.close()
+
+
+def test_undo_and_redo_buttons(browser: Any, replicas: Any) -> None:
+    """Undo takes back this page's own change (a drag is one step), never the other page's."""
+    replica = replicas("replica-a", **FAST)
+    mine, theirs = open_page(browser, replica, "undo"), open_page(browser, replica, "undo")
+    assert mine.is_disabled('[data-testid="undo"]') and mine.is_disabled('[data-testid="redo"]')
+    mine.click("button[data-add=rect]")
+    wait_until(lambda: len(shapes(theirs)) == 1, timeout=20, what="the shape on the other page")
+    (shape_id,) = shapes(mine)
+    element = f'[data-id="{shape_id}"]'
+    start = float(mine.get_attribute(element, "data-x"))
+    box = mine.locator(element).bounding_box()
+    mine.mouse.move(box["x"] + 20, box["y"] + 20)
+    mine.mouse.down()
+    for step in range(1, 11):
+        mine.mouse.move(box["x"] + 20 + 10 * step, box["y"] + 20)
+        time.sleep(0.02)
+    mine.mouse.up()
+    moved = float(mine.get_attribute(element, "data-x"))
+    assert moved > start + 50
+    theirs.click(element)
+    theirs.click('#palette button[data-colour="#e53935"]')  # their change, later
+    wait_until(lambda: mine.get_attribute(element, "fill") == "#e53935", timeout=20, what="their colour on my page")
+
+    mine.click('[data-testid="undo"]')  # the whole drag, in one step
+    wait_until(lambda: float(mine.get_attribute(element, "data-x")) == start, timeout=20, what="the drag undone")
+    wait_until(
+        lambda: float(theirs.get_attribute(element, "data-x")) == start, timeout=20, what="the undo on their page"
+    )
+    assert mine.get_attribute(element, "fill") == "#e53935", "their colour stays"
+    assert not mine.is_disabled('[data-testid="redo"]')
+    mine.keyboard.press("Control+Shift+Z")
+    wait_until(
+        lambda: float(theirs.get_attribute(element, "data-x")) == moved, timeout=20, what="the redo on their page"
+    )
+    # an own shape nobody else touched: undo takes its create back, on every page
+    mine.click("button[data-add=ellipse]")
+    wait_until(lambda: len(shapes(theirs)) == 2, timeout=20, what="the second shape on the other page")
+    mine.keyboard.press("Control+Z")
+    wait_until(lambda: shapes(theirs) == [shape_id], timeout=20, what="the create undone everywhere")
+    assert mine.get_attribute(element, "fill") == "#e53935"
+
+
+@pytest.fixture
+def example_origin() -> Iterator[str]:
+    """clients/js served as an app's own static files (another origin than the replicas')."""
+    handler = functools.partial(QuietHandler, directory=str(ROOT / "clients" / "js"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_the_client_readme_example_works(
+    browser: Any, replicas: Any, redis_server: RedisServer, example_origin: str
+) -> None:
+    """clients/js/example, the README's walk-through, from its own origin against two replicas
+    (relayed, as ``make run`` starts them): rectangles drawn and dragged on one page show on
+    the other, with cursors, saving and undo."""
+    settings = {**FAST, "allowed_origins": example_origin, "redis_url": redis_server.url, "relay_heartbeat": 0.2}
+    a, b = replicas("replica-a", **settings), replicas("replica-b", **settings)
+
+    def open_example(replica: Replica, name: str) -> Any:
+        page = browser.new_page(viewport={"width": 1000, "height": 640})
+        page.on("dialog", lambda dialog: dialog.accept())
+        server = replica.url.replace("http", "ws", 1)
+        page.goto(f"{example_origin}/example/index.html?server={server}&project=example&name={name}")
+        page.wait_for_selector('#status[data-status="open"]', timeout=10_000)
+        return page
+
+    ann, bob = open_example(a, "Ann"), open_example(b, "Bob")
+    ann.click("#add")
+    wait_until(lambda: len(shapes(bob)) == 1, timeout=20, what="Ann's rectangle on Bob's page")
+    (shape_id,) = shapes(bob)
+    element = f'[data-id="{shape_id}"]'
+    start = float(bob.get_attribute(element, "x"))
+    box = bob.locator(element).bounding_box()
+    bob.mouse.move(box["x"] + 10, box["y"] + 10)
+    bob.mouse.down()
+    for step in range(1, 9):
+        bob.mouse.move(box["x"] + 10 + 12 * step, box["y"] + 10)
+        time.sleep(0.02)
+    bob.mouse.up()
+    moved = float(bob.get_attribute(element, "x"))
+    assert moved > start + 40
+    wait_until(lambda: float(ann.get_attribute(element, "x")) == moved, timeout=20, what="Bob's drag on Ann's page")
+    ann.wait_for_selector('[data-cursor]:text("Bob")', timeout=5_000)
+    wait_until(lambda: bob.text_content("#saving") == "all changes saved", timeout=20, what="Bob's drag saved")
+    bob.click("#undo")  # the drag, one step
+    wait_until(
+        lambda: float(ann.get_attribute(element, "x")) == start, timeout=20, what="the undone drag on Ann's page"
+    )
+    ann.screenshot(path=SHOTS / "9-client-example.png")
+    assert wait_until(lambda: a.objects("example") == b.objects("example"), timeout=20, what="the replicas agree") >= 0
 
 
 def test_side_by_side_screenshot(browser: Any, replicas: Any, tmp_path: Path) -> None:

@@ -1,212 +1,152 @@
-// canvas-sync demo page: an SVG canvas on one project, live over /ws/<project>.
+// canvas-sync demo page: an SVG canvas on one project, built on the JavaScript client
+// (canvas-client.js, a copy of clients/js/index.js served from here).
 //
-// Other people show as cursors in their colour with their name, and their selection as
-// an outline: presence, sent at most 20 times a second and never stored.
-//
-// Edits are applied locally at once and sent. Until the server acks them they sit in
-// `unacked`; edits made while disconnected wait in `outbox`. On every (re)connect the
-// server's snapshot replaces the local state, then the unacked and queued edits are
-// re-applied and sent again, so nothing is silently dropped: what the server refuses
-// (say, an update of a shape someone else deleted meanwhile) is shown as a message.
+// The client keeps the local copy (client.objects), sends edits, reconnects, replays what
+// is not yet saved and keeps it in IndexedDB, so edits made offline survive a reload. This
+// page draws what it holds, turns pointer and keyboard input into create, update and
+// delete calls, and shows the connection, "saving… / all changes saved", and other
+// people's cursors and selections (presence, never stored).
+
+import { CanvasClient } from "/static/canvas-client.js";
+import { IndexedDBStorage } from "/static/canvas-client-indexeddb.js";
 
 const params = new URLSearchParams(location.search);
 const project = params.get("project") || "demo";
 const COLOURS = ["#e53935", "#fb8c00", "#fdd835", "#43a047", "#00acc1", "#1e88e5", "#8e24aa", "#6d4c41", "#ffffff"];
 const DRAG_INTERVAL_MS = 33; // about 30 updates a second while dragging
-const PRESENCE_INTERVAL_MS = 50; // the server relays at most 20 a second per client anyway
 const NAMES = ["Ada", "Alan", "Grace", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Tim"];
 const SVG_NS = "http://www.w3.org/2000/svg";
 
 const board = document.getElementById("board");
 const statusEl = document.getElementById("status");
+const savingEl = document.getElementById("saving");
 const queuedEl = document.getElementById("queued");
-const clientId = Math.random().toString(36).slice(2, 8);
+const undoButton = document.getElementById("undo");
+const redoButton = document.getElementById("redo");
 
 const me = {
   name: params.get("name") || `${NAMES[Math.floor(Math.random() * NAMES.length)]}`,
   colour: COLOURS[Math.floor(Math.random() * (COLOURS.length - 1))],
 };
-let objects = new Map(); // id -> object, as the user sees it
-const others = new Map(); // client -> presence state (cursor, selection, name, colour)
-let presenceSent = 0;
-let presenceTimer = null;
 let selected = null;
 let colour = COLOURS[5];
-let ws = null;
-let online = false;
-let attempt = 0;
-let counter = 0;
-let reqCounter = 0;
-const unacked = new Map(); // req -> message sent and not yet answered
-let outbox = []; // messages made while offline
+let cursor = null;
 
 document.getElementById("project").textContent = project;
 
-// --- connection ---------------------------------------------------------------------------
-
-function setStatus(state, text) {
-  statusEl.dataset.state = state;
-  statusEl.textContent = text;
-}
-
-function showQueued() {
-  const n = outbox.length + unacked.size;
-  queuedEl.hidden = n === 0;
-  queuedEl.textContent = `${n} edit${n === 1 ? "" : "s"} not yet confirmed`;
-  queuedEl.dataset.count = String(n);
-}
-
-// The token travels as a WebSocket subprotocol (browsers cannot set headers there): one
-// given in the page's #token=... fragment (never sent to a server), else a development
-// token from /dev/token, which only `canvas-sync dev` serves. None: authentication is off.
+// The token travels as a WebSocket subprotocol (the client does that): one given in the
+// page's #token=... fragment (never sent to a server), else a development token from
+// /dev/token, which only `canvas-sync dev` serves. None: authentication is off. Called on
+// every connect and before the token expires.
 async function token() {
   const given = new URLSearchParams(location.hash.slice(1)).get("token");
   if (given) return given;
   try {
     const response = await fetch(`/dev/token?project=${encodeURIComponent(project)}&name=${encodeURIComponent(me.name)}`);
     if (response.ok) return (await response.json()).token;
-  } catch (error) {
+  } catch {
     // offline, or no dev server: try without
   }
   return null;
 }
 
-async function connect() {
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const bearer = await token();
-  // v2: a frame may hold several messages (a JSON array), so a busy board costs fewer frames
-  const protocols = bearer ? ["canvas-sync.v2", `canvas-sync.bearer.${bearer}`] : ["canvas-sync.v2"];
-  ws = new WebSocket(`${scheme}://${location.host}/ws/${encodeURIComponent(project)}`, protocols);
-  setStatus("connecting", attempt ? `reconnecting (try ${attempt + 1})…` : "connecting…");
-  ws.onmessage = (event) => {
-    const data = JSON.parse(event.data);
-    for (const message of Array.isArray(data) ? data : [data]) receive(message);
-  };
-  ws.onclose = (event) => {
-    online = false;
-    const delay = Math.min(5000, 250 * 2 ** attempt) * (0.75 + Math.random() / 2);
-    attempt += 1;
-    setStatus("offline", `offline (code ${event.code}); reconnecting in ${(delay / 1000).toFixed(1)} s`);
-    setTimeout(connect, delay);
-  };
-}
+const client = new CanvasClient({
+  url: `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}`,
+  project,
+  token,
+  storage: new IndexedDBStorage(),
+});
+window.canvasClient = client; // for the console (and the browser tests)
+client.warnBeforeUnload();
 
-function receive(message) {
-  switch (message.op) {
-    case "snapshot": {
-      online = true;
-      attempt = 0;
-      document.getElementById("replica").textContent = message.replica;
-      setStatus("online", "online");
-      objects = new Map(message.objects.map((o) => [o.id, o]));
-      others.clear();
-      for (const p of message.presence ?? []) others.set(p.client, p.state);
-      renderPresence();
-      sendPresence(true);
-      // Replay what the server has not confirmed, then what waited offline.
-      const replay = [...unacked.values(), ...outbox].filter((m) => stillMeaningful(m));
-      unacked.clear();
-      outbox = [];
-      replay.forEach((m) => { applyLocally(m); transmit(m); });
-      renderAll();
-      break;
-    }
-    case "ack":
-      unacked.delete(message.req);
-      break;
-    case "error":
-      unacked.delete(message.req);
-      toast(`Not saved: ${message.message} (${message.code})`);
-      break;
-    case "upsert":
-      objects.set(message.object.id, message.object);
-      render(message.object);
-      break;
-    case "delete":
-      objects.delete(message.id);
-      document.querySelector(`[data-id="${CSS.escape(message.id)}"]`)?.remove();
-      if (selected === message.id) selected = null;
-      break;
-    case "presence":
-      others.set(message.client, message.state);
-      renderPresence();
-      break;
-    case "presence_leave":
-      others.delete(message.client);
-      renderPresence();
-      break;
-  }
-  showQueued();
-}
+// --- what the client tells -----------------------------------------------------------------
 
-// A replayed create whose object the snapshot already has was applied before the drop.
-function stillMeaningful(message) {
-  if (message.op === "create") return !objects.has(message.object.id);
-  if (message.op === "delete") return objects.has(message.id);
-  return true;
-}
-
-function transmit(message) {
-  message.req = `${clientId}-${++reqCounter}`;
-  unacked.set(message.req, message);
-  ws.send(JSON.stringify(message));
-}
-
-function send(message) {
-  applyLocally(message);
-  if (online && ws.readyState === WebSocket.OPEN) {
-    transmit(message);
+client.on("status", ({ status, retryIn, message }) => {
+  if (status === "open") {
+    document.getElementById("replica").textContent = client.replica;
+    setStatus("online", "online");
+  } else if (status === "connecting") {
+    setStatus("connecting", "connecting…");
+  } else if (status === "reconnecting") {
+    setStatus("offline", retryIn === undefined ? "offline; reconnecting…" : `offline; reconnecting in ${(retryIn / 1000).toFixed(1)} s`);
   } else {
-    // Coalesce offline drags: one queued update per object and property set.
-    const last = outbox[outbox.length - 1];
-    if (message.op === "update" && last?.op === "update" && last.id === message.id) {
-      Object.assign(last.props, message.props);
-    } else {
-      outbox.push(message);
-    }
+    setStatus("closed", `disconnected: ${message ?? client.closeReason?.message ?? "closed"}`);
   }
-  showQueued();
+  showCounts();
+});
+client.on("change", ({ id, object }) => {
+  if (object) render(object);
+  else remove(id);
+});
+client.on("presence", renderPresence);
+client.on("unsaved", showCounts);
+client.on("saved", showCounts);
+client.on("history", showHistory);
+client.on("error", (error) => {
+  if (error.change) toast(`Not saved: ${error.message} (${error.code})`);
+  else if (error.code !== "connect_failed") toast(error.message);
+});
+
+function setStatus(state, text) {
+  statusEl.dataset.state = state;
+  statusEl.textContent = text;
 }
 
-function applyLocally(message) {
-  if (message.op === "create") {
-    objects.set(message.object.id, { ...message.object });
-  } else if (message.op === "update") {
-    const current = objects.get(message.id);
-    if (!current) return;
-    for (const [key, value] of Object.entries(message.props)) {
-      if (value === null) delete current[key]; else current[key] = value;
-    }
-  } else if (message.op === "delete") {
-    objects.delete(message.id);
-    document.querySelector(`[data-id="${CSS.escape(message.id)}"]`)?.remove();
-    return;
+function showCounts() {
+  const pending = client.pending;
+  queuedEl.hidden = pending === 0;
+  queuedEl.textContent = `${pending} edit${pending === 1 ? "" : "s"} not yet confirmed`;
+  queuedEl.dataset.count = String(pending);
+  const unsaved = client.unsaved;
+  savingEl.dataset.count = String(unsaved);
+  if (unsaved === 0) {
+    savingEl.dataset.state = "saved";
+    savingEl.textContent = "all changes saved";
+  } else if (client.status === "open") {
+    savingEl.dataset.state = "saving";
+    savingEl.textContent = "saving…";
+  } else {
+    savingEl.dataset.state = "unsaved";
+    savingEl.textContent = `${unsaved} unsaved change${unsaved === 1 ? "" : "s"}, kept on this device`;
   }
-  const object = objects.get(message.object?.id ?? message.id);
-  if (object) render(object);
+}
+
+function showHistory() {
+  undoButton.disabled = !client.canUndo;
+  redoButton.disabled = !client.canRedo;
 }
 
 // --- drawing ------------------------------------------------------------------------------
 
-function renderAll() {
-  board.replaceChildren();
-  for (const object of objects.values()) render(object);
-  const layer = document.createElementNS(SVG_NS, "g");
-  layer.id = "presence"; // other people's cursors, always on top
-  board.appendChild(layer);
-  renderPresence();
+function presenceLayer() {
+  let layer = document.getElementById("presence");
+  if (!layer) {
+    layer = document.createElementNS(SVG_NS, "g");
+    layer.id = "presence"; // other people's cursors, always on top
+    board.appendChild(layer);
+  }
+  return layer;
+}
+
+function element(id) {
+  return board.querySelector(`[data-id="${CSS.escape(id)}"]`);
+}
+
+function remove(id) {
+  element(id)?.remove();
+  if (selected === id) selected = null;
 }
 
 function render(object) {
   const tag = object.type === "ellipse" ? "ellipse" : object.type === "text" ? "text" : "rect";
-  let el = board.querySelector(`[data-id="${CSS.escape(object.id)}"]`);
+  let el = element(object.id);
   if (!el || el.tagName !== tag) {
     el?.remove();
     el = document.createElementNS(SVG_NS, tag);
     el.dataset.id = object.id;
     el.setAttribute("role", "img");
     el.addEventListener("pointerdown", startDrag);
-    board.insertBefore(el, document.getElementById("presence"));
+    board.insertBefore(el, presenceLayer());
   }
   const { x = 0, y = 0, w = 160, h = 100, fill = "#1e88e5" } = object;
   el.setAttribute("aria-label", `${object.type} ${object.id}`);
@@ -224,6 +164,7 @@ function render(object) {
     el.textContent = object.text ?? "Text";
   }
   el.classList.toggle("selected", selected === object.id);
+  markSelections();
 }
 
 function select(id) {
@@ -234,51 +175,50 @@ function select(id) {
 
 // --- presence: where the others are -------------------------------------------------------
 
-let cursor = null;
-
-function sendPresence(now = false) {
-  if (!online || ws.readyState !== WebSocket.OPEN) return;
-  const wait = PRESENCE_INTERVAL_MS - (performance.now() - presenceSent);
-  if (!now && wait > 0) {
-    presenceTimer ??= setTimeout(() => { presenceTimer = null; sendPresence(true); }, wait);
-    return;
-  }
-  presenceSent = performance.now();
-  ws.send(JSON.stringify({ op: "presence", state: { ...me, cursor, selection: selected } }));
+function sendPresence() {
+  client.setPresence({ ...me, cursor, selection: selected }); // the client sends at most every 50 ms
 }
 
-function renderPresence() {
-  const layer = document.getElementById("presence");
-  layer.replaceChildren();
+function markSelections() {
   board.querySelectorAll("[data-selected-by]").forEach((el) => {
     el.removeAttribute("data-selected-by");
     el.style.removeProperty("outline");
   });
-  for (const [client, state] of others) {
-    const colour = /^#[0-9a-f]{6}$/i.test(state.colour ?? "") ? state.colour : "#555";
-    const name = String(state.name ?? "someone").slice(0, 32);
-    if (state.selection) {
-      const el = board.querySelector(`[data-id="${CSS.escape(String(state.selection))}"]`);
-      if (el) {
-        el.dataset.selectedBy = name;
-        el.style.outline = `3px dashed ${colour}`;
-      }
+  for (const state of client.others.values()) {
+    if (!state?.selection) continue;
+    const el = element(String(state.selection));
+    if (el) {
+      el.dataset.selectedBy = String(state.name ?? "someone").slice(0, 32);
+      el.style.outline = `3px dashed ${safeColour(state.colour)}`;
     }
-    if (!Array.isArray(state.cursor)) continue;
+  }
+}
+
+function safeColour(value) {
+  return /^#[0-9a-f]{6}$/i.test(value ?? "") ? value : "#555";
+}
+
+function renderPresence() {
+  const layer = presenceLayer();
+  layer.replaceChildren();
+  markSelections();
+  for (const [clientId, state] of client.others) {
+    if (!Array.isArray(state?.cursor)) continue;
+    const name = String(state.name ?? "someone").slice(0, 32);
     const [x, y] = state.cursor.map(Number);
     const g = document.createElementNS(SVG_NS, "g");
-    g.dataset.cursor = client;
+    g.dataset.cursor = clientId;
     g.dataset.name = name;
     g.setAttribute("transform", `translate(${x} ${y})`);
     g.setAttribute("pointer-events", "none");
     const arrow = document.createElementNS(SVG_NS, "path");
     arrow.setAttribute("d", "M0 0 L0 22 L6 16 L11 27 L15 25 L10 15 L18 15 Z");
-    arrow.setAttribute("fill", colour);
+    arrow.setAttribute("fill", safeColour(state.colour));
     arrow.setAttribute("stroke", "#fff");
     const label = document.createElementNS(SVG_NS, "text");
     label.setAttribute("x", "16");
     label.setAttribute("y", "40");
-    label.setAttribute("fill", colour);
+    label.setAttribute("fill", safeColour(state.colour));
     label.setAttribute("font-size", "18");
     label.textContent = name;
     g.append(arrow, label);
@@ -293,38 +233,40 @@ function toSvg(event) {
   return point.matrixTransform(board.getScreenCTM().inverse());
 }
 
+// A drag is one undo step: the history is paused from the first move to the release. The
+// shape follows the pointer at once; updates go out about 30 times a second, and the final
+// position always.
 function startDrag(event) {
   const id = event.currentTarget.dataset.id;
-  const object = objects.get(id);
+  const object = client.objects.get(id);
   if (!object) return;
   select(id);
   event.currentTarget.setPointerCapture(event.pointerId);
   const origin = toSvg(event);
   const start = { x: object.x ?? 0, y: object.y ?? 0 };
   let lastSent = 0;
-  let pending = null;
-  let moved = false;
+  let last = null;
   const target = event.currentTarget;
 
   const move = (e) => {
     const p = toSvg(e);
     const props = { x: Math.round(start.x + p.x - origin.x), y: Math.round(start.y + p.y - origin.y) };
-    moved = true;
-    Object.assign(objects.get(id) ?? {}, props);
-    render(objects.get(id));
-    pending = props;
+    if (!last) client.pauseHistory();
+    last = props;
+    const current = client.objects.get(id);
+    if (current) render({ ...current, ...props });
     if (performance.now() - lastSent >= DRAG_INTERVAL_MS) {
       lastSent = performance.now();
-      send({ op: "update", id, props: pending });
-      pending = null;
+      client.update(id, props);
     }
   };
   const up = () => {
     target.removeEventListener("pointermove", move);
     target.removeEventListener("pointerup", up);
     target.removeEventListener("pointercancel", up);
-    const o = objects.get(id);
-    if (o && moved) send({ op: "update", id, props: { x: o.x, y: o.y } }); // the final position, always
+    if (!last) return;
+    if (client.objects.has(id)) client.update(id, last);
+    client.resumeHistory();
   };
   target.addEventListener("pointermove", move);
   target.addEventListener("pointerup", up);
@@ -332,19 +274,21 @@ function startDrag(event) {
 }
 
 function add(type) {
-  counter += 1;
   const object = {
-    id: `${clientId}-${counter}`, type, fill: colour,
-    x: 100 + Math.round(Math.random() * 1100), y: 80 + Math.round(Math.random() * 600),
+    id: client.newId(),
+    type,
+    fill: colour,
+    x: 100 + Math.round(Math.random() * 1100),
+    y: 80 + Math.round(Math.random() * 600),
     ...(type === "text" ? { text: "Text" } : { w: 180, h: 120 }),
   };
-  send({ op: "create", object });
+  client.create(object);
   select(object.id);
 }
 
 function removeSelected() {
-  if (selected && objects.has(selected)) {
-    send({ op: "delete", id: selected });
+  if (selected && client.objects.has(selected)) {
+    client.delete(selected);
     selected = null;
   }
 }
@@ -357,10 +301,12 @@ function toast(text) {
   setTimeout(() => el.remove(), 6000);
 }
 
-// --- toolbar ------------------------------------------------------------------------------
+// --- toolbar and keys ---------------------------------------------------------------------
 
 document.querySelectorAll("[data-add]").forEach((b) => b.addEventListener("click", () => add(b.dataset.add)));
 document.getElementById("delete").addEventListener("click", removeSelected);
+undoButton.addEventListener("click", () => client.undo());
+redoButton.addEventListener("click", () => client.redo());
 const palette = document.getElementById("palette");
 for (const c of COLOURS) {
   const b = document.createElement("button");
@@ -372,22 +318,40 @@ for (const c of COLOURS) {
   b.addEventListener("click", () => {
     colour = c;
     palette.querySelectorAll("button").forEach((x) => x.setAttribute("aria-pressed", String(x === b)));
-    if (selected && objects.has(selected)) send({ op: "update", id: selected, props: { fill: c } });
+    if (selected && client.objects.has(selected)) client.update(selected, { fill: c });
   });
   palette.appendChild(b);
 }
-board.addEventListener("pointerdown", (e) => { if (e.target === board) select(null); });
+board.addEventListener("pointerdown", (e) => {
+  if (e.target === board) select(null);
+});
 board.addEventListener("pointermove", (e) => {
   const p = toSvg(e);
   cursor = [Math.round(p.x), Math.round(p.y)];
   sendPresence();
 });
-board.addEventListener("pointerleave", () => { cursor = null; sendPresence(); });
+board.addEventListener("pointerleave", () => {
+  cursor = null;
+  sendPresence();
+});
+document.addEventListener("keydown", (e) => {
+  if (document.activeElement?.tagName === "INPUT") return;
+  const mod = e.ctrlKey || e.metaKey;
+  if (mod && e.key.toLowerCase() === "z") {
+    e.preventDefault();
+    if (e.shiftKey) client.redo();
+    else client.undo();
+  } else if (mod && e.key.toLowerCase() === "y") {
+    e.preventDefault();
+    client.redo();
+  } else if (e.key === "Delete" || e.key === "Backspace") {
+    removeSelected();
+  }
+});
 document.getElementById("me").textContent = me.name;
 document.getElementById("me").style.color = me.colour;
-renderAll();
-document.addEventListener("keydown", (e) => {
-  if ((e.key === "Delete" || e.key === "Backspace") && document.activeElement?.tagName !== "INPUT") removeSelected();
-});
-
-connect();
+presenceLayer();
+for (const object of client.objects.values()) render(object); // unsaved changes from IndexedDB show once loaded
+showCounts();
+showHistory();
+sendPresence(); // others see who is here once connected
