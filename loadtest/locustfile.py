@@ -11,7 +11,9 @@ own name, not as failures; every other error code is a failure.
         --host http://127.0.0.1:8080 --replica-urls http://127.0.0.1:8080,http://127.0.0.1:8081
 
 Run it from the repository root (``loadtest/run-local`` does): it imports the ``loadtest``
-package, and ``canvas_sync`` (installed) to mint tokens with ``--token-key``.
+package, and ``canvas_sync`` (installed): users are ``canvas_sync.client``'s blocking
+client (the same core as the asyncio one, over websocket-client, which gevent makes
+cooperative), and tokens are minted with ``--token-key``.
 
 In a cluster, users connect through the Service (``--host``) and the check finds each pod
 with ``--discover-service`` (EndpointSlices). Exit code 1 when the replicas do not
@@ -28,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import gevent
-import websocket
+from canvas_sync.client import V1, V2, V3, ClientError
+from canvas_sync.client.blocking import BlockingClient
 from canvas_sync.tokens import mint
 from locust import User, between, constant, events, task
 from locust.env import Environment
@@ -120,6 +123,13 @@ def _options(parser: Any) -> None:
         help="users offer canvas-sync.v2 (as the demo page does): a frame may hold several messages",
     )
     group.add_argument(
+        "--durable",
+        action="store_true",
+        env_var="CANVAS_LOAD_DURABLE",
+        default=False,
+        help="users offer canvas-sync.v3: each keeps its changes until saved and replays them after a reconnect",
+    )
+    group.add_argument(
         "--convergence-report",
         env_var="CANVAS_CONVERGENCE_REPORT",
         default="",
@@ -135,15 +145,9 @@ def token_for(environment: Environment, sub: str, role: str = "editor") -> str |
     return options.token or None
 
 
-def subprotocols(token: str | None, batched: bool = False) -> list[str] | None:
-    offered = ["canvas-sync.v2"] if batched else ["canvas-sync.v1"] if token else []
-    return [*offered, f"canvas-sync.bearer.{token}"] if token else offered or None
-
-
-def messages(text: str) -> list[dict[str, Any]]:
-    """A frame's messages: one, or (canvas-sync.v2) a JSON array of them."""
-    data = json.loads(text)
-    return data if isinstance(data, list) else [data]
+def versions(batched: bool = False, durable: bool = False) -> tuple[str, ...]:
+    """What users offer: v1 (one message a frame) unless --batched (v2) or --durable (v3)."""
+    return (V3, V2, V1) if durable else (V2, V1) if batched else (V1,)
 
 
 def _split(urls: str) -> list[str]:
@@ -179,30 +183,23 @@ class CanvasUser(User):
         urls = user_urls(self.environment)
         self.base = urls[self.number % len(urls)]
         self.project = f"{options.project_prefix}-{self.number % max(1, options.projects)}"
-        self.objects: dict[str, dict[str, Any]] = {}
         self.created = 0
-        self.req = 0
-        self.ws: websocket.WebSocket | None = None
-        self.token = token_for(self.environment, f"load-user-{self.number}")
+        self.canvas = BlockingClient(
+            self.base,
+            self.project,
+            token=token_for(self.environment, f"load-user-{self.number}"),
+            timeout=10,
+            versions=versions(options.batched, options.durable),
+        )
         self.connect()
 
     def on_stop(self) -> None:
-        self.hang_up()
+        self.canvas.close()  # without waiting for the server's close frame (GreenletExit stays seen)
 
-    def hang_up(self) -> None:
-        """Close without waiting for the server's reply.
-
-        websocket-client's ``close()`` waits for the reply inside a bare ``except: pass``,
-        which would swallow the GreenletExit Locust uses to stop a user: the user would
-        live on and the run would never end.
-        """
-        if self.ws is not None:
-            try:
-                self.ws.send_close()
-            except (OSError, websocket.WebSocketException):
-                pass
-            self.ws.shutdown()
-            self.ws = None
+    @property
+    def objects(self) -> dict[str, dict[str, Any]]:
+        """The local copy: the server's state with this user's changes applied at once."""
+        return self.canvas.objects
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -217,59 +214,35 @@ class CanvasUser(User):
         )
 
     def connect(self) -> None:
-        url = self.base.replace("http", "ws", 1) + f"/ws/{self.project}"
         started = time.perf_counter()
         try:
-            offered = subprotocols(self.token, self.environment.parsed_options.batched)
-            self.ws = websocket.create_connection(url, timeout=10, subprotocols=offered)
-            text = self.ws.recv()
-            snapshot, *after = messages(text)  # v2: what came meanwhile may share its frame
-        except (OSError, websocket.WebSocketException, ValueError) as error:
-            self.ws = None
+            self.canvas.connect()
+        except ClientError as error:
             self.fire("connect", started, 0, error)
             return
-        self.objects = {o["id"]: o for o in snapshot["objects"]}
-        for message in after:
-            self.observe(message)
-        self.fire("connect", started, len(text))
+        self.fire("connect", started, self.canvas.snapshot_bytes)
 
-    def observe(self, message: dict[str, Any]) -> None:
-        if message.get("op") == "upsert":
-            self.objects[message["object"]["id"]] = message["object"]
-        elif message.get("op") == "delete":
-            self.objects.pop(message["id"], None)
-
-    def call(self, name: str, message: dict[str, Any]) -> bool:
-        """Send one edit, wait for its ack or error (other clients' changes are applied)."""
-        if self.ws is None:
+    def call(self, name: str, op: str, *args: Any) -> bool:
+        """Make one change and wait for its ack or error (others' changes are applied meanwhile)."""
+        if not self.canvas.connected:
             self.connect()
-            if self.ws is None:
+            if not self.canvas.connected:
                 return False
-        self.req += 1
-        req = str(self.req)
-        text = json.dumps({**message, "req": req})
+        length = len(json.dumps(args))
         started = time.perf_counter()
-        reply: dict[str, Any] | None = None
         try:
-            self.ws.send(text)
-            while reply is None:
-                for message in messages(self.ws.recv()):  # what follows the reply in its frame counts too
-                    if message.get("req") == req:
-                        reply = message
-                    else:
-                        self.observe(message)
-        except (OSError, websocket.WebSocketException, ValueError) as error:
-            self.fire(name, started, len(text), error)
-            self.ws = None
+            getattr(self.canvas, op)(*args)
+        except ClientError as error:
+            if error.code in EXPECTED_RACES:
+                self.fire(f"{name} [{error.code}]", started, length)
+            elif error.code in ("disconnected", "timeout"):
+                self.fire(name, started, length, error)
+                self.canvas.close()  # the next call connects again (and, with --durable, replays)
+            else:
+                self.fire(name, started, length, ServerError(f"{error.code}: {error.message}"))
             return False
-        if reply["op"] == "ack":
-            self.fire(name, started, len(text))
-            return True
-        if reply.get("code") in EXPECTED_RACES:
-            self.fire(f"{name} [{reply['code']}]", started, len(text))
-            return False
-        self.fire(name, started, len(text), ServerError(f"{reply.get('code')}: {reply.get('message')}"))
-        return False
+        self.fire(name, started, length)
+        return True
 
     def pick(self, kind: str | None = None) -> str | None:
         ids = [
@@ -284,9 +257,8 @@ class CanvasUser(User):
     @task(3)
     def draw_shape(self) -> None:
         self.created += 1
-        oid = f"u{self.number}-{self.created}"
         shape = {
-            "id": oid,
+            "id": f"u{self.number}-{self.created}",
             "type": random.choice(["rect", "ellipse"]),
             "x": random.randint(0, 1600),
             "y": random.randint(0, 900),
@@ -294,8 +266,7 @@ class CanvasUser(User):
             "h": random.randint(20, 300),
             "fill": random.choice(COLOURS),
         }
-        if self.call("create", {"op": "create", "object": shape}):
-            self.objects[oid] = shape
+        self.call("create", "create", shape)
 
     @task(4)
     def drag(self) -> None:
@@ -306,7 +277,7 @@ class CanvasUser(User):
         x, y = self.objects[oid].get("x", 0), self.objects[oid].get("y", 0)
         for _ in range(random.randint(10, 30)):
             x, y = x + random.randint(-8, 8), y + random.randint(-8, 8)
-            if not self.call("update (drag)", {"op": "update", "id": oid, "props": {"x": x, "y": y}}):
+            if not self.call("update (drag)", "update", oid, {"x": x, "y": y}):
                 return
             gevent.sleep(1 / 60)
 
@@ -314,7 +285,7 @@ class CanvasUser(User):
     def recolour(self) -> None:
         oid = self.pick()
         if oid is not None:
-            self.call("update (recolour)", {"op": "update", "id": oid, "props": {"fill": random.choice(COLOURS)}})
+            self.call("update (recolour)", "update", oid, {"fill": random.choice(COLOURS)})
 
     @task(2)
     def edit_text(self) -> None:
@@ -323,21 +294,20 @@ class CanvasUser(User):
             self.created += 1
             oid = f"u{self.number}-{self.created}"
             label = {"id": oid, "type": "text", "x": random.randint(0, 1600), "y": random.randint(0, 900), "text": ""}
-            if not self.call("create", {"op": "create", "object": label}):
+            if not self.call("create", "create", label):
                 return
-            self.objects[oid] = label
         words = " ".join(random.choice(["canvas", "sync", "shape", "note", "idea", "todo"]) for _ in range(4))
-        self.call("update (text)", {"op": "update", "id": oid, "props": {"text": words}})
+        self.call("update (text)", "update", oid, {"text": words})
 
     @task(1)
     def delete(self) -> None:
         oid = self.pick()
-        if oid is not None and self.call("delete", {"op": "delete", "id": oid}):
-            self.objects.pop(oid, None)
+        if oid is not None:
+            self.call("delete", "delete", oid)
 
     @task(1)
     def reconnect(self) -> None:
-        self.hang_up()
+        self.canvas.close()
         self.connect()
 
 
@@ -345,7 +315,7 @@ class CrossReplicaWatcher(User):
     """How long an edit takes to reach the other replicas' clients (the relay, or the table).
 
     One of these per run: it edits a probe object on the first replica every 200 ms and
-    keeps a watcher socket open on every other replica; each edit counts once every
+    keeps a watcher client open on every other replica; each edit counts once every
     watcher has its upsert, timed from the edit's ack. With one replica it stops at once.
     """
 
@@ -363,55 +333,51 @@ class CrossReplicaWatcher(User):
         self.pending: dict[int, list[float]] = {}  # seq -> [acked at, watchers still waiting]
         self.writer = self._open(urls[0])
         self.watchers = [self._open(url) for url in urls[1:]]
-        self._call({"op": "create", "object": {"id": self.probe, "type": "probe", "seq": 0}})
-        self.readers = [gevent.spawn(self._watch, ws) for ws in self.watchers]
+        self.writer.create({"id": self.probe, "type": "probe", "seq": 0})
+        self.readers = [gevent.spawn(self._watch, client) for client in self.watchers]
 
-    def _open(self, base: str) -> websocket.WebSocket:
-        url = base.replace("http", "ws", 1) + f"/ws/{self.project}"
-        token = token_for(self.environment, "load-watcher")
-        ws = websocket.create_connection(url, timeout=10, subprotocols=subprotocols(token))
-        ws.recv()  # the snapshot
-        return ws
+    def _open(self, base: str) -> BlockingClient:
+        client = BlockingClient(base, self.project, token=token_for(self.environment, "load-watcher"), versions=(V1,))
+        client.connect()
+        return client
 
-    def _call(self, message: dict[str, Any]) -> None:
-        self.writer.send(json.dumps({**message, "req": "probe"}))
-        while json.loads(self.writer.recv()).get("req") != "probe":
-            pass
-
-    def _watch(self, ws: websocket.WebSocket) -> None:
+    def _watch(self, client: BlockingClient) -> None:
+        # The watcher observes the frames themselves (when each upsert lands), so it reads them
+        # as they come instead of looking at the copy.
         while True:
             try:
-                message = json.loads(ws.recv())
-            except (OSError, websocket.WebSocketException, ValueError):
+                messages = client.poll(timeout=None)
+            except ClientError:
                 return
-            if message.get("op") != "upsert" or message["object"]["id"] != self.probe:
-                continue
-            entry = self.pending.get(message["object"].get("seq"))
-            if entry is None:
-                continue
-            entry[1] -= 1
-            if entry[1] == 0:
-                del self.pending[message["object"]["seq"]]
-                self.environment.events.request.fire(
-                    request_type="WS",
-                    name=CROSS_REPLICA,
-                    response_time=max(0.0, time.perf_counter() - entry[0]) * 1000,
-                    response_length=0,
-                    exception=None,
-                    context={"project": self.project},
-                )
+            for message in messages:
+                if message.get("op") != "upsert" or message["object"]["id"] != self.probe:
+                    continue
+                entry = self.pending.get(message["object"].get("seq"))
+                if entry is None:
+                    continue
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self.pending[message["object"]["seq"]]
+                    self.environment.events.request.fire(
+                        request_type="WS",
+                        name=CROSS_REPLICA,
+                        response_time=max(0.0, time.perf_counter() - entry[0]) * 1000,
+                        response_length=0,
+                        exception=None,
+                        context={"project": self.project},
+                    )
 
     def on_stop(self) -> None:
         if not hasattr(self, "writer"):
             return  # stopped in on_start: one replica, nothing to watch
-        for ws in (self.writer, *self.watchers):
-            ws.shutdown()
-        gevent.killall(self.readers)
+        gevent.killall(self.readers)  # first: a reader that met a closed socket would connect again
+        for client in (self.writer, *self.watchers):
+            client.close()
 
     @task
     def edit_probe(self) -> None:
         self.seq += 1
-        self._call({"op": "update", "id": self.probe, "props": {"seq": self.seq}})
+        self.writer.update(self.probe, {"seq": self.seq})
         self.pending[self.seq] = [time.perf_counter(), len(self.watchers)]
 
 

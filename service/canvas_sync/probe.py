@@ -1,71 +1,51 @@
 """``canvas-sync probe URL``: open a WebSocket, read the snapshot, ping, expect a pong.
 
-Used by the Helm test pod, which has only the service's own image. wsproto and h11 come
-with hypercorn, so no extra client library is needed.
+Used by the Helm test pod, which has only the service's own image: it goes through the
+package's own client (``canvas_sync.client``, over ``websockets``, a runtime dependency),
+so the probe sees the service exactly as every Python client does, refusals included.
+It does not reconnect: the first refusal or lost socket is the answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-import socket
 import sys
 from urllib.parse import urlsplit
 
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, CloseConnection, Message, RejectConnection, Request, TextMessage
+from .client import CanvasClient, ClientError
 
 
 class ProbeError(Exception):
     pass
 
 
-def probe(url: str, timeout: float = 10.0, token: str | None = None) -> dict[str, object]:
-    """Returns the pong; raises :class:`ProbeError` with what went wrong. A token travels as
-    the ``canvas-sync.bearer.`` subprotocol, as a browser's would."""
+def split(url: str) -> tuple[str, str]:
+    """``ws://host[:port]/ws/<project>`` -> (the base URL, the project)."""
     parts = urlsplit(url)
-    if parts.scheme != "ws" or not parts.hostname:
+    base, sep, project = url.partition("/ws/")
+    if parts.scheme not in ("ws", "wss") or not parts.hostname or not sep or not project or "/" in project:
         raise ProbeError(f"expected ws://host[:port]/ws/<project>, got {url!r}")
-    port = parts.port or 80
-    conn = WSConnection(ConnectionType.CLIENT)
-    with socket.create_connection((parts.hostname, port), timeout=timeout) as sock:
-        protocols = ["canvas-sync.v1", f"canvas-sync.bearer.{token}"] if token else []
-        request = Request(host=f"{parts.hostname}:{port}", target=parts.path or "/", subprotocols=protocols)
-        sock.sendall(conn.send(request))
-        texts: list[str] = []
-        buffer = ""
-        pinged = False
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                raise ProbeError("connection closed before the pong")
-            conn.receive_data(data)
-            for event in conn.events():
-                if isinstance(event, RejectConnection):
-                    raise ProbeError(f"upgrade refused with HTTP {event.status_code}")
-                if isinstance(event, CloseConnection):
-                    raise ProbeError(f"closed by the server with code {event.code}")
-                if isinstance(event, AcceptConnection):
-                    continue
-                if isinstance(event, TextMessage):
-                    buffer += event.data
-                    if not event.message_finished:
-                        continue
-                    texts.append(buffer)
-                    buffer = ""
-                elif isinstance(event, Message):
-                    continue
-            if texts and not pinged:
-                snapshot = json.loads(texts[0])
-                if snapshot.get("op") != "snapshot":
-                    raise ProbeError(f"first message was not a snapshot: {texts[0][:200]}")
-                sock.sendall(conn.send(TextMessage(data=json.dumps({"op": "ping", "req": "probe"}))))
-                pinged = True
-            for text in texts[1:]:
-                reply = json.loads(text)
-                if reply.get("op") == "pong" and reply.get("req") == "probe":
-                    sock.sendall(conn.send(CloseConnection(code=1000)))
-                    return reply
+    return base, project
+
+
+async def _probe(url: str, timeout: float, token: str | None) -> dict[str, object]:
+    base, project = split(url)
+    async with CanvasClient(base, project, token=token, reconnect=False, open_timeout=timeout) as client:
+        try:
+            await asyncio.wait_for(client.ready, timeout)
+            return await client.ping(timeout)
+        except ClientError as error:
+            raise ProbeError(error.message if error.message.startswith("HTTP") else str(error)) from None
+        except TimeoutError:
+            raise ProbeError(f"no snapshot and pong within {timeout:g}s") from None
+
+
+def probe(url: str, timeout: float = 10.0, token: str | None = None) -> dict[str, object]:
+    """Returns the pong; raises :class:`ProbeError` with what went wrong (``HTTP 403: ...``
+    for a refused upgrade)."""
+    return asyncio.run(_probe(url, timeout, token))
 
 
 def main(url: str) -> int:

@@ -1,4 +1,8 @@
-"""The WebSocket and HTTP interface of a real replica process (hypercorn + DynamoDB Local)."""
+"""The WebSocket and HTTP interface of a real replica process (hypercorn + DynamoDB Local).
+
+These tests keep raw sockets (``websockets``, and wsproto below it) instead of
+``canvas_sync.client``: they observe the wire itself (frames, their order and batching,
+close codes, refused input), which a client exists to hide."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The attack table, against a real replica with authentication on: every case and its answer."""
+"""The attack table, against a real replica with authentication on: every case and its answer.
+
+Raw sockets on purpose: each case is a handshake, a frame or a close code as the server
+sends it (the client's handling of refusals and renewal: ``tests/system/test_client.py``)."""
 
 from __future__ import annotations
 

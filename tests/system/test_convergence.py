@@ -7,11 +7,11 @@ import random
 import threading
 import time
 import urllib.request
-from contextlib import ExitStack
 from typing import Any
 
 import pytest
-from websockets.sync.client import ClientConnection, connect
+from canvas_sync.client import ClientError
+from canvas_sync.client.blocking import BlockingClient
 
 from loadtest.convergence_check import check_convergence
 from tests.helpers import Replica, http_json, wait_until
@@ -47,37 +47,30 @@ def converge(replicas: list[Replica], project: str, timeout: float = 30.0) -> tu
     return result["seconds"], body(replicas[0], project)
 
 
-class Client:
-    """A WebSocket client that waits for the reply to each of its own messages."""
+class Client(BlockingClient):
+    """``canvas_sync.client``'s blocking client; ``call`` answers a change given as its wire
+    message with the reply (the ack, or the error as the server sent it)."""
 
     def __init__(self, replica: Replica, project: str) -> None:
-        self._stack = ExitStack()
-        self.ws: ClientConnection = self._stack.enter_context(
-            connect(replica.ws_url(project), open_timeout=5, max_size=None)
-        )
-        self.seen: list[dict[str, Any]] = [json.loads(self.ws.recv(5))]
-        self.n = 0
+        super().__init__(replica.url, project, timeout=10)
+        self.connect()
 
     def call(self, message: dict[str, Any]) -> dict[str, Any]:
-        self.n += 1
-        req = str(self.n)
-        self.ws.send(json.dumps({**message, "req": req}))
-        while True:
-            reply = json.loads(self.ws.recv(10))
-            if reply.get("req") == req:
-                return reply
-            self.seen.append(reply)
+        try:
+            if message["op"] == "create":
+                return self.create(message["object"])
+            if message["op"] == "update":
+                return self.update(message["id"], message["props"])
+            return self.delete(message["id"])
+        except ClientError as error:
+            return {"op": "error", "code": error.code, "message": error.message}
 
-    def wait_for(self, predicate: Any, timeout: float = 10.0) -> dict[str, Any]:
+    def wait_for(self, predicate: Any, timeout: float = 10.0) -> None:
+        """Read until ``predicate(self)`` holds (the copy has what another client did)."""
         deadline = time.monotonic() + timeout
-        while True:
-            for message in self.seen:
-                if predicate(message):
-                    return message
-            self.seen.append(json.loads(self.ws.recv(max(0.01, deadline - time.monotonic()))))
-
-    def close(self) -> None:
-        self._stack.close()
+        while not predicate(self):
+            assert time.monotonic() < deadline, "timed out"
+            self.poll(0.05)
 
 
 IDS = [f"s{i}" for i in range(15)]
@@ -141,9 +134,9 @@ def test_concurrent_changes_to_different_properties_are_all_kept(replicas: Any) 
     a, b = replicas("replica-a", **FAST), replicas("replica-b", **FAST)
     ca, cb = Client(a, "p"), Client(b, "p")
     ca.call({"op": "create", "object": {"id": "o", "type": "rect", "x": 0, "y": 0, "fill": "white"}})
-    cb.wait_for(lambda m: m.get("op") == "upsert")
-    ca.ws.send(json.dumps({"op": "update", "id": "o", "props": {"x": 10, "fill": "red"}}))
-    cb.ws.send(json.dumps({"op": "update", "id": "o", "props": {"y": 20, "fill": "blue"}}))
+    cb.wait_for(lambda c: "o" in c.objects)
+    ca.call({"op": "update", "id": "o", "props": {"x": 10, "fill": "red"}})  # neither replica has the
+    cb.call({"op": "update", "id": "o", "props": {"y": 20, "fill": "blue"}})  # other's: saves come later
     _, final = converge([a, b], "p")
     (obj,) = json.loads(final)["objects"]
     assert obj["x"] == 10 and obj["y"] == 20  # different properties: both kept
@@ -156,14 +149,14 @@ def test_delete_against_concurrent_update_and_a_stale_replica(replicas: Any) -> 
     stale = replicas("replica-stale", autosave_interval=AUTOSAVE, sync_interval=4, rate_limit=0)  # pulls seldom
     ca, cb = Client(a, "p"), Client(b, "p")
     ca.call({"op": "create", "object": {"id": "o", "type": "rect", "x": 0}})
-    cb.wait_for(lambda m: m.get("op") == "upsert")
+    cb.wait_for(lambda c: "o" in c.objects)
     wait_until(lambda: settled(a, "p"))
     cs = Client(stale, "p")  # loads the live object
-    assert [o["id"] for o in cs.seen[0]["objects"]] == ["o"]
+    assert cs.snapshot is not None and [o["id"] for o in cs.snapshot["objects"]] == ["o"]
     before = sync_passes(stale)
     wait_until(lambda: sync_passes(stale) > before)  # it just pulled: about 4 s until the next pull
-    ca.ws.send(json.dumps({"op": "delete", "id": "o"}))
-    cb.ws.send(json.dumps({"op": "update", "id": "o", "props": {"x": 1}}))
+    ca.call({"op": "delete", "id": "o"})
+    cb.call({"op": "update", "id": "o", "props": {"x": 1}})  # b has not heard of the delete yet
     time.sleep(AUTOSAVE + SYNC + 0.5)  # the delete is saved and pulled by a and b
     assert cs.call({"op": "update", "id": "o", "props": {"x": 2}})["op"] == "ack"  # stale: still thinks it lives
     _, final = converge([a, b, stale], "p", timeout=15)

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import re
 import time
-from contextlib import ExitStack
 from typing import Any
 
 import pytest
+from canvas_sync.client.blocking import BlockingClient
 from canvas_sync.devtools.dynamodb_local import DynamoDBLocal
 from canvas_sync.devtools.redis_local import RedisServer
 from canvas_sync.store import DynamoStore, make_client
-from websockets.sync.client import connect
 
 from loadtest.convergence_check import check_convergence
 from tests.helpers import Replica, http_json, http_text, wait_until
@@ -23,32 +22,27 @@ pytestmark = pytest.mark.dynamodb_local
 SETTINGS = {"autosave_interval": 0.5, "sync_interval": 1, "relay_heartbeat": 0.2, "rate_limit": 0}
 
 
-class Watcher:
-    """A client that records when each message arrived."""
+class Watcher(BlockingClient):
+    """``canvas_sync.client``'s blocking client, reading the messages themselves as they come:
+    these tests time when each one arrives."""
 
     def __init__(self, replica: Replica, project: str) -> None:
-        self._stack = ExitStack()
-        self.ws = self._stack.enter_context(connect(replica.ws_url(project), open_timeout=5, max_size=None))
-        self.snapshot = json.loads(self.ws.recv(5))
-        self.n = 0
+        super().__init__(replica.url, project, timeout=5)
+        self.connect()
 
     def call(self, message: dict[str, Any]) -> dict[str, Any]:
-        self.n += 1
-        self.ws.send(json.dumps({**message, "req": str(self.n)}))
-        while True:
-            reply = json.loads(self.ws.recv(5))
-            if reply.get("req") == str(self.n):
-                return dict(reply)
+        """A change given as its wire message; its ack."""
+        if message["op"] == "create":
+            return self.create(message["object"])
+        return self.update(message["id"], message["props"])
 
     def wait(self, predicate: Any, timeout: float = 5.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
-            message = json.loads(self.ws.recv(max(0.01, deadline - time.monotonic())))
-            if predicate(message):
-                return dict(message)
-
-    def close(self) -> None:
-        self._stack.close()
+            assert time.monotonic() < deadline, "timed out"
+            for message in self.poll(max(0.01, deadline - time.monotonic())):
+                if predicate(message):
+                    return message
 
 
 def metric(replica: Replica, name: str) -> float:
@@ -95,11 +89,11 @@ def test_edits_and_presence_reach_every_replica_in_milliseconds(replicas: Any, r
         lags.append(time.monotonic() - sent)
     print(f"create on a -> upsert on b and c: max {max(lags) * 1000:.1f} ms over {len(lags)}")
     assert sorted(lags)[len(lags) // 2] < 0.5  # about a millisecond here; the table would take seconds
-    wa.ws.send(json.dumps({"op": "presence", "state": {"cursor": [3, 4], "name": "Ann", "colour": "#e53935"}}))
+    wa.set_presence({"cursor": [3, 4], "name": "Ann", "colour": "#e53935"})
     seen = wc.wait(lambda m: m.get("op") == "presence")
     assert seen["state"] == {"cursor": [3, 4], "name": "Ann", "colour": "#e53935"}
     late = Watcher(nodes[1], "live")
-    assert [p["state"]["name"] for p in late.snapshot["presence"]] == ["Ann"]
+    assert late.snapshot is not None and [p["state"]["name"] for p in late.snapshot["presence"]] == ["Ann"]
     wa.close()
     wc.wait(lambda m: m.get("op") == "presence_leave" and m["client"] == seen["client"])
     for w in (wb, wc, late):
@@ -164,7 +158,7 @@ def test_redis_paused_past_the_timeout_never_slows_edits(
 def test_a_killed_replicas_presences_leave(replicas: Any, redis_server: RedisServer) -> None:
     nodes = relaying(replicas, redis_server, *("a", "b"))
     wa, wb = Watcher(nodes[0], "crash"), Watcher(nodes[1], "crash")
-    wa.ws.send(json.dumps({"op": "presence", "state": {"name": "Ann"}}))
+    wa.set_presence({"name": "Ann"})
     ann = wb.wait(lambda m: m.get("op") == "presence")["client"]
     nodes[0].kill()  # SIGKILL: no leave message is ever sent
     killed = time.monotonic()
