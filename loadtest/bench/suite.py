@@ -42,6 +42,7 @@ from . import (
     security,
     sizing,
     storage,
+    versions,
     writes,
 )
 from .common import ROOT, TABLE
@@ -180,6 +181,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "one replica on one core under Locust's canvas mix, stepped up until the ack p99 passes 100 ms",
         lambda ctx: capacity.run(ctx.endpoint, Path(tempfile.mkdtemp(prefix="capacity-")), 15, 800, ctx.database_pid),
         capacity.markdown,
+    ),
+    Benchmark(
+        "versions",
+        "a version (snapshot) of 10,000 objects and its restore: time, items and bytes, beside export and import",
+        lambda ctx: versions.run(ctx.endpoint),
+        versions.markdown,
     ),
     Benchmark(
         "sizing",

@@ -78,27 +78,43 @@ class Admission:
     ) -> Admitted:
         """The identity and role of a request on a project, or :class:`Refusal`.
 
-        ``headers`` and ``query`` are the request's (Quart's or any mapping of str to str)."""
-        origin = headers.get("Origin")
-        if not origin_allowed(origin, headers.get("Host"), self.origins):
-            raise self.refuse(
-                403, "forbidden", "this browser origin may not open sockets here", project_id, address, origin
-            )
-        if self.verifier is None:
-            return Admitted(project_id, None, Role.EDITOR, address)
-        token = token_from(headers, subprotocols, query, self.query_token)
-        if token is None:
-            raise self.refuse(401, "unauthorized", "a token is required", project_id, address, origin)
-        try:
-            identity = await self.verifier.verify(token)
-        except AuthError as error:
-            raise self.refuse(401, "unauthorized", str(error), project_id, address, origin) from None
+        ``headers`` and ``query`` are the request's (Quart's or any mapping of str to str).
+        Without authentication everyone is an owner (``CANVAS_AUTH=off`` allows everything)."""
+        identity = await self.identify(headers, subprotocols, query, address, project_id)
+        if identity is None:
+            return Admitted(project_id, None, Role.OWNER, address)
         role = role_for(identity.grants, project_id)
         if role is None:
             raise self.refuse(
-                403, "forbidden", "the token grants nothing on this project", project_id, address, origin, identity.sub
+                403,
+                "forbidden",
+                "the token grants nothing on this project",
+                project_id,
+                address,
+                headers.get("Origin"),
+                identity.sub,
             )
         return Admitted(project_id, identity, role, address)
+
+    async def identify(
+        self, headers: Any, subprotocols: list[str], query: Any, address: str | None, project: str = ""
+    ) -> Identity | None:
+        """Origin and token, for any project (a listing has none): the verified identity,
+        None without authentication, or :class:`Refusal` (401, or 403 for a foreign origin)."""
+        origin = headers.get("Origin")
+        if not origin_allowed(origin, headers.get("Host"), self.origins):
+            raise self.refuse(
+                403, "forbidden", "this browser origin may not open sockets here", project, address, origin
+            )
+        if self.verifier is None:
+            return None
+        token = token_from(headers, subprotocols, query, self.query_token)
+        if token is None:
+            raise self.refuse(401, "unauthorized", "a token is required", project, address, origin)
+        try:
+            return await self.verifier.verify(token)
+        except AuthError as error:
+            raise self.refuse(401, "unauthorized", str(error), project, address, origin) from None
 
     def refuse(
         self,
@@ -169,6 +185,6 @@ class Admission:
             )
             conn.close(FORBIDDEN, "no grant for this project")
             return
-        conn.editor = role == Role.EDITOR
+        conn.editor = role.can_edit
         self.watch_expiry(conn, identity)
         conn.send(protocol.ack(command.req))

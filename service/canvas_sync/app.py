@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import logging
 import re
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from quart import Quart, Response, request, send_from_directory, websocket
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import protocol
 from .admission import Admitted, Refusal
 from .metrics import CONTENT_TYPE_LATEST
 from .patches import SOCKET, DirectSocket
 from .projects import Project
+from .resources import ApiError, Resources
 from .service import CanvasService, NotReady
 from .tokens import mint
 
@@ -42,18 +46,24 @@ def _refused(refusal: Refusal) -> Response:
     return response
 
 
-def create_app(service: CanvasService) -> Quart:
+def create_app(service: CanvasService, resources: Resources | None = None) -> Quart:
+    """``resources``: the projects API's stores (default: beside the service's store)."""
     app = Quart("canvas_sync", static_folder="static", static_url_path="/static")
     app.asgi_websocket_class = DirectSocket
+    app.config["MAX_CONTENT_LENGTH"] = service.settings.max_request_bytes
     app.extensions["canvas"] = service
+    api = resources or Resources.for_service(service)
+    app.extensions["canvas_resources"] = api
 
     @app.before_serving
     async def _start() -> None:
         await service.start()
+        api.start()
 
     @app.after_serving
     async def _stop() -> None:
         await service.shutdown()
+        await api.stop()
 
     def unavailable(error: Exception) -> Response:
         if isinstance(error, NotReady):
@@ -126,6 +136,113 @@ def create_app(service: CanvasService) -> Quart:
                 "last_save_at": service.dirty.last_save(project_id) if project else None,
             }
         )
+
+    # --- the projects API (docs/projects.md): what each route does is in resources.py ----------
+
+    async def admit(project_id: str) -> Admitted:
+        """Origin, token and grant on one project, or a refusal raised."""
+        if not protocol.is_valid_id(project_id):
+            raise ApiError(400, "bad_project", f"project id {project_id!r} must match {protocol.ID_RE.pattern}")
+        return await service.admission.admit(project_id, request.headers, [], request.args, request.remote_addr)
+
+    async def answer(
+        route: str, project_id: str, work: Callable[[Admitted], Awaitable[Any]], status: int = 200
+    ) -> Response:
+        """One API call: admitted, run, its refusals as JSON problems; a metric and a log line."""
+        started = time.perf_counter()
+        who: Admitted | None = None
+        try:
+            if not service.ready or service.shutting_down:
+                raise NotReady()
+            who = await admit(project_id)
+            result = await work(who)
+            response = Response("", status=204) if result is None else _json(result, status)
+        except Refusal as refusal:
+            response = _refused(refusal)
+        except ApiError as error:
+            response = _problem(error.status, error.code, error.message)
+        except RequestEntityTooLarge:
+            limit = service.settings.max_request_bytes
+            response = _problem(413, "too_large", f"a request body is at most {limit} bytes")
+        except NotReady as error:
+            response = unavailable(error)
+        except Exception as error:
+            log.exception(
+                "projects API call failed", extra={"event": "api_error", "route": route, "project": project_id}
+            )
+            response = unavailable(error)
+        seconds = time.perf_counter() - started
+        service.metrics.api_requests.labels(route, str(response.status_code)).inc()
+        service.metrics.api_seconds.labels(route).observe(seconds)
+        log.info(
+            "projects API",
+            extra={
+                "event": "api",
+                "route": route,
+                "status": response.status_code,
+                "project": project_id or None,
+                "sub": who.sub if who is not None else None,
+                "ms": round(seconds * 1000, 1),
+            },
+        )
+        return response
+
+    async def with_body(work: Callable[[Admitted, bytes], Awaitable[Any]], who: Admitted) -> Any:
+        """The body is read once the request is admitted: a refused one costs no upload."""
+        return await work(who, await request.get_data(cache=True, as_text=False, parse_form_data=False))
+
+    @app.get("/projects")
+    async def list_projects() -> Response:
+        started = time.perf_counter()
+        try:
+            if not service.ready or service.shutting_down:
+                raise NotReady()
+            identity = await service.admission.identify(request.headers, [], request.args, request.remote_addr)
+            response = _json(await api.list_projects(identity, request.args))
+        except Refusal as refusal:
+            response = _refused(refusal)
+        except ApiError as error:
+            response = _problem(error.status, error.code, error.message)
+        except Exception as error:
+            if not isinstance(error, NotReady):
+                log.exception("projects API call failed", extra={"event": "api_error", "route": "list"})
+            response = unavailable(error)
+        seconds = time.perf_counter() - started
+        service.metrics.api_requests.labels("list", str(response.status_code)).inc()
+        service.metrics.api_seconds.labels("list").observe(seconds)
+        log.info(
+            "projects API",
+            extra={"event": "api", "route": "list", "status": response.status_code, "ms": round(seconds * 1000, 1)},
+        )
+        return response
+
+    @app.post("/projects/<project_id>/ops")
+    async def ops(project_id: str) -> Response:
+        return await answer("ops", project_id, lambda who: with_body(api.ops, who))
+
+    @app.put("/projects/<project_id>/objects")
+    async def import_objects(project_id: str) -> Response:
+        return await answer("import", project_id, lambda who: with_body(api.import_objects, who))
+
+    @app.delete("/projects/<project_id>")
+    async def delete_project(project_id: str) -> Response:
+        return await answer("delete", project_id, api.delete)
+
+    @app.post("/projects/<project_id>/versions")
+    async def create_version(project_id: str) -> Response:
+        return await answer("version_create", project_id, lambda who: with_body(api.create_version, who), 201)
+
+    @app.get("/projects/<project_id>/versions")
+    async def list_versions(project_id: str) -> Response:
+        return await answer("versions", project_id, api.list_versions)
+
+    @app.get("/projects/<project_id>/versions/<version_id>")
+    async def get_version(project_id: str, version_id: str) -> Response:
+        return await answer("version", project_id, lambda who: api.get_version(who, version_id))
+
+    @app.post("/projects/<project_id>/versions/<version_id>/restore")
+    async def restore(project_id: str, version_id: str) -> Response:
+        return await answer("restore", project_id, lambda who: api.restore(who, version_id))
 
     if service.settings.dev_token_key:
         key = Path(service.settings.dev_token_key)

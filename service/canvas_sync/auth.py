@@ -39,8 +39,20 @@ MAX_TOKEN_BYTES = 8192
 
 
 class Role(StrEnum):
+    OWNER = "owner"
+    """Everything an editor may do, plus delete, import (PUT objects) and restore."""
     EDITOR = "editor"
     VIEWER = "viewer"
+
+    @property
+    def can_edit(self) -> bool:
+        """Editors and owners edit; viewers only read."""
+        return self is not Role.VIEWER
+
+    @property
+    def can_own(self) -> bool:
+        """Owners alone delete, import and restore."""
+        return self is Role.OWNER
 
 
 class AuthError(Exception):
@@ -94,9 +106,9 @@ def role_for(grants: Mapping[str, Role], project: str) -> Role | None:
 
 
 def parse_grants(claim: Any) -> dict[str, Role]:
-    """The ``projects`` claim: {project id, prefix ending in ``*``, or ``*``: editor|viewer}."""
+    """The ``projects`` claim: {project id, prefix ending in ``*``, or ``*``: owner|editor|viewer}."""
     if not isinstance(claim, dict):
-        raise AuthError("the token's 'projects' claim must be an object of project -> editor|viewer")
+        raise AuthError("the token's 'projects' claim must be an object of project -> owner|editor|viewer")
     grants = {}
     for pattern, role in claim.items():
         if not isinstance(pattern, str) or not pattern or len(pattern) > 129:
@@ -104,7 +116,7 @@ def parse_grants(claim: Any) -> dict[str, Role]:
         try:
             grants[pattern] = Role(role)
         except ValueError:
-            raise AuthError(f"the token's grant for {pattern!r} must be 'editor' or 'viewer'") from None
+            raise AuthError(f"the token's grant for {pattern!r} must be 'owner', 'editor' or 'viewer'") from None
     return grants
 
 

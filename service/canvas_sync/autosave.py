@@ -15,6 +15,9 @@ a moment ago. For projects another replica saved lately (its token in the projec
 ``#head`` changed within the sync overlap window), a pass first reads the table's copy
 of the objects it is about to write (consistent BatchGetItem) and writes the merge of
 both: the union, not a clobber that the other replica would have to repair.
+
+A copy not known fresh (``horizon.Freshness``: its reads failed for a while) is not saved
+until the puller has judged it: it may hold live objects whose deletes others forgot.
 """
 
 from __future__ import annotations
@@ -45,10 +48,13 @@ class AutosaveWorker:
         max_backoff: float = 30.0,
         metrics: Metrics | None = None,
         contended: Callable[[], frozenset[str]] = frozenset,
+        hold: Callable[[str], bool] | None = None,
     ) -> None:
-        """``contended``: projects another replica saved lately (sync publishes them)."""
+        """``contended``: projects another replica saved lately (sync publishes them);
+        ``hold``: projects not to save this pass (``horizon.Freshness.stale``)."""
         self.dirty = dirty
         self.contended = contended
+        self.hold = hold
         self.store = store
         self.clock = clock
         self.interval = interval
@@ -59,6 +65,9 @@ class AutosaveWorker:
         self.consecutive_failures = 0
         self.on_pass: Callable[[], None] = lambda: None
         """Called on this thread after every pass that took something (saved acks follow it)."""
+        self.on_saved: Callable[[list[tuple[str, str]], dict[str, int]], None] = lambda tombstones, fenced: None
+        """Called on this thread after every pass with the tombstones it wrote and the
+        projects whose head refused it (deleted meanwhile), when there are any."""
         self._wake = threading.Event()
         self._deadline: float | None = None
         self._thread = threading.Thread(target=self._run, name="canvas-autosave", daemon=True)
@@ -111,17 +120,19 @@ class AutosaveWorker:
     def _flush_until(self, deadline: float) -> None:
         while (self.dirty.counts()[1] or self.store.heads_owed) and time.monotonic() < deadline:
             report = self.run_pass()
-            if (report is not None and report.failed) or self.store.heads_owed:
+            held = report is None and self.dirty.counts()[1]  # copies not known fresh wait to be judged
+            if (report is not None and report.failed) or self.store.heads_owed or held:
                 time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
     # --- one pass -----------------------------------------------------------------------
 
     def run_pass(self) -> WriteReport | None:
         """Take the dirty objects and save them; None when there was nothing to save."""
-        taken = self.dirty.take()
+        taken = self.dirty.take(self.hold)
         if not taken:
             if self.store.heads_owed:  # objects saved earlier, their head update failed
                 self._count_heads(self.store.announce())
+                self._report_saved([])
             self._succeeded()  # nothing to save is a success: the timestamp means "all saved then"
             return None
         start = time.perf_counter()
@@ -132,6 +143,8 @@ class AutosaveWorker:
             report = WriteReport(failed=list(taken), errors=[f"{type(error).__name__}: {error}"])
         self.dirty.finish(report.failed, report.refused)
         self.on_pass()
+        not_written = {o.key for o in report.failed} | {o.key for o, _ in report.refused}
+        self._report_saved([o.key for o in taken if not o.state.is_alive and o.key not in not_written])
         self._count_heads(report.heads)
         for item, why in report.refused:
             log.error(
@@ -169,6 +182,11 @@ class AutosaveWorker:
         )
         return report
 
+    def _report_saved(self, tombstones: list[tuple[str, str]]) -> None:
+        fenced = self.store.take_fenced()
+        if tombstones or fenced:
+            self.on_saved(tombstones, fenced)
+
     def _merged_with_table(self, taken: list[DirtyObject]) -> list[DirtyObject]:
         """Objects of contended projects merged with the table's copy, the rest as taken.
 
@@ -179,8 +197,10 @@ class AutosaveWorker:
         keys = [(o.project, o.state.id) for o in taken if o.project in contended]
         if not keys:
             return taken
-        try:
-            table = {(r.project, r.state.id): r.state for r in self.store.get_many(keys)}
+        gens = {o.key: o.gen for o in taken}
+        try:  # an item of another generation than the copy's is not the project's any more
+            records = self.store.get_many(keys)
+            table = {(r.project, r.state.id): r.state for r in records if r.gen == gens[r.project, r.state.id]}
         except Exception as error:
             self._count_read("error")
             log.warning(

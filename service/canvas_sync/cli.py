@@ -1,4 +1,5 @@
-"""The ``canvas-sync`` command: ``serve``, ``create-table``, ``dev``, ``probe``, ``keygen`` and ``token``."""
+"""The ``canvas-sync`` command: ``serve``, ``create-table``, ``dev``, ``probe``, ``keygen``, ``token``
+and ``projects`` (the projects API over HTTP, ``admin.py``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from botocore.exceptions import NoRegionError
 
-from . import __version__
+from . import __version__, admin
 from .config import ConfigError, Settings, load_settings
 from .logs import setup_logging
 
@@ -37,11 +38,12 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="P=ROLE",
-        help="a grant: PROJECT=editor|viewer, a prefix like team-1:*=viewer, or *=editor (repeatable)",
+        help="a grant: PROJECT=owner|editor|viewer, a prefix like team-1:*=viewer, or *=editor (repeatable)",
     )
     token.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d (default 1h)")
     token.add_argument("--aud", default="canvas-sync", help="audience (default canvas-sync)")
     token.add_argument("--iss", help="issuer")
+    admin.add_parser(sub)
     dev = sub.add_parser("dev", help="DynamoDB Local + table + N replicas, zero setup")
     dev.add_argument("--replicas", type=int, default=2, help="replicas to start (default 2)")
     dev.add_argument("--host", default="127.0.0.1", help="bind address of the replicas (default 127.0.0.1)")
@@ -55,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in ("keygen", "token"):
         return _keys(args)
+    if args.command == "projects":
+        return admin.main(args)
     if args.command == "probe":
         from .probe import main as probe_main
 
@@ -116,7 +120,7 @@ def _keys(args: argparse.Namespace) -> int:
             check_secret(args.secret.encode())
         grants = dict(parse_grant(g) for g in args.project)
         if not grants:
-            raise ValueError("give at least one --project P=editor|viewer")
+            raise ValueError("give at least one --project P=owner|editor|viewer")
         print(
             mint(
                 args.sub,

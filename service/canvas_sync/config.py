@@ -15,7 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .auth import algorithms_for, check_secret
-from .model import TOMBSTONE_TTL
+from .model import TOMBSTONE_GRACE, TOMBSTONE_TTL
 
 ENV_PREFIX = "CANVAS_"
 MAX_STORED_OBJECT_BYTES = 384 * 1024
@@ -141,12 +141,21 @@ class Settings(BaseSettings):
     save_concurrency: int = Field(4, gt=0, le=32)
     """BatchWriteItem calls in flight at once during one pass."""
     tombstone_ttl: float = Field(TOMBSTONE_TTL, gt=0)
-    """Seconds a delete is remembered (memory and the table's TTL): a delete is final unless
-    a replica holding the object was cut off from DynamoDB for longer than this."""
+    """Seconds a delete is remembered at most (in memory, and the table's TTL on its item).
+    A replica cut off from DynamoDB for about this long reads its projects again whole when
+    it is back, so expiry never undoes a delete."""
     max_tombstones_per_project: int = Field(10_000, gt=0)
-    """Deleted objects a project remembers at once; beyond it, creates of new ids get
-    ``limit_exceeded`` (re-creating a deleted id still works) until old deletes pass
-    CANVAS_TOMBSTONE_TTL."""
+    """The tombstone budget: deletes a project remembers beyond the grace period. Past it the
+    oldest are forgotten (their items deleted) and the project's horizon moves past them;
+    nothing is ever refused because of past deletes. The table holds at most the live
+    objects, this many tombstones and the deletes of the last CANVAS_TOMBSTONE_GRACE."""
+    tombstone_grace: float = Field(TOMBSTONE_GRACE, gt=0)
+    """Seconds a tombstone is kept after it settled (saved, or read from the table) before the
+    budget may forget it: every replica that keeps up has it by then. A replica whose reads
+    of the table failed for a third of this stops saving the project until it has caught up,
+    and reads it again whole if deletes were forgotten meanwhile; a save retries for at most
+    a sixth of it. Keep it above three times CANVAS_RELAY_HEADS_INTERVAL (and
+    CANVAS_SYNC_INTERVAL) and above twice CANVAS_SYNC_OVERLAP."""
     max_stored_object_bytes: int = Field(65_536, gt=0, le=MAX_STORED_OBJECT_BYTES)
     """What one object may take in the table: its values plus removed properties' names and every
     stamp; an edit past it gets ``too_large``. At least CANVAS_MAX_OBJECT_BYTES, at most 384 KiB
@@ -190,6 +199,22 @@ class Settings(BaseSettings):
     15 (32 KiB, zlib's default). zlib's memory level follows it, so the compressor's state is
     about 16 KiB, not 256, and an idle connection measured about 58 KB instead of 130 KB
     (35 KB without compression)."""
+    version_interval: float = Field(0.0, ge=0)
+    """Seconds between automatic versions (snapshots in the table) of a project while it is
+    edited: a project this replica saved since its last version gets a new one once the
+    newest is this old. ``0`` (the default): only the versions asked for
+    (``POST /projects/{p}/versions``)."""
+    version_retention: int = Field(100, ge=1, le=10_000)
+    """Versions kept per project; beyond it the oldest automatic one is deleted (the oldest
+    named one when all are named)."""
+    registry_interval: float = Field(60.0, gt=0)
+    """Least seconds between two writes of one project's entry in the registry that
+    ``GET /projects`` lists (its object count and ``updated_at``): a project is registered
+    within seconds of its first change here, then at most this often while its saves go
+    on, never once per edit."""
+    max_request_bytes: int = Field(32 * 1024 * 1024, gt=0)
+    """Largest HTTP request body accepted (an import of a whole project, a batch of ops);
+    larger gets HTTP 413."""
     clock_offset_ms: int = 0
     """Milliseconds added to the wall clock; for tests that simulate a replica with a skewed clock."""
 

@@ -27,6 +27,8 @@ UNAUTHORIZED = 4401
 """The token expired, or a renewal was invalid or for another subject."""
 FORBIDDEN = 4403
 """A renewed token no longer grants this project."""
+DELETED = 4404
+"""The project was deleted (``DELETE /projects/{p}``, on any replica): nothing of it is left."""
 FLOODING = 4429
 """The client kept sending after ``rate_limited``."""
 
@@ -79,6 +81,8 @@ class Connection:
         """After a frame, how long the writer lets messages gather before the next one."""
         self.busy = busy
         """Whether gathering pays now (``lag.LoopLag.busy``): a quiet pod sends at once."""
+        self.ack_key: Hashable | None = None
+        """The object the reply ``CanvasService.receive`` just made is an ack of (see :meth:`reply`)."""
         self.woke_peers = False
         """This client's last edit woke every other client's idle writer: its ack waits one turn (``service``)."""
         self._wakeup: asyncio.Future[None] | None = None  # the idle writer waits on it
@@ -131,14 +135,17 @@ class Connection:
         self._tokens -= 1
         return True
 
-    async def reply(self, websocket: Socket, text: str) -> None:
+    async def reply(self, websocket: Socket, text: str, key: Hashable | None = None) -> None:
         """Answer the sender from its own reader task when nothing is queued ahead.
 
         That saves the hop through the writer task for every ack; order is kept because
         a message queued earlier (or one the writer is sending) makes this queue too.
+        ``key``: the object an ack is about. Queued, the ack ends that object's line, so a
+        newer upsert of it cannot take the place of one waiting ahead of the ack: the
+        client would hear the newer state before its own change's ack, and keep its own.
         """
         if self.close_code is not None or self.outbox or self._busy:
-            self.send(text)
+            self.send(text, key)
             return
         self._busy = True
         try:

@@ -16,13 +16,17 @@ Every mark takes a version (1, 2, 3, ... for this replica), and each unsaved obj
 remembers the version of its *first* unsaved mark. So "every change marked before version
 v is in the table" is a question of one number per project (:meth:`DirtySet.saved_below`):
 what saved acknowledgements (``saved.py``) need, without a record per change.
+
+Every entry carries the generation of the copy that made it (``Project.gen``). When a
+project is deleted its entries are discarded and its generation raised here: what a
+pass in flight hands back from an older generation is dropped, never retried.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +46,8 @@ class DirtyObject:
     """Version of the object's first mark since it was last saved."""
     since: float = 0.0
     """Wall-clock time of that mark (the age of the oldest unsaved change)."""
+    gen: int = 0
+    """Generation of the copy that marked it: written with the item (``store/base.py``)."""
 
     @property
     def key(self) -> Key:
@@ -70,23 +76,38 @@ class DirtySet:
         self._saving: dict[str, dict[str, DirtyObject]] = {}
         self._quarantined: dict[str, dict[str, Quarantined]] = {}
         self._last_save: dict[str, float] = {}
+        self._gens: dict[str, int] = {}
+        """Project -> generation of the copy held (set at install, raised by a delete)."""
         self._version = 0
 
     # --- the loop -----------------------------------------------------------------------
 
-    def mark(self, project: str, state: ObjectState) -> int:
-        """A new state to save (an edit): replaces any older unsaved one. Returns its version."""
+    def holding(self, project: str, gen: int) -> None:
+        """A copy of ``project`` of generation ``gen`` is held: marks without a generation get it."""
         with self._lock:
+            self._gens[project] = max(gen, self._gens.get(project, 0))
+
+    def mark(self, project: str, state: ObjectState, gen: int | None = None) -> int:
+        """A new state to save (an edit): replaces any older unsaved one. Returns its version.
+
+        ``gen``: the generation of the copy edited (default: the one held). A mark from a
+        copy older than the one held (a deleted project's) is ignored.
+        """
+        with self._lock:
+            held_gen = self._gens.get(project, 0)
+            gen = held_gen if gen is None else gen
             self._version += 1
+            if gen < held_gen:
+                return self._version
             waiting = self._dirty.setdefault(project, {})
             old = waiting.get(state.id)
             if old is None:
                 held = self._quarantined.get(project, {}).get(state.id)
                 old = held.item if held is not None else None
             waiting[state.id] = (
-                DirtyObject(project, state, old.first, old.since)
+                DirtyObject(project, state, old.first, old.since, gen)
                 if old is not None
-                else DirtyObject(project, state, self._version, time.time())
+                else DirtyObject(project, state, self._version, time.time(), gen)
             )
             if project in self._quarantined:
                 _pop(self._quarantined, project, state.id)  # changed: worth another try
@@ -97,7 +118,7 @@ class DirtySet:
         with self._lock:
             return self._version
 
-    def merged(self, project: str, state: ObjectState, table_behind: bool) -> bool:
+    def merged(self, project: str, state: ObjectState, table_behind: bool, gen: int | None = None) -> bool:
         """Memory took ``state`` from a merge; True when that is a new repair to write.
 
         An object already waiting keeps waiting, with the newer state. Otherwise it needs
@@ -105,16 +126,20 @@ class DirtySet:
         the save in flight writes exactly this state.
         """
         with self._lock:
+            held_gen = self._gens.get(project, 0)
+            gen = held_gen if gen is None else gen
+            if gen < held_gen:
+                return False
             waiting = self._dirty.get(project)
             if waiting is not None and state.id in waiting:
                 old = waiting[state.id]
-                waiting[state.id] = DirtyObject(project, state, old.first, old.since)
+                waiting[state.id] = DirtyObject(project, state, old.first, old.since, gen)
                 return False
             in_flight = self._saving.get(project, {}).get(state.id)
             if not table_behind or (in_flight is not None and in_flight.state == state):
                 return False
             self._version += 1
-            self._dirty.setdefault(project, {})[state.id] = DirtyObject(project, state, self._version, time.time())
+            self._dirty.setdefault(project, {})[state.id] = DirtyObject(project, state, self._version, time.time(), gen)
             _pop(self._quarantined, project, state.id)
             return in_flight is None
 
@@ -123,14 +148,47 @@ class DirtySet:
         with self._lock:
             self._last_save.pop(project, None)
 
+    def discard(self, project: str, gen: int) -> int:
+        """The project was deleted (its generation is now ``gen``): forget everything
+        unsaved of older copies, and whatever the pass in flight hands back of them; how
+        many entries were dropped. Items that pass still writes are of the old generation:
+        invisible to every reader."""
+        with self._lock:
+            self._gens[project] = max(gen, self._gens.get(project, 0))
+            dropped = 0
+            for nested in (self._dirty, self._quarantined):
+                inner = nested.get(project, {})
+                for object_id in [o for o, e in inner.items() if _gen_of(e) < gen]:
+                    del inner[object_id]
+                    dropped += 1
+                if project in nested and not inner:
+                    del nested[project]
+            self._last_save.pop(project, None)
+            return dropped
+
+    def drop(self, project: str, object_ids: Iterable[str]) -> None:
+        """Unsaved states that must not be saved after all (a reload found them stale:
+        ``projects.Projects.refresh``); one in flight is written, of its generation."""
+        with self._lock:
+            for object_id in object_ids:
+                _pop(self._dirty, project, object_id)
+                _pop(self._quarantined, project, object_id)
+
     # --- the auto-save thread ----------------------------------------------------------
 
-    def take(self) -> list[DirtyObject]:
-        """Everything dirty, now counted as saving. One pass at a time."""
+    def take(self, hold: Callable[[str], bool] | None = None) -> list[DirtyObject]:
+        """Everything dirty, now counted as saving. One pass at a time.
+
+        ``hold``: projects to leave waiting this pass (a copy not known fresh enough to
+        save: ``horizon.Freshness``).
+        """
         with self._lock:
             if not self._dirty:
                 return []
             taken, self._dirty = self._dirty, {}
+            if hold is not None:
+                for project in [p for p in taken if hold(p)]:
+                    self._dirty[project] = taken.pop(project)
             self._saving = taken
             return [item for items in taken.values() for item in items.values()]
 
@@ -143,11 +201,13 @@ class DirtySet:
         """
         now = time.time()
         with self._lock:
+            failed = [item for item in failed if item.gen >= self._gens.get(item.project, 0)]
+            refused = [(item, why) for item, why in refused if item.gen >= self._gens.get(item.project, 0)]
             for item in failed:
                 waiting = self._dirty.setdefault(item.project, {})
                 newer = waiting.get(item.state.id)
                 waiting[item.state.id] = (
-                    item if newer is None else DirtyObject(item.project, newer.state, item.first, item.since)
+                    item if newer is None else DirtyObject(item.project, newer.state, item.first, item.since, newer.gen)
                 )
             for item, error in refused:
                 waiting = self._dirty.get(item.project, {})
@@ -155,7 +215,7 @@ class DirtySet:
                 if newer is None:
                     self._quarantined.setdefault(item.project, {})[item.state.id] = Quarantined(item, error, now)
                 else:  # edited meanwhile: worth another try, but the refused changes are unsaved still
-                    waiting[item.state.id] = DirtyObject(item.project, newer.state, item.first, item.since)
+                    waiting[item.state.id] = DirtyObject(item.project, newer.state, item.first, item.since, newer.gen)
             for project in self._saving:
                 if project not in self._dirty:
                     self._last_save[project] = now
@@ -181,6 +241,11 @@ class DirtySet:
         with self._lock:
             return len(self._unsaved(project))
 
+    def unsaved_ids(self, project: str) -> set[str]:
+        """Objects of the project not in the table yet (waiting, being saved, quarantined)."""
+        with self._lock:
+            return self._unsaved(project) | self._quarantined.get(project, {}).keys()
+
     def holds(self, project: str) -> bool:
         """True while the project has anything only memory holds (dirty, saving, quarantined)."""
         with self._lock:
@@ -189,8 +254,9 @@ class DirtySet:
     def unsaved_states(self, project: str) -> list[ObjectState]:
         """What only memory holds of a project (waiting or being saved; the newer wins)."""
         with self._lock:
+            gen = self._gens.get(project, 0)  # what a pass in flight writes of a deleted copy is not the project's
             items = {**self._saving.get(project, {}), **self._dirty.get(project, {})}
-            states = {o: item.state for o, item in items.items()}
+            states = {o: item.state for o, item in items.items() if item.gen >= gen}
             states.update({o: q.state for o, q in self._quarantined.get(project, {}).items()})
             return list(states.values())
 
@@ -232,6 +298,10 @@ class DirtySet:
     def quarantined_count(self) -> int:
         with self._lock:
             return sum(len(states) for states in self._quarantined.values())
+
+
+def _gen_of(entry: DirtyObject | Quarantined) -> int:
+    return entry.gen if isinstance(entry, DirtyObject) else entry.item.gen
 
 
 def _pop(nested: dict[str, dict[str, Any]], project: str, object_id: str) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["CONTENT_TYPE_LATEST", "EDIT_ERROR_CODES", "RELAY_KINDS", "Metrics"]
+__all__ = ["API_ROUTES", "CONTENT_TYPE_LATEST", "EDIT_ERROR_CODES", "RELAY_KINDS", "Metrics"]
 
 disable_created_metrics()  # the *_created series only double the scrape size
 
@@ -31,7 +31,19 @@ EDIT_ERROR_CODES = (
     "forbidden",
 )
 """The protocol's error codes: ``canvas_edit_errors_total{code}`` has a series for each from the start."""
-RELAY_KINDS = ("object", "too_big", "presence", "presence_all", "hello", "bad")
+API_ROUTES = {
+    "list": "200",
+    "ops": "200",
+    "import": "200",
+    "delete": "204",
+    "version_create": "201",
+    "versions": "200",
+    "version": "200",
+    "restore": "200",
+}
+"""The projects API's routes (``canvas_project_api_requests_total{route}``) and the status each
+answers when it succeeds (its series exists from the start)."""
+RELAY_KINDS = ("object", "too_big", "presence", "presence_all", "hello", "deleted", "bad")
 """``canvas_relay_received_total{kind}``: ``relay.core.Kind.label`` of each message kind but
 heartbeats (not counted), and ``bad`` for what is not a relay message."""
 
@@ -61,6 +73,25 @@ class Metrics:
         self.projects_loaded = Gauge("canvas_projects_loaded", "Projects held in memory", registry=r)
         self.project_loads = Counter(
             "canvas_project_loads", "Cache-miss loads from DynamoDB, by outcome", ["outcome"], registry=r
+        )
+        self.project_drops = Counter(
+            "canvas_project_drops",
+            "Copies of deleted projects let go, by how this replica learned of the delete: here (it deleted "
+            "the project), relay, head (a #head read), fenced (the head refused a save's announcement)",
+            ["reason"],
+            registry=r,
+        )
+        self.project_reloads = Counter(
+            "canvas_project_reloads",
+            "Copies read again whole because they fell behind while the project's horizon moved (horizon.py)",
+            registry=r,
+        )
+        self.tombstones_forgotten = Counter(
+            "canvas_tombstones_forgotten",
+            "Tombstones forgotten, by why: expired (CANVAS_TOMBSTONE_TTL) or budget "
+            "(beyond CANVAS_MAX_TOMBSTONES_PER_PROJECT; their items are deleted)",
+            ["why"],
+            registry=r,
         )
         self.project_load_seconds = Histogram(
             "canvas_project_load_duration_seconds", "Cache-miss load time", registry=r
@@ -181,6 +212,44 @@ class Metrics:
         )
         self.worker_alive = Gauge("canvas_autosave_worker_alive", "1 while the auto-save thread runs", registry=r)
         self.ready = Gauge("canvas_ready", "1 while /readyz answers 200", registry=r)
+        self.api_requests = Counter(
+            "canvas_project_api_requests",
+            "Requests to the projects API (list, ops, import, delete, versions), by route and HTTP status",
+            ["route", "status"],
+            registry=r,
+        )
+        self.api_seconds = Histogram(
+            "canvas_project_api_duration_seconds",
+            "Time to answer a projects API request, by route",
+            ["route"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.registry_writes = Counter(
+            "canvas_registry_writes",
+            "Registry entries written (a project at most every CANVAS_REGISTRY_INTERVAL), by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.versions_created = Counter(
+            "canvas_versions_created",
+            "Versions written to the table, by kind (named, auto, before_restore)",
+            ["kind"],
+            registry=r,
+        )
+        self.version_bytes = Counter(
+            "canvas_version_bytes_written", "Compressed bytes of the versions written", registry=r
+        )
+        self.versions_pruned = Counter(
+            "canvas_versions_pruned", "Versions deleted to keep CANVAS_VERSION_RETENTION", registry=r
+        )
+        for route, status in API_ROUTES.items():
+            self.api_requests.labels(route, status)
+            self.api_seconds.labels(route)
+        for outcome in ("success", "error"):
+            self.registry_writes.labels(outcome)
+        for kind in ("named", "auto", "before_restore"):
+            self.versions_created.labels(kind)
         for op in ("create", "update", "delete"):
             self.edits.labels(op)
         for outcome in ("success", "error"):
@@ -188,6 +257,10 @@ class Metrics:
             self.project_loads.labels(outcome)
             for kind in ("heads", "feed", "reconcile", "before_save"):
                 self.sync_pulls.labels(kind, outcome)
+        for reason in ("here", "relay", "head", "fenced"):
+            self.project_drops.labels(reason)
+        for why in ("expired", "budget"):
+            self.tombstones_forgotten.labels(why)
         for reason in ("queue_full", "publish_error"):
             self.relay_dropped.labels(reason)
         for reason in ("gap", "new_epoch", "heartbeat"):

@@ -33,6 +33,8 @@ ZERO: Stamp = (0, 0, "")
 
 TOMBSTONE_TTL = 24 * 3600.0
 """Seconds a delete is remembered by default, in memory and in the table (``CANVAS_TOMBSTONE_TTL``)."""
+TOMBSTONE_GRACE = 90.0
+"""Seconds a tombstone stays settled before it may be forgotten (``CANVAS_TOMBSTONE_GRACE``, ``horizon.py``)."""
 
 
 class HybridClock:

@@ -6,15 +6,16 @@ connections. Other threads get only what the loop hands them: a cache-miss load 
 new project in a thread (nobody sees it yet) and the loop installs it; the auto-save
 thread reads the states the loop put in the :class:`~canvas_sync.dirty.DirtySet`.
 
-What a client can make us hold is bounded: live objects and tombstones per project, the
-visible size of an object and the size of what is stored for it (removed properties keep
-their names and stamps, so they count).
+What a client can make us hold is bounded: live objects per project, the visible size of
+an object and the size of what is stored for it (removed properties keep their names and
+stamps, so they count). Deletes are remembered within a budget that never refuses an
+edit: the oldest tombstones beyond it are forgotten behind the project's horizon
+(``horizon.py`` says when that is safe).
 """
 
 from __future__ import annotations
 
 import gc
-import itertools
 import threading
 import time
 from collections.abc import Hashable, Iterable, Iterator
@@ -24,7 +25,8 @@ from typing import Any, NamedTuple, Protocol
 
 from . import protocol
 from .dirty import DirtySet
-from .model import TOMBSTONE_TTL, ZERO, HybridClock, ObjectState, Stamp, merge, newer_stamps
+from .horizon import forgettable
+from .model import TOMBSTONE_GRACE, TOMBSTONE_TTL, ZERO, HybridClock, ObjectState, Stamp, merge, newer_stamps
 from .protocol import Create, Delete, ProtocolError, Update
 
 _gc_lock = threading.Lock()
@@ -88,20 +90,30 @@ class Project:
     views: dict[str, str] = field(default_factory=dict)
     """Canonical JSON of each live object, kept current so snapshots cost no encoding."""
     tombstones: dict[str, int] = field(default_factory=dict)
-    """Deleted objects still remembered: object id -> delete time (ms), oldest first
-    (in the order the deletes reached this replica, which is close enough: see
-    :meth:`Projects.expire_tombstones`)."""
+    """Deleted objects still remembered: object id -> when the tombstone settled here (ms:
+    its delete, its arrival from another replica or the table, or its save), oldest first
+    (in the order they settled, which is close enough: see :meth:`Projects.plan_forget`)."""
     connections: set[Subscriber] = field(default_factory=set)
     last_active: float = field(default_factory=time.monotonic)
+    gen: int = 0
+    """The project's generation this copy belongs to (``#head``; a delete raises it)."""
+    horizon_ms: int = 0
+    """Deletes stamped at or before it may be forgotten here (``horizon.py``): a state of
+    an object this copy does not know, stamped no later, is not trusted."""
+    dropped: bool = False
+    """The project was deleted: this copy no longer takes edits."""
 
-    def set_object(self, state: ObjectState) -> str | None:
-        """Store a state and refresh its view; returns the new view JSON (None if deleted)."""
+    def set_object(self, state: ObjectState, settled_ms: int | None = None) -> str | None:
+        """Store a state and refresh its view; returns the new view JSON (None if deleted).
+
+        ``settled_ms``: when a tombstone settled here (default: its delete's stamp).
+        """
         self.objects[state.id] = state
         view = state.view()
         if view is None:
             self.views.pop(state.id, None)
             self.tombstones.pop(state.id, None)  # to the end: the newest delete
-            self.tombstones[state.id] = state.alive[1][0]
+            self.tombstones[state.id] = max(state.alive[1][0], settled_ms or 0)
             return None
         self.tombstones.pop(state.id, None)
         text = protocol.encode(view)
@@ -121,6 +133,20 @@ class Project:
         return woken
 
 
+FORWARD_MS = 1_000
+"""How far ahead of this replica's clock a replayed stamp may be and still count: the clocks
+of two replicas differ by a few milliseconds, and a replay from one that died must keep its
+stamp; past this it is dated forward, and a fresh stamp replaces it."""
+
+
+class Unknown(Exception):
+    """A replayed change to an object memory has never seen: read the table, then apply it."""
+
+    def __init__(self, object_id: str) -> None:
+        super().__init__(object_id)
+        self.object_id = object_id
+
+
 class Edit(NamedTuple):
     """What one accepted change did."""
 
@@ -135,6 +161,47 @@ class Edit(NamedTuple):
     be newer than the replayed change."""
     replay: str = ""
     """For a replay, ``applied`` (memory changed) or ``duplicate`` (memory had it already)."""
+
+
+class Replaced(NamedTuple):
+    """What :meth:`Projects.replace` did."""
+
+    messages: list[Broadcast]
+    """For every client of the project (none sent this change over a socket)."""
+    states: list[ObjectState]
+    """The new state of every object it changed (for the relay)."""
+    created: int
+    updated: int
+    deleted: int
+    version: int
+    """Its last mark in the dirty set."""
+
+
+def _differences(old: ObjectState, old_json: str | None, cmd: Create) -> tuple[dict[str, Any], str]:
+    """The update that turns a live object into the one given (changed values, and ``None``
+    for each property it lacks; values compared as canonical JSON: ``1`` is not ``true``),
+    and the given object's canonical JSON. An object equal to the one held costs one encoding."""
+    target: dict[str, Any] = {**cmd.props, "type": cmd.type}
+    target_json = protocol.encode({**target, "id": cmd.id})
+    if target_json == old_json:
+        return {}, target_json
+    view = old.view() or {}
+    changes = {k: v for k, v in target.items() if k not in view or protocol.encode(view[k]) != protocol.encode(v)}
+    changes.update({k: None for k in view if k not in target and k != "id"})
+    return changes, target_json
+
+
+class Forget(NamedTuple):
+    """What one project may forget now (:meth:`Projects.plan_forget`)."""
+
+    project: Project
+    expired: list[ObjectState]
+    """Past ``CANVAS_TOMBSTONE_TTL``: forgotten at once (the table's copies expire too)."""
+    over: list[ObjectState]
+    """Beyond the budget: forgotten once the head's horizon covers ``horizon_ms``, then
+    their items are deleted."""
+    horizon_ms: int
+    """The newest delete among ``over`` (0 when none)."""
 
 
 @dataclass
@@ -154,7 +221,9 @@ class Limits:
     max_object_bytes: int = 16_384
     max_stored_object_bytes: int = 65_536
     max_tombstones: int = 10_000
+    """The tombstone budget: beyond it the oldest settled ones are forgotten (never a refusal)."""
     tombstone_ttl_ms: int = int(TOMBSTONE_TTL * 1000)
+    tombstone_grace_ms: int = int(TOMBSTONE_GRACE * 1000)
 
 
 class Projects:
@@ -180,26 +249,44 @@ class Projects:
     def get(self, project_id: str) -> Project | None:
         return self.projects.get(project_id)
 
-    def build(self, project_id: str, states: Iterable[ObjectState], loaded_at_ms: int = 0) -> Project:
+    def build(
+        self, project_id: str, states: Iterable[ObjectState], loaded_at_ms: int = 0, gen: int = 0, horizon_ms: int = 0
+    ) -> Project:
         """A project from the states a load read (run in the load's thread: nobody sees it yet).
 
-        Tombstones past their expiry are left out, as the table's readers do.
+        Tombstones past their expiry or behind the horizon are left out, as the table's
+        readers skip them; the copy's horizon covers what expiry dropped. The tombstones
+        kept settle now: they may have been saved a moment ago.
         """
-        project = Project(project_id, loaded_at_ms=loaded_at_ms)
+        now = self.clock.wall_ms()
+        horizon = max(horizon_ms, now - self.limits.tombstone_ttl_ms)
+        project = Project(project_id, loaded_at_ms=loaded_at_ms, gen=gen, horizon_ms=horizon)
         latest = ZERO
-        horizon = self.clock.wall_ms() - self.limits.tombstone_ttl_ms
         for state in states:
-            if not state.is_alive and state.alive[1][0] < horizon:
+            if not state.is_alive and state.alive[1][0] <= horizon:
                 continue
             latest = max(latest, state.latest_stamp())
-            project.set_object(state)
+            project.set_object(state, now)
         project.tombstones = dict(sorted(project.tombstones.items(), key=lambda item: item[1]))
-        self.clock.observe(latest)
+        self.clock.observe(max(latest, (horizon_ms, 0, "")))  # what this copy stamps is never behind its horizon
         return project
 
     def install(self, project: Project) -> Project:
         """Hold a built project; if a concurrent load got there first, that one stays."""
-        return self.projects.setdefault(project.id, project)
+        held = self.projects.setdefault(project.id, project)
+        self.dirty.holding(held.id, held.gen)
+        return held
+
+    def drop(self, project_id: str, gen: int) -> Project | None:
+        """The project was deleted (its generation is now ``gen``): let go of a copy of an
+        older generation and of everything unsaved of it; the copy, if one was held."""
+        self.dirty.discard(project_id, gen)
+        project = self.projects.get(project_id)
+        if project is None or project.gen >= gen:
+            return None
+        del self.projects[project_id]
+        project.dropped = True
+        return project
 
     def evict_idle(self, idle_seconds: float, now: float | None = None) -> list[str]:
         """Drop projects with no connections, nothing unsaved and no recent activity."""
@@ -214,38 +301,114 @@ class Projects:
             self.dirty.forget(pid)
         return evicted
 
-    def expire_tombstones(self, now_ms: int | None = None) -> int:
-        """Forget tombstones older than the horizon (``CANVAS_TOMBSTONE_TTL``); how many.
+    # --- forgetting deletes (horizon.py says when it is safe) -----------------------------
 
-        The table's copies expire on the same horizon (their TTL), so memory, loads and
-        reconciles stay bounded by what clients deleted lately. Each project is read from
-        its oldest delete up to the first one still within the horizon, so a pass costs
-        what it forgets, not what is held. A delete merged late from another replica may
-        sit behind newer ones and is forgotten with them, at most one horizon later.
-        """
-        horizon = (self.clock.wall_ms() if now_ms is None else now_ms) - self.limits.tombstone_ttl_ms
-        dropped = 0
+    def plan_forget(self, now_ms: int | None = None) -> list[Forget]:
+        """What every held project may forget now: tombstones past ``CANVAS_TOMBSTONE_TTL``
+        (the table's copies expire with them) and the oldest beyond the budget (their items
+        are to be deleted once the head's horizon covers them). Each project is read from
+        its oldest tombstone to the first one still within the grace, so a pass costs what
+        it forgets, not what is held."""
+        now = self.clock.wall_ms() if now_ms is None else now_ms
+        plans = []
         for project in self.projects.values():
-            old = [oid for oid, _ in itertools.takewhile(lambda item: item[1] < horizon, project.tombstones.items())]
-            for oid in old:
-                del project.tombstones[oid]
-                del project.objects[oid]
-            dropped += len(old)
-        return dropped
+            if not project.tombstones:
+                continue
+            expired, over = forgettable(
+                project.tombstones,
+                self.dirty.unsaved_ids(project.id),
+                now,
+                budget=self.limits.max_tombstones,
+                grace_ms=self.limits.tombstone_grace_ms,
+                ttl_ms=self.limits.tombstone_ttl_ms,
+            )
+            if expired or over:
+                objects = project.objects
+                plans.append(
+                    Forget(
+                        project,
+                        [objects[oid] for oid in expired],
+                        [objects[oid] for oid in over],
+                        max((objects[oid].alive[1][0] for oid in over), default=0),
+                    )
+                )
+        return plans
+
+    def forget(self, project: Project, states: Iterable[ObjectState]) -> int:
+        """Forget these tombstones (as :meth:`plan_forget` gave them) unless changed since;
+        the copy's horizon covers them from now on. How many were forgotten."""
+        forgotten = 0
+        for state in states:
+            if project.objects.get(state.id) is not state or state.id not in project.tombstones:
+                continue  # re-created, or deleted again, meanwhile
+            del project.tombstones[state.id]
+            del project.objects[state.id]
+            project.horizon_ms = max(project.horizon_ms, state.alive[1][0])
+            forgotten += 1
+        return forgotten
+
+    def settled(self, keys: Iterable[tuple[str, str]], now_ms: int | None = None) -> None:
+        """These tombstones were just written to the table: their grace starts again, so
+        the replicas that learn deletes from the table have it before it is forgotten."""
+        now = self.clock.wall_ms() if now_ms is None else now_ms
+        for project_id, object_id in keys:
+            project = self.projects.get(project_id)
+            if project is not None and project.tombstones.pop(object_id, None) is not None:
+                project.tombstones[object_id] = now
+
+    def refresh(self, project: Project, fresh: Project) -> list[Broadcast]:
+        """Replace a copy that fell behind with one just read whole (``fresh``, built from
+        the table), in place (its connections stay), and say what its clients must hear.
+
+        What only memory held is kept on top, unless it may be stale: the state of an
+        object the table does not know, stamped at or before the horizon, may be a live
+        copy of an object whose delete was forgotten, and is dropped unsaved.
+        """
+        stale = []
+        now = self.clock.wall_ms()
+        for state in self.dirty.unsaved_states(project.id):
+            known = fresh.objects.get(state.id)
+            if known is None and state.alive[1][0] <= fresh.horizon_ms:
+                stale.append(state.id)
+                continue
+            merged = state if known is None else merge(known, state)
+            fresh.set_object(merged, now)
+            self.dirty.merged(project.id, merged, table_behind=merged != known, gen=fresh.gen)
+        self.dirty.drop(project.id, stale)
+        messages = []
+        for object_id in sorted(project.views.keys() | fresh.views.keys()):
+            before, after = project.views.get(object_id), fresh.views.get(object_id)
+            if after is not None and after != before:
+                messages.append(Broadcast.upsert(object_id, after))
+            elif after is None and before is not None:
+                messages.append(Broadcast.deleted(object_id))
+        project.objects, project.views, project.tombstones = fresh.objects, fresh.views, fresh.tombstones
+        project.gen, project.horizon_ms = fresh.gen, fresh.horizon_ms
+        project.loaded_at_ms, project.loaded_heads = fresh.loaded_at_ms, fresh.loaded_heads
+        self.dirty.holding(project.id, project.gen)
+        return messages
 
     # --- edits --------------------------------------------------------------------------
 
-    def edit(self, project: Project, command: Create | Update | Delete) -> Edit:
+    def edit(self, project: Project, command: Create | Update | Delete, fetched: bool = True) -> Edit:
         """Apply a client's change; raises :class:`ProtocolError` and changes nothing when refused.
 
         A change that carries a stamp (a replay of one acked before, perhaps by a replica
         that died since) merges with that stamp: idempotent, and anything newer still
         wins. A stamp ahead of this replica's clock gets a fresh one instead, so no client
-        wins by dating its change forward.
+        wins by dating its change forward. Unless ``fetched``, a replayed update or delete
+        of an object memory has never seen raises :class:`Unknown`: the table may hold it
+        already (saved by the replica that died) and should be read first.
         """
         project.last_active = time.monotonic()
         stamp = command.stamp
-        if stamp is not None and stamp < self.clock.now():
+        if stamp is not None:
+            if stamp[0] > self.clock.wall_ms() + FORWARD_MS:
+                stamp = self.clock.now()  # dated ahead: merged as a replay, with a fresh stamp
+            else:
+                self.clock.observe(stamp)
+            if not fetched and not isinstance(command, Create) and command.id not in project.objects:
+                raise Unknown(command.id)
             return self._replay(project, command, stamp)
         if isinstance(command, Create):
             return self._create(project, command)
@@ -270,16 +433,12 @@ class Projects:
             )
 
     def _check_room(self, project: Project, old: ObjectState | None, req: str | None) -> None:
-        """A create of a new id (or of a deleted one) must fit the project's limits."""
+        """A create of a new id (or of a deleted one) must fit the project's limits.
+
+        Past deletes never refuse one: the oldest are forgotten beyond the budget instead.
+        """
         if len(project.views) >= self.limits.max_objects:
             raise ProtocolError("limit_exceeded", f"a project holds at most {self.limits.max_objects} objects", req)
-        if old is None and len(project.tombstones) >= self.limits.max_tombstones:
-            raise ProtocolError(
-                "limit_exceeded",
-                f"this project remembers {self.limits.max_tombstones} recently deleted objects, "
-                "the most it may: re-create a deleted id or try again later",
-                req,
-            )
 
     def _create(self, project: Project, cmd: Create) -> Edit:
         old = project.objects.get(cmd.id)
@@ -295,7 +454,7 @@ class Projects:
         view = protocol.encode(new.view())
         self._check_stored(new, len(view.encode()), cmd.req)
         project.set_object(new)
-        return Edit(Broadcast.upsert(cmd.id, view), stamp, self.dirty.mark(project.id, new))
+        return Edit(Broadcast.upsert(cmd.id, view), stamp, self.dirty.mark(project.id, new, project.gen))
 
     def _update(self, project: Project, cmd: Update, force: bool = False) -> Edit:
         """``force``: mark the object for saving even if nothing changes (a retried create)."""
@@ -311,7 +470,8 @@ class Projects:
                 absent.append(name)  # removing what is not there: nothing to remember
         changes = {k: v for k, v in cmd.props.items() if k not in absent} if absent else cmd.props
         if not changes:
-            return Edit(None, self.clock.now(), self.dirty.mark(project.id, state) if force else self.dirty.version())
+            version = self.dirty.mark(project.id, state, project.gen) if force else self.dirty.version()
+            return Edit(None, self.clock.now(), version)
         self._check_props(len(view), cmd.req)
         text = protocol.encode(view)  # the new view: checked for size, then kept and sent as is
         size = self._check_view(text, cmd.req)
@@ -320,7 +480,7 @@ class Projects:
         self._check_stored(new, size, cmd.req)
         project.objects[cmd.id] = new
         project.views[cmd.id] = text
-        return Edit(Broadcast.upsert(cmd.id, text), stamp, self.dirty.mark(project.id, new))
+        return Edit(Broadcast.upsert(cmd.id, text), stamp, self.dirty.mark(project.id, new, project.gen))
 
     def _check_props(self, view_keys: int, req: str | None) -> None:
         if view_keys - 2 > protocol.MAX_PROPS:
@@ -335,13 +495,72 @@ class Projects:
     def _delete(self, project: Project, cmd: Delete) -> Edit:
         gone = project.objects.get(cmd.id)
         if cmd.retry and (gone is None or not gone.is_alive):  # it landed before the socket died
-            version = self.dirty.mark(project.id, gone) if gone is not None else self.dirty.version()
+            version = self.dirty.mark(project.id, gone, project.gen) if gone is not None else self.dirty.version()
             return Edit(None, gone.alive[1] if gone is not None else self.clock.now(), version)
         state = self._live(project, cmd.id, cmd.req)
         stamp = self.clock.now_after(state.latest_stamp())
         tomb = ObjectState(state.id, (False, stamp), state.type, {})
         project.set_object(tomb)
-        return Edit(Broadcast.deleted(cmd.id), stamp, self.dirty.mark(project.id, tomb))
+        return Edit(Broadcast.deleted(cmd.id), stamp, self.dirty.mark(project.id, tomb, project.gen))
+
+    # --- a whole project at once ----------------------------------------------------------
+
+    def replace(self, project: Project, objects: list[Create]) -> Replaced:
+        """Make the project hold exactly ``objects`` (an import, a restore) as one change.
+
+        Every object that differs gets a fresh stamp, so the change wins over what it
+        replaces and later edits win over it, as for any edit: new ids are created, live
+        objects updated to equal the one given (properties it lacks are removed), live
+        objects not given are deleted. All or nothing: a refusal (a :class:`ProtocolError`
+        naming the object) changes nothing. Stamps the objects carry are ignored.
+        """
+        project.last_active = time.monotonic()
+        if len(objects) > self.limits.max_objects:
+            raise ProtocolError("limit_exceeded", f"a project holds at most {self.limits.max_objects} objects")
+        wanted: dict[str, Create] = {}
+        for cmd in objects:
+            if cmd.id in wanted:
+                raise ProtocolError("bad_message", f"object {cmd.id!r} is given twice")
+            wanted[cmd.id] = cmd
+        planned: list[tuple[ObjectState, str | None]] = []
+        created = updated = revived = 0
+        for cmd in objects:
+            old = project.objects.get(cmd.id)
+            if old is None or not old.is_alive:
+                stamp = self.clock.now() if old is None else self.clock.now_after(old.latest_stamp())
+                new = ObjectState.created(cmd.id, cmd.type, cmd.props, stamp)
+                if old is not None:
+                    new, revived = merge(old, new), revived + 1
+                created += 1
+                text = protocol.encode({**cmd.props, "id": cmd.id, "type": cmd.type})
+            else:
+                changes, text = _differences(old, project.views.get(cmd.id), cmd)
+                if not changes:
+                    continue
+                new = old.updated(changes, self.clock.now_after(old.latest_stamp()))
+                updated += 1
+            try:  # the view is the object given: its properties are checked already
+                self._check_stored(new, self._check_view(text, None), None)
+            except ProtocolError as error:
+                raise ProtocolError(error.code, f"object {cmd.id!r}: {error.message}") from None
+            planned.append((new, text))
+        gone = [state for oid, state in project.objects.items() if state.is_alive and oid not in wanted]
+        for state in gone:
+            tomb = ObjectState(state.id, (False, self.clock.now_after(state.latest_stamp())), state.type, {})
+            planned.append((tomb, None))
+        messages = []
+        version = self.dirty.version()
+        for new, view_json in planned:
+            if view_json is None:
+                project.set_object(new)
+                messages.append(Broadcast.deleted(new.id))
+            else:
+                project.objects[new.id] = new
+                project.views[new.id] = view_json
+                project.tombstones.pop(new.id, None)
+                messages.append(Broadcast.upsert(new.id, view_json))
+            version = self.dirty.mark(project.id, new, project.gen)
+        return Replaced(messages, [state for state, _ in planned], created, updated, len(gone), version)
 
     # --- replays ------------------------------------------------------------------------
 
@@ -354,6 +573,9 @@ class Projects:
         replica that died before saving it, and its sender waits for ``saved``.
         """
         old = project.objects.get(cmd.id)
+        if old is None and isinstance(cmd, Create) and stamp[0] <= project.horizon_ms:
+            # created behind the horizon and unknown here: its delete may have been forgotten (horizon.py)
+            return Edit(None, stamp, self.dirty.version(), Broadcast.deleted(cmd.id), "duplicate")
         if isinstance(cmd, Create):
             new = ObjectState.created(cmd.id, cmd.type, cmd.props, stamp)
             if old is None or (not old.is_alive and old.alive[1] < stamp):
@@ -366,18 +588,20 @@ class Projects:
             type_ = (cmd.props["type"], stamp) if "type" in cmd.props else (old.type[0], ZERO)
             props = {name: (value, stamp) for name, value in cmd.props.items() if name != "type"}
             new = merge(old, ObjectState(cmd.id, (old.alive[0], ZERO), type_, props))
-        else:
-            if old is None:  # never here, or forgotten: gone either way
-                return Edit(None, stamp, self.dirty.version(), Broadcast.deleted(cmd.id), "duplicate")
-            new = merge(old, ObjectState(cmd.id, (False, stamp), old.type, {}))
+        else:  # not in memory nor (the caller read it) in the table: keep the delete, so the
+            # create it deletes cannot come back when its save is read later
+            type_ = old.type if old is not None else ("", ZERO)
+            new = ObjectState(cmd.id, (False, stamp), type_, {})
+            if old is not None:
+                new = merge(old, new)
         view = new.view()
         if view is not None and new != old:
             self._check_props(len(view), cmd.req)
             text = protocol.encode(view)
             self._check_stored(new, self._check_view(text, cmd.req), cmd.req)
         before = project.views.get(cmd.id)
-        after = project.set_object(new) if new != old else before
-        version = self.dirty.mark(project.id, new)
+        after = project.set_object(new, self.clock.wall_ms()) if new != old else before
+        version = self.dirty.mark(project.id, new, project.gen)
         outcome = "applied" if new != old else "duplicate"
         if after is not None:
             echo = Broadcast.upsert(cmd.id, after)
@@ -400,7 +624,7 @@ class Projects:
         me, horizon = self.clock.replica_id, self.clock.wall_ms() - self.repair_grace_ms
         return any(stamp[2] == me or stamp[0] < horizon for stamp in newer_stamps(merged, table))
 
-    def merge(self, project: Project, states: Iterable[ObjectState]) -> Merged:
+    def merge(self, project: Project, states: Iterable[ObjectState], trusted: bool = False) -> Merged:
         """Merge states saved or relayed by other replicas into memory, per property.
 
         A state equal to memory's costs one comparison. Clients of this replica get an
@@ -408,25 +632,35 @@ class Projects:
         the table holds (our copy knew something the item lacks, e.g. after another
         replica's batch overwrote it), the object is marked dirty so the next save writes
         the union back: anti-entropy.
+
+        A state of an object this copy does not know, created or deleted at or before its
+        horizon, is ignored (``horizon.py``): a tombstone there is forgotten already, and a
+        live state may be the stale copy of an object whose delete was forgotten, unless it
+        is ``trusted`` (read from the table, where nothing stale gets in).
         """
         result = Merged()
         if self.projects.get(project.id) is not project:
             return result  # evicted while the read was in flight: nothing to merge into
+        now, horizon = self.clock.wall_ms(), project.horizon_ms
         for remote in states:
             local = project.objects.get(remote.id)
-            if local is not None and local == remote:
+            if local is None:
+                if remote.alive[1][0] <= horizon and not (trusted and remote.is_alive):
+                    continue
+            elif local == remote:
                 continue
             remote = remote.pruned()
             self.clock.observe(remote.latest_stamp())
             merged = remote if local is None else merge(local, remote)
             if merged != local:
                 before = project.views.get(remote.id)
-                after = project.set_object(merged)
+                after = project.set_object(merged, now)
                 result.changed.append(remote.id)
                 if after is not None and after != before:
                     result.messages.append(Broadcast.upsert(remote.id, after))
                 elif after is None and before is not None:
                     result.messages.append(Broadcast.deleted(remote.id))
-            if self.dirty.merged(project.id, merged, table_behind=merged != remote and self._owed(merged, remote)):
+            table_behind = merged != remote and self._owed(merged, remote)
+            if self.dirty.merged(project.id, merged, table_behind=table_behind, gen=project.gen):
                 result.repaired.append(remote.id)
         return result

@@ -24,6 +24,14 @@ The decisions (what to read, from where, when to retry) are plain functions over
 threads, merges on the event loop in bounded chunks so a 10,000-object reconcile never
 stalls the loop.
 
+Every head read also judges the copy (``horizon.judge``): a head of a later generation
+means the project was deleted (the copy is dropped); a horizon that moved is taken by a
+copy that kept up, and makes one that did not (its reads failed for longer than
+``Freshness.stale_after``) read the project again whole (:meth:`Puller.reload`); a copy that
+did not keep up while nothing moved catches up from the feed and is read again before it
+counts as fresh, and saves wait meanwhile. Items of another generation than the copy's
+are never merged.
+
 Items this replica saved itself come back through the feed too when the project is
 being pulled: if one of our batches overwrote a newer item (BatchWriteItem takes no
 conditions), the replica whose write was lost sees our token, merges our item, finds the
@@ -41,10 +49,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .horizon import Freshness, Judgement, judge
 from .metrics import Metrics
 from .model import HybridClock, ObjectState
 from .projects import Merged, Project, Projects, gc_paused
-from .store import Saved, Store
+from .store import Head, Loaded, Saved, Store
 from .store.heads import token_ms
 
 log = logging.getLogger(__name__)
@@ -207,8 +216,17 @@ class Puller:
         on_repair: Callable[[], None] = lambda: None,
         rand: Callable[[], float] = random.random,
         relay: RelayPace | None = None,
+        freshness: Freshness | None = None,
+        cut_off_after: float = float("inf"),
     ) -> None:
+        """``freshness``: when each copy was last confirmed (None: never judged stale);
+        ``cut_off_after``: seconds unconfirmed after which tombstones may have expired
+        meanwhile (about ``CANVAS_TOMBSTONE_TTL``): the copy is read again whole."""
         self.relay = relay
+        self.freshness = freshness
+        self.cut_off_after = cut_off_after
+        self.on_deleted: Callable[[str, int, str], None] = lambda project, gen, reason: None
+        """Drops a held copy older than the generation given (set by the service), saying how it was learned."""
         self.on_repair = on_repair
         self.projects = projects
         self.store = store
@@ -269,8 +287,9 @@ class Puller:
             return
         errors: list[BaseException] = []
         heads_failed = False
+        judged: dict[str, Judgement] = {}
         try:
-            await self._read_heads(now)
+            judged = await self._read_heads(now)
         except Exception as error:
             heads_failed = True
             errors.append(error)
@@ -289,6 +308,15 @@ class Puller:
         )
         failed_pulls = [r for r in results if isinstance(r, BaseException)]
         errors += failed_pulls
+        behind = [pid for pid, verdict in judged.items() if verdict in (Judgement.VERIFY, Judgement.RELOAD)]
+        if behind:
+            errors += [
+                r
+                for r in await asyncio.gather(
+                    *(self.catch_up_stale(pid, judged[pid]) for pid in behind), return_exceptions=True
+                )
+                if isinstance(r, BaseException)
+            ]
         if heads_failed or (results and len(failed_pulls) == len(results)):
             self.backoff.failed(now, self.interval, self.max_backoff, self.rand())
         else:
@@ -324,67 +352,197 @@ class Puller:
                 )
                 # what was relayed before this replica subscribed is in the table by the next saves
                 self.cursors[pid] = Cursor(project.loaded_at_ms, now, heads, fast_until=now + window)
+                if self.freshness is not None and self.freshness.confirmed_at(pid) is None:
+                    self.freshness.confirm(pid, now)
         for pid in self._catch_ups & self.cursors.keys():
             catch_up(self.cursors[pid], now, self.overlap, window)
         self._catch_ups.clear()
 
-    async def _read_heads(self, now: float) -> None:
+    async def _read_heads(self, now: float) -> dict[str, Judgement]:
+        """Read the heads due, note other replicas' tokens, and judge each copy by its head."""
         slow = self.relay.heads_interval if self._slow() and self.relay else None
         due = heads_due(self.cursors, now, slow)
         if not due:
-            return
-        try:
-            heads = await asyncio.to_thread(self.store.heads, due)
-        except Exception:
-            self.metrics.sync_pulls.labels("heads", "error").inc()
-            raise
-        self.metrics.sync_pulls.labels("heads", "success").inc()
+            return {}
+        heads = await self._heads(due)
         self.metrics.heads_read.inc(len(due))
         me = self.clock.replica_id
+        judged: dict[str, Judgement] = {}
         for pid in due:
             cursor = self.cursors.get(pid)
             if cursor is None:  # evicted while the read was in flight
                 continue
             cursor.heads_at = now
-            tokens = {writer: token for writer, token in heads.get(pid, {}).items() if writer != me}
+            head = heads.get(pid, Head())
+            verdict = self._judge(pid, head, now)
+            if verdict is Judgement.DELETED:
+                continue
+            judged[pid] = verdict
+            tokens = {writer: token for writer, token in head.tokens.items() if writer != me}
             note_heads(cursor, tokens, now, self.overlap)
+        return judged
+
+    async def _heads(self, pids: list[str]) -> dict[str, Head]:
+        try:
+            heads = await asyncio.to_thread(self.store.read_heads, pids)
+        except Exception:
+            self.metrics.sync_pulls.labels("heads", "error").inc()
+            raise
+        self.metrics.sync_pulls.labels("heads", "success").inc()
+        return heads
+
+    def _judge(self, pid: str, head: Head, now: float) -> Judgement:
+        """What the copy does about its head: dropped, confirmed (taking the horizon), or
+        left unconfirmed for :meth:`catch_up_stale`."""
+        project = self._held.get(pid)
+        if project is None:
+            return Judgement.CURRENT
+        confirmed = self.freshness.confirmed_at(pid) if self.freshness is not None else None
+        unconfirmed = float("inf") if confirmed is None else now - confirmed
+        stale = self.freshness is not None and unconfirmed > self.freshness.stale_after
+        verdict = judge(project.gen, project.horizon_ms, head, stale, cut_off=unconfirmed > self.cut_off_after)
+        if verdict is Judgement.DELETED:
+            self._deleted(pid, head.gen)
+        elif verdict in (Judgement.CURRENT, Judgement.ADOPT):
+            project.horizon_ms = max(project.horizon_ms, head.horizon_ms)
+            if self.freshness is not None and not self.cursors[pid].backoff.failures:
+                self.freshness.confirm(pid, now)
+        return verdict
+
+    def _deleted(self, pid: str, gen: int) -> None:
+        """The table says the project was deleted: drop the copy, stop pulling it."""
+        self._held.pop(pid, None)
+        self.cursors.pop(pid, None)
+        self.on_deleted(pid, gen, "head")
+
+    async def catch_up_stale(self, pid: str, verdict: Judgement) -> None:
+        """A copy that did not keep up: read again whole if deletes may have been forgotten
+        meanwhile (``RELOAD``); else pull the feed from before it fell behind and read its
+        head once more, and only if nothing moved meanwhile is it fresh again (``VERIFY``)."""
+        if verdict is Judgement.VERIFY:
+            cursor, project = self.cursors.get(pid), self._held.get(pid)
+            if cursor is None or project is None:
+                return
+            started = time.monotonic()
+            await self._pull(pid, feed_since(cursor, int(self.overlap * 1000)))
+            head = (await self._heads([pid])).get(pid, Head())
+            if self._held.get(pid) is not project:
+                return  # dropped meanwhile
+            verdict = judge(project.gen, project.horizon_ms, head, stale=True)
+            if verdict is Judgement.DELETED:
+                self._deleted(pid, head.gen)
+                return
+            if verdict is Judgement.VERIFY:  # nothing was forgotten while it caught up: it holds every delete
+                if self.freshness is not None:
+                    self.freshness.confirm(pid, started)
+                return
+        await self.reload(pid)
+
+    async def judge_stale(self) -> None:
+        """Judge every held copy that is not known fresh now, as a pass would (shutdown
+        asks before its final flush, since those copies' saves wait for it)."""
+        if self.freshness is None:
+            return
+        now = time.monotonic()
+        self._track_projects(now)
+        stale = [pid for pid in self.cursors if self.freshness.stale(pid, now)]
+        if not stale:
+            return
+        heads = await self._heads(stale)
+        judged = {pid: self._judge(pid, heads.get(pid, Head()), now) for pid in stale if pid in self.cursors}
+        await asyncio.gather(
+            *(self.catch_up_stale(pid, v) for pid, v in judged.items() if v in (Judgement.VERIFY, Judgement.RELOAD))
+        )
+
+    async def reload(self, pid: str) -> None:
+        """Read a copy that fell behind again whole and replace it in place (its sockets
+        stay; they hear what changed). What only memory holds is kept unless it may be
+        stale (``Projects.refresh``)."""
+        project = self._held.get(pid)
+        if project is None:
+            return
+        started, loaded_at = time.monotonic(), self.clock.wall_ms()
+        heads = await self._heads([pid])
+        loaded = await asyncio.to_thread(self._read_loaded, pid)
+        if self._held.get(pid) is not project or self.projects.get(pid) is not project:
+            return  # dropped or evicted meanwhile
+        if loaded.gen > project.gen:
+            self._deleted(pid, loaded.gen)
+            return
+        fresh = await asyncio.to_thread(
+            self.projects.build, pid, loaded.states, loaded_at, loaded.gen, loaded.horizon_ms
+        )
+        me = self.clock.replica_id
+        fresh.loaded_heads = {w: t for w, t in heads.get(pid, Head()).tokens.items() if w != me}
+        for message in self.projects.refresh(project, fresh):
+            project.broadcast(message)
+        self.cursors[pid] = Cursor(loaded_at, started, dict(fresh.loaded_heads))
+        if self.freshness is not None:
+            self.freshness.confirm(pid, started)
+        self.metrics.project_reloads.inc()
+        log.info(
+            "copy read again: it fell behind while deletes were forgotten",
+            extra={"event": "reloaded", "project": pid, "objects": len(project.views), "gen": project.gen},
+        )
 
     async def _pull(self, pid: str, since: int | None) -> None:
         """Read one project whole (``since`` None) or its feed, and merge what came back."""
-        project, cursor = self._held[pid], self.cursors[pid]
+        project, cursor = self._held.get(pid), self.cursors.get(pid)
+        if project is None or cursor is None:
+            return  # dropped meanwhile
         full = since is None
         kind = "reconcile" if full else "feed"
         async with self._limit:
             try:
                 if since is None:
-                    states = await asyncio.to_thread(self._read_whole, pid)
+                    loaded = await asyncio.to_thread(self._read_loaded, pid)
                     records: list[Saved] = []
+                    gens = {loaded.gen}
+                    states = loaded.states if loaded.gen == project.gen else []
                 else:
                     records = await asyncio.to_thread(self.store.changes_since, pid, since)
+                    gens = {r.gen for r in records}
+                    records = [r for r in records if r.gen == project.gen]
                     states = [r.state for r in records]
             except Exception:
                 self.metrics.sync_pulls.labels(kind, "error").inc()
                 cursor.backoff.failed(time.monotonic(), self.interval, self.max_backoff, self.rand())
                 raise
         self.metrics.sync_pulls.labels(kind, "success").inc()
+        if max(gens, default=0) > project.gen:  # a copy of a later generation saved: the project was deleted
+            self._deleted(pid, max(gens))
+            return
+        fresh_after_ms = cursor.watermark_ms
         pulled(cursor, time.monotonic(), full, [r.saved_at for r in records])
-        await self.merge(project, states, records)
+        await self.merge(project, states, records, fresh_after_ms)
 
-    def _read_whole(self, pid: str) -> list[ObjectState]:
-        """A reconcile's read (in a thread). The cyclic GC is paused as for a load: a full
-        collection over a big project's new objects holds the GIL, and so the loop, for tens
-        of milliseconds."""
+    def _read_loaded(self, pid: str) -> Loaded:
+        """A reconcile's or a reload's read (in a thread). The cyclic GC is paused as for a
+        load: a full collection over a big project's new objects holds the GIL, and so the
+        loop, for tens of milliseconds."""
         with gc_paused():
-            return self.store.load_project(pid)
+            return self.store.load(pid)
 
-    async def merge(self, project: Project, states: Sequence[ObjectState], records: Sequence[Saved] = ()) -> Merged:
+    async def merge(
+        self,
+        project: Project,
+        states: Sequence[ObjectState],
+        records: Sequence[Saved] = (),
+        fresh_after_ms: int | None = None,
+    ) -> Merged:
         """Merge states read from the table into memory in chunks, tell this replica's
-        clients, count and time it."""
+        clients, count and time it.
+
+        Sync lag is observed for each record that changed memory, and as 0 for each record
+        saved after ``fresh_after_ms`` (newer than any the feed brought before) that memory
+        already held: the relay brought it before the table did. Without that, a healthy
+        relay would leave the lag unobserved, and an operator with no figure at all.
+        """
         result = Merged()
         for start in range(0, len(states), MERGE_CHUNK):
             if start:
                 await asyncio.sleep(0)  # let edits and other sockets in between chunks
-            chunk = self.projects.merge(project, states[start : start + MERGE_CHUNK])
+            chunk = self.projects.merge(project, states[start : start + MERGE_CHUNK], trusted=True)
             for message in chunk.messages:
                 project.broadcast(message)
             result.changed += chunk.changed
@@ -392,11 +550,15 @@ class Puller:
             result.repaired += chunk.repaired
         if result.changed:
             self.metrics.sync_merged.inc(len(result.changed))
-            changed = set(result.changed)
-            now_ms = self.clock.wall_ms()
-            for record in records:
-                if record.state.id in changed and record.saved_by != self.clock.replica_id:
-                    self.metrics.sync_lag.observe(max(0.0, (now_ms - record.saved_at) / 1000))
+        changed = set(result.changed)
+        now_ms = self.clock.wall_ms()
+        for record in records:
+            if record.saved_by == self.clock.replica_id:
+                continue
+            if record.state.id in changed:
+                self.metrics.sync_lag.observe(max(0.0, (now_ms - record.saved_at) / 1000))
+            elif fresh_after_ms is not None and record.saved_at > fresh_after_ms:
+                self.metrics.sync_lag.observe(0.0)
         if result.repaired:
             self.metrics.sync_repairs.inc(len(result.repaired))
             self.on_repair()  # write the union now rather than an interval later
@@ -415,14 +577,15 @@ class Puller:
         if not keys:
             return 0
         records = await asyncio.to_thread(self.store.get_many, keys)
-        by_project: dict[str, list[ObjectState]] = {}
+        by_project: dict[str, list[Saved]] = {}
         for record in records:
-            by_project.setdefault(record.project, []).append(record.state)
+            by_project.setdefault(record.project, []).append(record)
         repairs = 0
-        for pid, states in by_project.items():
+        for pid, saved in by_project.items():
             project = self.projects.get(pid)
             if project is None:
                 continue
+            states = [r.state for r in saved if r.gen == project.gen]
             try:
                 repairs += len((await self.merge(project, states)).repaired)
             except Exception:

@@ -17,7 +17,7 @@ from hypercorn.config import Config as HyperConfig
 
 from .app import create_app
 from .config import Settings
-from .patches import set_websocket_compression
+from .patches import set_websocket_compression, stop_pings_on_close
 from .wiring import build
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ async def run(settings: Settings) -> int:
     set_websocket_compression(
         settings.websocket_compression, settings.max_message_bytes, settings.websocket_window_bits
     )
+    stop_pings_on_close()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

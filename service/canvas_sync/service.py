@@ -25,16 +25,16 @@ from typing import Any
 
 from . import protocol
 from .admission import Admission, Admitted
-from .auth import Role
 from .autosave import AutosaveWorker
 from .config import Settings
-from .connection import FLOODING, GOING_AWAY, Connection, Socket
+from .connection import DELETED, FLOODING, GOING_AWAY, Connection, Socket
 from .dirty import DirtySet
+from .horizon import Freshness
 from .lag import LoopLag
 from .metrics import Metrics
-from .model import HybridClock
+from .model import HybridClock, encode_doc
 from .presence import PRESENCE_FLUSH, PRESENCE_REFRESH, PresenceHub
-from .projects import Project, Projects, gc_paused
+from .projects import Edit, Forget, Project, Projects, Unknown, gc_paused
 from .protocol import Auth, Create, Delete, Ping, ProtocolError, SetPresence, Update
 from .pull import Puller
 from .relay import Relay, RelayBridge
@@ -44,6 +44,13 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 BINARY_REFUSED = protocol.error(ProtocolError("bad_message", "binary frames are not accepted; send JSON text"))
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """``receive``'s answer to a replay of an object memory has never seen: read it first."""
+
+    object_id: str
 
 
 class NotReady(Exception):
@@ -88,6 +95,7 @@ class Parts:
     autosave: AutosaveWorker
     relay: Relay | None = None
     bridge: RelayBridge | None = None
+    freshness: Freshness | None = None
 
 
 class CanvasService:
@@ -97,6 +105,7 @@ class CanvasService:
         self.projects, self.store, self.admission = parts.projects, parts.store, parts.admission
         self.presence, self.puller, self.autosave = parts.presence, parts.puller, parts.autosave
         self.relay, self.bridge = parts.relay, parts.bridge
+        self.freshness = parts.freshness
         self.ready = False
         self.shutting_down = False
         self.connections: set[Connection] = set()
@@ -108,6 +117,12 @@ class CanvasService:
         self.lag = LoopLag(settings.gather_lag)
         self.saved_acks = SavedAcks(self.dirty, lambda: self.connections, self.metrics.saved_acks.inc)
         self.autosave.on_pass = self.saved_acks.after_pass
+        self.autosave.on_saved = self._from_autosave
+        self.puller.on_deleted = self.drop_project
+        if self.bridge is not None:
+            self.bridge.on_project_deleted = lambda pid, gen: self.drop_project(pid, gen, "relay")
+        self._forgetting: set[str] = set()
+        """Projects whose over-budget tombstones are being forgotten (one round at a time)."""
         self.metrics.bind(
             connections=lambda: len(self.connections),
             projects=lambda: len(self.projects.projects),
@@ -178,10 +193,70 @@ class CanvasService:
         for pid in self.projects.evict_idle(self.settings.project_idle_timeout):
             log.info("project evicted", extra={"event": "evicted", "project": pid})
             self.presence.forget(pid)
+            if self.freshness is not None:
+                self.freshness.forget(pid)
             if self.bridge is not None:
                 self.background.spawn(self.bridge.evicted(pid), "canvas-unsubscribe")
-        if expired := self.projects.expire_tombstones():
+        expired = 0
+        for plan in self.projects.plan_forget():
+            expired += self.projects.forget(plan.project, plan.expired)
+            if plan.over and plan.project.id not in self._forgetting:
+                self._forgetting.add(plan.project.id)
+                self.background.spawn(self._forget_over_budget(plan), "canvas-forget")
+        if expired:
+            self.metrics.tombstones_forgotten.labels("expired").inc(expired)
             log.info("expired tombstones forgotten", extra={"event": "tombstones_expired", "objects": expired})
+
+    async def _forget_over_budget(self, plan: Forget) -> None:
+        """Forget the oldest tombstones beyond the budget: the head's horizon first (so no
+        copy ever holds fewer deletes than its horizon says), then memory, then their items."""
+        project = plan.project
+        try:
+            ok = await asyncio.to_thread(self.store.advance_horizon, project.id, project.gen, plan.horizon_ms)
+            if not ok:
+                self.drop_project(project.id, project.gen + 1, "head")
+                return
+            if self.projects.get(project.id) is not project:
+                return
+            forgotten = [s for s in plan.over if project.objects.get(s.id) is s]
+            count = self.projects.forget(project, forgotten)
+            self.metrics.tombstones_forgotten.labels("budget").inc(count)
+            purged = await asyncio.to_thread(self.store.purge, project.id, [(s.id, encode_doc(s)) for s in forgotten])
+            log.info(
+                "tombstones beyond the budget forgotten",
+                extra={
+                    "event": "tombstones_forgotten",
+                    "project": project.id,
+                    "objects": count,
+                    "purged": purged,
+                    "horizon_ms": project.horizon_ms,
+                },
+            )
+        except Exception as error:  # tried again at the next housekeeping
+            log.warning(
+                "forgetting tombstones failed",
+                extra={"event": "forget_error", "project": project.id, "error": f"{type(error).__name__}: {error}"},
+            )
+        finally:
+            self._forgetting.discard(project.id)
+
+    def _from_autosave(self, tombstones: list[tuple[str, str]], fenced: dict[str, int]) -> None:
+        """Called by the auto-save thread after a pass: the loop settles the tombstones it
+        wrote, and drops the copies whose head refused the pass (their project was deleted)."""
+        loop = self.saved_acks.loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._after_save, tombstones, fenced)
+        except RuntimeError:  # the loop closed meanwhile
+            pass
+
+    def _after_save(self, tombstones: list[tuple[str, str]], fenced: dict[str, int]) -> None:
+        if tombstones:
+            self.projects.settled(tombstones)
+        for pid, gen in fenced.items():
+            self.drop_project(pid, gen + 1, "fenced")
+            self.background.spawn(self._sweep(pid), "canvas-sweep")  # what that pass left, invisible, goes
 
     async def _tick(self) -> None:
         """Presence goes out at most every PRESENCE_FLUSH; hellos are answered; every
@@ -233,6 +308,10 @@ class CanvasService:
 
         Merges happen here on the loop; the auto-save thread only saves.
         """
+        try:  # a copy that fell behind is judged first: its saves wait until then
+            await asyncio.wait_for(self.puller.judge_stale(), max(0.0, deadline - time.monotonic()) / 2)
+        except Exception:
+            log.exception("judging copies that fell behind failed; they stay unsaved")
         keys = self.dirty.keys()
         try:
             await self.puller.merge_from_table(keys)
@@ -286,12 +365,17 @@ class CanvasService:
                 )
                 heads = None
             with gc_paused():
-                project = self.projects.build(project_id, self.store.load_project(project_id), loaded_at)
+                loaded = self.store.load(project_id)  # its head (generation, horizon) is read after the items
+                project = self.projects.build(project_id, loaded.states, loaded_at, loaded.gen, loaded.horizon_ms)
             project.loaded_heads = heads
             return project
 
         try:
-            project = self.projects.install(await asyncio.to_thread(read_and_build))
+            confirmed = time.monotonic()  # the copy is as fresh as the table when its read began
+            built = await asyncio.to_thread(read_and_build)
+            project = self.projects.install(built)
+            if project is built and self.freshness is not None:
+                self.freshness.confirm(project.id, confirmed)
         except Exception:
             self.metrics.project_loads.labels("error").inc()
             log.exception("project load failed", extra={"event": "load_failed", "project": project_id})
@@ -313,6 +397,77 @@ class CanvasService:
             },
         )
         return project
+
+    # --- deleting a project ----------------------------------------------------------------
+
+    async def delete_project(self, project_id: str) -> None:
+        """Delete a project for real, on every replica, and leave its id empty.
+
+        The head's generation goes up first (from then on no reader sees an item of an
+        older one, whoever writes it: a replica partitioned, or mid-save, or holding
+        unsaved changes cannot bring anything back); then this replica drops its copy (its
+        sockets close with 4404) and tells the others over the relay (without it, each
+        learns at its next read of the head); then every item of the partition but the
+        head is deleted. Raises when the table cannot be reached (nothing changed then).
+        """
+        deleted_at = self.clock.now()[0]  # the new generation's horizon: nothing stamped before comes back
+        gen = await asyncio.to_thread(self.store.bump_generation, project_id, deleted_at)
+        self.drop_project(project_id, gen, "here")
+        if self.bridge is not None:
+            self.bridge.deleted(project_id, gen)
+        log.info("project deleted", extra={"event": "project_deleted", "project": project_id, "gen": gen})
+        if not await self._sweep(project_id):
+            self.background.spawn(self._sweep_until_done(project_id), "canvas-sweep")
+
+    async def _sweep(self, project_id: str) -> bool:
+        """Delete the items of older generations than the head's; False when some remain."""
+        started = time.perf_counter()
+        try:
+            deleted = await asyncio.to_thread(self.store.sweep, project_id)
+        except Exception as error:  # invisible meanwhile: tried again
+            log.warning(
+                "sweeping a deleted project failed",
+                extra={"event": "sweep_error", "project": project_id, "error": f"{type(error).__name__}: {error}"},
+            )
+            return False
+        log.info(
+            "deleted project swept",
+            extra={
+                "event": "swept",
+                "project": project_id,
+                "items": deleted,
+                "ms": round((time.perf_counter() - started) * 1000, 1),
+            },
+        )
+        return True
+
+    async def _sweep_until_done(self, project_id: str, attempts: int = 10) -> None:
+        delay = 1.0
+        for _ in range(attempts):
+            await asyncio.sleep(delay)
+            if await self._sweep(project_id):
+                return
+            delay = min(2 * delay, 60.0)
+
+    def drop_project(self, project_id: str, gen: int, reason: str) -> None:
+        """The project is deleted (its generation is now ``gen``): let go of an older copy
+        held here, with everything unsaved of it; its sockets close with 4404."""
+        project = self.projects.drop(project_id, gen)
+        if project is None:
+            return
+        for conn in list(project.connections):
+            if isinstance(conn, Connection):
+                conn.close(DELETED, "project deleted")
+        self.presence.forget(project_id)
+        if self.freshness is not None:
+            self.freshness.forget(project_id)
+        if self.bridge is not None:
+            self.background.spawn(self.bridge.dropped(project_id), "canvas-unsubscribe")
+        self.metrics.project_drops.labels(reason).inc()
+        log.info(
+            "copy of a deleted project dropped",
+            extra={"event": "project_dropped", "project": project_id, "gen": gen, "reason": reason},
+        )
 
     # --- one socket's life --------------------------------------------------------------
 
@@ -338,7 +493,7 @@ class CanvasService:
             busy=self.lag.busy,
         )
         conn.project, conn.admitted = project, admitted
-        conn.sub, conn.editor = admitted.sub, admitted.role == Role.EDITOR
+        conn.sub, conn.editor = admitted.sub, admitted.role.can_edit
         self.admission.watch_expiry(conn, admitted.identity)
         self.connections.add(conn)
         project.connections.add(conn)
@@ -362,14 +517,31 @@ class CanvasService:
             if data is None:
                 return
             if isinstance(data, bytes):
-                reply: str | None = BINARY_REFUSED
+                reply: str | Fetch | None = BINARY_REFUSED
             else:
                 reply = self.receive(conn, data)
+                if isinstance(reply, Fetch):  # this socket waits for the read; the others go on
+                    await self.fetch(conn.project, reply.object_id)
+                    reply = self.receive(conn, data, fetched=True)
                 if conn.woke_peers:  # their writers send this edit before the sender hears its ack,
                     conn.woke_peers = False  # so a client editing as fast as acks come is paced
                     await asyncio.sleep(0)  # by its fan-out, as behind a relay
-            if reply is not None:
-                await conn.reply(socket, reply)
+            if isinstance(reply, str):
+                await conn.reply(socket, reply, conn.ack_key)
+
+    async def fetch(self, project: Project, object_id: str) -> None:
+        """Read one object from the table into memory (a replay to a replica behind it)."""
+        try:
+            await self.puller.merge_from_table([(project.id, object_id)])
+        except Exception as error:  # then the replay applies to what memory has
+            log.warning(
+                "read before a replay failed",
+                extra={
+                    "event": "replay_read_error",
+                    "project": project.id,
+                    "error": f"{type(error).__name__}: {error}",
+                },
+            )
 
     def close(self, conn: Connection) -> None:
         """The socket is gone: forget the connection, its presence leaves, its slot frees."""
@@ -389,13 +561,18 @@ class CanvasService:
 
     # --- one client message ------------------------------------------------------------
 
-    def receive(self, conn: Connection, text: str) -> str | None:
+    def receive(self, conn: Connection, text: str, fetched: bool = False) -> str | Fetch | None:
         """Dispatch one text frame and fan out to the others; returns the sender's reply (if any).
 
-        Every frame spends from the connection's rate limit, malformed ones included.
+        Every frame spends from the connection's rate limit, malformed ones included. A
+        replay of an object memory does not know returns :class:`Fetch`: the reader reads
+        it from the table and hands the same frame in again, ``fetched``.
         """
         project = conn.project
-        allowed = conn.allow_edit()
+        conn.ack_key = None
+        if project.dropped:  # deleted: its socket is closing, nothing more is applied or relayed
+            return None
+        allowed = fetched or conn.allow_edit()
         try:
             command = protocol.parse(text, self.settings.max_object_bytes)
             if not allowed:
@@ -413,7 +590,9 @@ class CanvasService:
                 return None
             if not conn.editor:
                 raise ProtocolError("forbidden", "this token may view this project, not edit it", command.req)
-            edit = self.projects.edit(project, command)
+            edit = self.projects.edit(project, command, fetched)
+        except Unknown as unknown:
+            return Fetch(unknown.object_id)
         except ProtocolError as error:
             if not allowed:
                 error = self._rate_limited(error.req) if error.code != "rate_limited" else error
@@ -422,17 +601,26 @@ class CanvasService:
                     conn.close(FLOODING, "kept sending after rate_limited")
             self.metrics.edit_errors.labels(error.code).inc()
             return protocol.error(error)
-        self._edit_counters[type(command)].inc()
-        if edit.broadcast is not None:
-            woken = project.broadcast(edit.broadcast, exclude=conn)
-            conn.woke_peers = 0 < woken >= len(project.connections) - 1  # every peer was idle: not a busy board
-            if self.bridge is not None:
-                self.bridge.edited(project.id, project.objects[command.id])
-        if command.stamp is not None:
-            self._replays[edit.replay or "redated"].inc()
+        self.fan_out(project, command, edit, conn)
         if edit.echo is not None:  # a replay: the sender's copy may be older than memory's
             conn.send(*edit.echo)
+        conn.ack_key = command.id
         return protocol.change_ack(command.req, edit.stamp, conn.ledger.record(edit.version))
+
+    def fan_out(
+        self, project: Project, command: Create | Update | Delete, edit: Edit, sender: Connection | None
+    ) -> None:
+        """After an accepted change: count it, send it to the project's other clients and
+        relay it. A socket's edits and the HTTP ops route (``resources.py``) share this."""
+        self._edit_counters[type(command)].inc()
+        if edit.broadcast is not None:
+            woken = project.broadcast(edit.broadcast, exclude=sender)
+            if sender is not None:  # every peer was idle: not a busy board
+                sender.woke_peers = 0 < woken >= len(project.connections) - 1
+            if self.bridge is not None:
+                self.bridge.edited(project.id, project.objects[command.id], project.gen)
+        if command.stamp is not None:
+            self._replays["redated" if edit.stamp != command.stamp else edit.replay].inc()
 
     def _rate_limited(self, req: str | None) -> ProtocolError:
         return ProtocolError("rate_limited", f"more than {self.settings.rate_limit:g} messages per second", req)

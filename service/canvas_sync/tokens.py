@@ -31,10 +31,10 @@ def parse_ttl(text: str) -> int:
 
 
 def parse_grant(text: str) -> tuple[str, str]:
-    """``project=editor`` (or ``team-1:*=viewer``, ``*=editor``)."""
+    """``project=editor`` (or ``team-1:*=viewer``, ``*=owner``)."""
     project, _, role = text.rpartition("=")
-    if not project or role not in ("editor", "viewer"):
-        raise ValueError(f"a grant is PROJECT=editor or PROJECT=viewer, not {text!r}")
+    if not project or role not in ("owner", "editor", "viewer"):
+        raise ValueError(f"a grant is PROJECT=owner, PROJECT=editor or PROJECT=viewer, not {text!r}")
     return project, role
 
 

@@ -15,6 +15,7 @@ from .auth import ConnectionLimits, Keys, Verifier
 from .autosave import AutosaveWorker
 from .config import AuthMode, Settings
 from .dirty import DirtySet
+from .horizon import Freshness
 from .metrics import Metrics
 from .model import HybridClock, Stamp
 from .presence import PresenceHub, Roster
@@ -43,15 +44,17 @@ def build(settings: Settings, store: Store | None = None, relay_transport: Trans
         max_stored_object_bytes=settings.max_stored_object_bytes,
         max_tombstones=settings.max_tombstones_per_project,
         tombstone_ttl_ms=int(settings.tombstone_ttl * 1000),
+        tombstone_grace_ms=int(settings.tombstone_grace * 1000),
     )
     projects = Projects(clock, limits, dirty, repair_grace_ms=int((settings.autosave_interval + 2.0) * 1000))
     if store is None:
         store = DynamoStore(
-            make_client(settings.dynamodb_endpoint, pool_size=2 * settings.save_concurrency + 4),
+            make_client(settings.dynamodb_endpoint, pool_size=3 * settings.save_concurrency + 4),
             settings.table,
             replica_id=settings.replica_id,
             concurrency=settings.save_concurrency,
             tombstone_ttl=settings.tombstone_ttl,
+            write_deadline=settings.tombstone_grace / 6,  # horizon.py: a pass lands within a sixth of the grace
         )
     store.observer = metrics.observe_batch
     admission = Admission(
@@ -85,6 +88,8 @@ def build(settings: Settings, store: Store | None = None, relay_transport: Trans
             reconcile_interval=settings.relay_reconcile_interval,
             catch_up_window=2 * settings.autosave_interval + settings.sync_overlap,
         )
+    freshness = Freshness(stale_after=settings.tombstone_grace / 3)
+    _check_grace(settings, freshness.stale_after)
     presence = PresenceHub(Roster(settings.replica_id), projects.get, metrics, relay)
     puller = Puller(
         projects,
@@ -96,6 +101,8 @@ def build(settings: Settings, store: Store | None = None, relay_transport: Trans
         settings.reconcile_interval,
         max_backoff=settings.sync_max_backoff,
         relay=pace,
+        freshness=freshness,
+        cut_off_after=max(settings.tombstone_ttl - settings.tombstone_grace, settings.tombstone_grace / 3),
     )
     autosave = AutosaveWorker(
         dirty,
@@ -105,14 +112,34 @@ def build(settings: Settings, store: Store | None = None, relay_transport: Trans
         settings.autosave_max_backoff,
         metrics,
         contended=lambda: puller.contended,
+        hold=freshness.stale,
     )
     puller.on_repair = autosave.wake
     bridge = None
     if relay is not None:
         bridge = RelayBridge(relay, projects, dirty, presence, puller)
         relay.handler = bridge
-    parts = Parts(metrics, clock, dirty, projects, store, admission, presence, puller, autosave, relay, bridge)
+    parts = Parts(
+        metrics, clock, dirty, projects, store, admission, presence, puller, autosave, relay, bridge, freshness
+    )
     return CanvasService(settings, parts)
+
+
+def _check_grace(settings: Settings, stale_after: float) -> None:
+    """Say so at start when the tombstone grace is too short for how often heads are read:
+    copies would count as stale between two reads (their saves wait for the next one), or a
+    delete could be forgotten before a replica that keeps up has pulled it (horizon.py)."""
+    reads = max(settings.sync_interval, settings.relay_heads_interval if settings.redis_url else 0.0)
+    if stale_after < 2 * reads or settings.tombstone_grace < 2 * settings.sync_overlap:
+        log.warning(
+            "CANVAS_TOMBSTONE_GRACE is short for how often this replica reads the heads of its projects",
+            extra={
+                "event": "grace_short",
+                "tombstone_grace": settings.tombstone_grace,
+                "head_reads_every_s": reads,
+                "sync_overlap": settings.sync_overlap,
+            },
+        )
 
 
 def _verifier(settings: Settings) -> Verifier | None:

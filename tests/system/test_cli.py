@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from canvas_sync.devtools.dynamodb_local import DynamoDBLocal
@@ -116,3 +117,59 @@ def test_one_version_everywhere() -> None:
 
     chart = yaml.safe_load((ROOT / "helm/canvas-sync/Chart.yaml").read_text())
     assert importlib.metadata.version("canvas-sync") == canvas_sync.__version__ == chart["appVersion"]
+
+
+@pytest.mark.dynamodb_local
+def test_projects_commands_over_the_http_api(replicas: Any, tmp_path: Path) -> None:
+    """``canvas-sync projects``: JSON out, a token from CANVAS_TOKEN or --token, exit 1 on a refusal."""
+    from canvas_sync.tokens import mint
+
+    secret = "a shared secret of at least 32 bytes, for tests"
+    replica = replicas("cli", auth="jwt", auth_secret=secret, registry_interval=0.3, autosave_interval=0.3)
+    owner = mint("ops", {"*": "owner"}, 600, secret=secret.encode())
+    viewer = mint("vi", {"board": "viewer"}, 600, secret=secret.encode())
+    env = dict(os.environ, CANVAS_URL=replica.url, CANVAS_TOKEN=owner)
+
+    def projects(*args: str, token: str | None = None) -> tuple[int, Any, str]:
+        extra = ["--token", token] if token else []
+        result = run("projects", *extra, *args, env=env)
+        out = json.loads(result.stdout) if result.returncode == 0 else None
+        return result.returncode, out, result.stderr
+
+    source = tmp_path / "board.json"
+    source.write_text(json.dumps({"objects": [{"id": "a", "type": "rect", "x": 1}, {"id": "b", "type": "text"}]}))
+    code, done, _ = projects("import", "board", str(source))
+    assert code == 0 and done["created"] == 2
+    code, exported, _ = projects("export", "board")
+    assert code == 0 and exported["objects"] == json.loads(source.read_text())["objects"]
+    copy = tmp_path / "export.json"
+    copy.write_text(json.dumps(exported))
+    assert projects("import", "copy", str(copy))[0] == 0  # export | import copies a project
+    code, version, _ = projects("snapshot", "board", "--name", "before")
+    assert code == 0 and version["name"] == "before" and version["objects"] == 2
+    source.write_text(json.dumps([{"id": "c", "type": "rect"}]))  # a bare array works too
+    assert projects("import", "board", str(source))[1]["deleted"] == 2
+    code, listed, _ = projects("versions", "board")
+    assert [v["version"] for v in listed["versions"]] == [version["version"]]
+    assert projects("versions", "board", version["version"])[1]["objects"][0]["id"] == "a"
+    code, restored, _ = projects("restore", "board", version["version"])
+    assert code == 0 and restored["undo"] and projects("export", "board")[1]["objects"][0]["id"] == "a"
+    deadline = time.monotonic() + 10
+    while projects("list", "--all", "--limit", "1")[1]["projects"] != [
+        {"project": "board", "objects": 2, "updated_at": pytest.approx(time.time(), abs=60)},
+        {"project": "copy", "objects": 2, "updated_at": pytest.approx(time.time(), abs=60)},
+    ]:
+        assert time.monotonic() < deadline, projects("list")
+        time.sleep(0.2)
+    code, _, err = projects("delete", "board", token=viewer)
+    assert code == 1 and json.loads(err)["status"] == 403
+    code, _, err = projects("restore", "board", "0000000000000-000000")
+    assert code == 1 and json.loads(err) == {
+        "status": 404,
+        "error": "not_found",
+        "message": "no version '0000000000000-000000' of this project",
+    }
+    assert projects("delete", "board") == (0, {"deleted": True, "project": "board"}, "")
+    assert projects("export", "board")[1]["objects"] == []
+    unreachable = run("projects", "--url", "http://127.0.0.1:9", "list", env=env)
+    assert unreachable.returncode == 1 and "unreachable" in unreachable.stderr

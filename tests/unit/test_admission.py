@@ -69,10 +69,11 @@ def test_refusals_say_why_and_are_counted() -> None:
     assert refusal(gate.admit("p", {}, [], {"token": token()}, None)) == (401, "unauthorized")  # query tokens off
 
 
-def test_without_a_verifier_everyone_is_an_editor() -> None:
+def test_without_a_verifier_everyone_is_an_owner() -> None:
     gate = Admission(None, ConnectionLimits(0, 0, 0), Metrics(), origins=[], query_token=False, leeway=0)
     who = asyncio.run(gate.admit("p", {}, [], {}, None))
-    assert who.identity is None and who.sub is None and who.role == Role.EDITOR
+    assert who.identity is None and who.sub is None and who.role == Role.OWNER
+    assert asyncio.run(gate.identify({}, [], {}, None)) is None
 
 
 def test_connection_limits_reserve_and_release() -> None:
@@ -90,7 +91,7 @@ def test_connection_limits_reserve_and_release() -> None:
 def open_conn(gate: Admission, ttl: int) -> tuple[Connection, Admitted]:
     who = asyncio.run(gate.admit("p", bearer(token(ttl=ttl)), [], {}, None))
     conn = Connection(16)
-    conn.sub, conn.editor = who.sub, who.role == Role.EDITOR
+    conn.sub, conn.editor = who.sub, who.role.can_edit
     return conn, who
 
 

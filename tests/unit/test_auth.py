@@ -39,7 +39,10 @@ def test_an_exact_grant_beats_a_prefix_and_a_longer_prefix_a_shorter() -> None:
     assert role_for(grants, "team-1:secret-plans") == Role.VIEWER  # the longer prefix
     assert role_for(grants, "elsewhere") == Role.VIEWER  # "*"
     assert role_for(parse_grants({"team-1:*": "editor"}), "team-2:x") is None
-    for bad in ([], {"p": "owner"}, {"": "editor"}, "p=editor"):
+    assert role_for(parse_grants({"p": "owner"}), "p") == Role.OWNER
+    assert Role.OWNER.can_edit and Role.OWNER.can_own and Role.EDITOR.can_edit and not Role.EDITOR.can_own
+    assert not Role.VIEWER.can_edit and not Role.VIEWER.can_own
+    for bad in ([], {"p": "admin"}, {"": "editor"}, "p=editor"):
         with pytest.raises(AuthError):
             parse_grants(bad)
 
@@ -81,8 +84,9 @@ def test_ttls_and_grants_on_the_command_line() -> None:
     for bad in ("0s", "1y", "soon"):
         with pytest.raises(ValueError):
             parse_ttl(bad)
+    assert parse_grant("team-1:*=owner") == ("team-1:*", "owner")
     with pytest.raises(ValueError):
-        parse_grant("p=owner")
+        parse_grant("p=admin")
 
 
 # --- verification -------------------------------------------------------------------------

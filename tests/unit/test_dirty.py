@@ -112,3 +112,27 @@ def test_a_quarantined_object_holds_its_project_back_until_it_changes() -> None:
     dirty.take()
     dirty.finish()
     assert dirty.saved_below("p") == dirty.version() + 1 and dirty.oldest_unsaved() is None
+
+
+def test_a_deleted_projects_entries_go_and_what_its_pass_in_flight_hands_back_is_dropped() -> None:
+    dirty = DirtySet()
+    dirty.mark("p", state("r1", 1))
+    dirty.mark("q", state("r2", 1))
+    taken = dirty.take()
+    dirty.mark("p", state("r3", 1))
+    assert dirty.discard("p", 1) == 1 and dirty.unsaved_states("p") == []  # r1 is in flight: not p's any more
+    dirty.finish(failed=taken)  # the pass failed: q's entry waits again, p's old one is dropped
+    assert dirty.keys() == [("q", "r2")]
+    dirty.mark("p", state("r4", 1), gen=0)  # a late edit of the old copy: ignored
+    assert dirty.project_count("p") == 0
+    dirty.mark("p", state("r5", 1), gen=1)  # the new copy's
+    assert [(o.state.id, o.gen) for o in dirty.take() if o.project == "p"] == [("r5", 1)]
+
+
+def test_held_projects_wait_while_the_others_are_taken() -> None:
+    dirty = DirtySet()
+    dirty.mark("stale", state("r1", 1))
+    dirty.mark("fresh", state("r2", 1))
+    assert [o.project for o in dirty.take(hold=lambda p: p == "stale")] == ["fresh"]
+    dirty.finish()
+    assert dirty.keys() == [("stale", "r1")] and dirty.unsaved_ids("stale") == {"r1"}

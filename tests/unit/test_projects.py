@@ -247,36 +247,6 @@ def test_stored_size_bound_is_never_below_the_exact_size(projects: Projects, pro
         assert state.stored_size_bound(len(project.views["r1"].encode())) >= state.stored_size()
 
 
-def test_tombstones_count_against_their_own_limit(project: Project) -> None:
-    projects = Projects(HybridClock("a"), Limits(max_objects=3, max_tombstones=4))
-    project = hold(projects)
-    for i in range(4):
-        projects.edit(project, Create(None, f"o{i}", "rect", {}))
-        projects.edit(project, Delete(None, f"o{i}"))
-    assert len(project.tombstones) == 4
-    assert refused(projects, project, Create(None, "new", "rect", {})) == "limit_exceeded"
-    projects.edit(project, Create(None, "o1", "rect", {}))  # re-creating a deleted id adds no tombstone
-    assert len(project.objects) == 4 and len(project.tombstones) == 3
-
-
-def test_tombstones_past_the_horizon_are_forgotten_and_not_loaded() -> None:
-    wall = [1_000_000]
-    projects = Projects(HybridClock("a", wall_ms=lambda: wall[0]), Limits(tombstone_ttl_ms=60_000))
-    project = hold(projects)
-    for i in range(3):
-        projects.edit(project, Create(None, f"o{i}", "rect", {}))
-    projects.edit(project, Delete(None, "o0"))
-    wall[0] += 30_000
-    projects.edit(project, Delete(None, "o1"))
-    wall[0] += 40_000  # o0 deleted 70 s ago, o1 40 s ago
-    assert projects.expire_tombstones() == 1
-    assert sorted(project.objects) == ["o1", "o2"] and list(project.tombstones) == ["o1"]
-    reloaded = projects.build(
-        "p2", [*list(project.objects.values()), ObjectState("old", (False, (1, 0, "b")), ("rect", (1, 0, "b")))]
-    )
-    assert sorted(reloaded.objects) == ["o1", "o2"]  # a load skips expired tombstones too
-
-
 def test_a_stamp_far_ahead_moves_the_clock_only_to_the_bound_and_edits_still_win() -> None:
     wall = [1_000_000]
     clamped: list[tuple[int, int, str]] = []
@@ -311,25 +281,9 @@ def test_merging_unchanged_states_costs_no_merge(projects: Projects, monkeypatch
     assert projects.merge(project, [newer]).changed == ["o7"] and merges == ["o7"]
 
 
-def test_expiry_reads_only_the_oldest_deletes() -> None:
-    """Forgetting costs what is forgotten: the scan stops at the first delete within the horizon."""
-    wall = [1_000_000]
-    projects = Projects(HybridClock("a", wall_ms=lambda: wall[0]), Limits(tombstone_ttl_ms=60_000))
-    project = hold(projects)
-    for i in range(3):
-        projects.edit(project, Create(None, f"o{i}", "rect", {}))
-        projects.edit(project, Delete(None, f"o{i}"))
-        wall[0] += 10_000
-    late = ObjectState("old", (False, (wall[0] - 50_000, 0, "b")), ("rect", (1, 0, "b")))
-    projects.merge(project, [late])  # merged after newer deletes: behind them
-    assert list(project.tombstones) == ["o0", "o1", "o2", "old"]
-    wall[0] = 1_000_000 + 65_000  # o0 is 65 s old, o1 55 s, "old" 75 s
-    assert projects.expire_tombstones() == 1 and list(project.tombstones) == ["o1", "o2", "old"]
-    wall[0] += 20_000
-    assert projects.expire_tombstones() == 3 and project.tombstones == {}
-
-
-def test_fields_relayed_ahead_of_their_replicas_save_are_not_written_twice(projects: Projects, project: Project) -> None:
+def test_fields_relayed_ahead_of_their_replicas_save_are_not_written_twice(
+    projects: Projects, project: Project
+) -> None:
     """A relayed state newer than the table's copy is its origin's to save, for a grace period;
     fields stamped here are always ours to repair."""
     now = projects.clock.wall_ms()
@@ -342,3 +296,176 @@ def test_fields_relayed_ahead_of_their_replicas_save_are_not_written_twice(proje
     projects.dirty.take()
     projects.dirty.finish()
     assert projects.merge(project, [relayed]).repaired == ["r1"]  # the table lost our y (b's write clobbered it)
+
+
+# --- deletes that never lock a board: the budget, the grace, the horizon (horizon.py) -------
+
+
+def churned(limits: Limits, n: int, wall: list[int], step_ms: int = 0) -> tuple[Projects, Project]:
+    """A project where ``n`` objects were created and deleted, every delete saved."""
+    projects = Projects(HybridClock("a", wall_ms=lambda: wall[0]), limits)
+    project = hold(projects)
+    for i in range(n):
+        projects.edit(project, Create(None, f"o{i}", "rect", {}))
+        projects.edit(project, Delete(None, f"o{i}"))
+        wall[0] += step_ms
+    projects.dirty.take()
+    projects.dirty.finish()  # saved
+    return projects, project
+
+
+def test_past_deletes_never_refuse_a_create() -> None:
+    projects = Projects(HybridClock("a"), Limits(max_objects=3, max_tombstones=4))
+    project = hold(projects)
+    for i in range(50):
+        projects.edit(project, Create(None, f"o{i}", "rect", {}))  # never limit_exceeded
+        projects.edit(project, Delete(None, f"o{i}"))
+    assert len(project.tombstones) == 50  # none is forgotten within the grace
+    projects.edit(project, Create(None, "o1", "rect", {}))  # re-creating a deleted id takes its tombstone away
+    assert len(project.tombstones) == 49 and views(project) == [{"id": "o1", "type": "rect"}]
+
+
+def test_the_oldest_settled_tombstones_beyond_the_budget_are_forgotten_behind_the_horizon() -> None:
+    wall = [1_000_000]
+    limits = Limits(max_tombstones=4, tombstone_grace_ms=10_000)
+    projects, project = churned(limits, 10, wall, step_ms=1_000)  # deleted 1 s apart
+    wall[0] = 1_000_000 + 10_000 - 1
+    assert projects.plan_forget() == []  # every delete is within the grace: nothing yet
+    wall[0] = 1_000_000 + 10_000 + 5_000  # o0..o5 have settled for 10 s or more, o6 nearly
+    (plan,) = projects.plan_forget()
+    assert [s.id for s in plan.over] == ["o0", "o1", "o2", "o3", "o4", "o5"] and plan.expired == []
+    assert plan.horizon_ms == project.objects["o5"].alive[1][0]  # the newest delete forgotten
+    assert projects.forget(project, plan.over) == 6
+    assert list(project.tombstones) == ["o6", "o7", "o8", "o9"]  # the budget
+    assert project.horizon_ms >= plan.horizon_ms
+    assert "o0" not in project.objects and projects.plan_forget() == []
+
+
+def test_unsaved_tombstones_are_kept_and_a_save_starts_their_grace_again() -> None:
+    wall = [1_000_000]
+    limits = Limits(max_tombstones=1, tombstone_grace_ms=10_000)
+    projects, project = churned(limits, 3, wall)
+    projects.edit(project, Create(None, "late", "rect", {}))
+    projects.edit(project, Delete(None, "late"))  # unsaved
+    wall[0] += 60_000
+    (plan,) = projects.plan_forget()
+    assert [s.id for s in plan.over] == ["o0", "o1", "o2"]  # "late" waits: unsaved here
+    projects.settled([("p1", "o1")])  # written again just now (a repair): settled now
+    (plan,) = projects.plan_forget()
+    assert [s.id for s in plan.over] == ["o0", "o2"]
+
+
+def test_a_tombstone_changed_since_the_plan_is_not_forgotten() -> None:
+    wall = [1_000_000]
+    projects, project = churned(Limits(max_tombstones=0, tombstone_grace_ms=1), 2, wall)
+    wall[0] += 10
+    (plan,) = projects.plan_forget()
+    projects.edit(project, Create(None, "o0", "rect", {"x": 1}))  # re-created meanwhile
+    assert projects.forget(project, plan.over) == 1
+    assert views(project) == [{"id": "o0", "type": "rect", "x": 1}] and list(project.tombstones) == []
+
+
+def test_expired_tombstones_are_forgotten_and_not_loaded() -> None:
+    wall = [1_000_000]
+    limits = Limits(tombstone_ttl_ms=60_000, tombstone_grace_ms=1_000)
+    projects, project = churned(limits, 2, wall, step_ms=30_000)  # o0 deleted at 0 s, o1 at 30 s
+    projects.edit(project, Create(None, "live", "rect", {}))
+    wall[0] = 1_070_000  # o0 settled 70 s ago, o1 40 s ago
+    (plan,) = projects.plan_forget()
+    assert [s.id for s in plan.expired] == ["o0"] and plan.over == []
+    projects.forget(project, plan.expired)
+    assert sorted(project.objects) == ["live", "o1"]
+    old = ObjectState("old", (False, (1, 0, "b")), ("rect", (1, 0, "b")))
+    reloaded = projects.build("p2", [*project.objects.values(), old])
+    assert sorted(reloaded.objects) == ["live", "o1"]  # a load skips expired tombstones too
+    assert reloaded.horizon_ms >= wall[0] - 60_000  # and does not trust what expiry dropped
+
+
+def test_forgetting_reads_only_the_oldest_tombstones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass costs what it forgets: the scan stops at the first tombstone within the grace."""
+    wall = [1_000_000]
+    projects, project = churned(Limits(max_tombstones=10, tombstone_grace_ms=5_000), 1000, wall, step_ms=1)
+    wall[0] = 1_000_000 + 5_000 + 4  # o0..o4 (deleted 1 ms apart) settled
+    read: list[str] = []
+
+    class Counting(dict):  # type: ignore[type-arg]
+        def items(self):  # type: ignore[no-untyped-def]
+            for item in super().items():
+                read.append(item[0])
+                yield item
+
+    project.tombstones = Counting(project.tombstones)
+    (plan,) = projects.plan_forget()
+    assert [s.id for s in plan.over] == [f"o{i}" for i in range(5)] and len(read) == 6
+
+
+def test_states_behind_the_horizon_of_objects_not_known_here_are_trusted_only_from_the_table() -> None:
+    projects = Projects(HybridClock("a"), Limits(max_objects=100))
+    project = hold(projects)
+    now = projects.clock.wall_ms()
+    project.horizon_ms = now - 1_000  # deletes up to a second ago may be forgotten
+    projects.edit(project, Create(None, "known", "rect", {"x": 1}))
+    old = (now - 5_000, 0, "b")
+    stale = ObjectState.created("gone", "rect", {"x": 1}, old)  # perhaps the live copy of a forgotten object
+    tomb = ObjectState("dead", (False, old), ("rect", old))
+    fresh = ObjectState.created("new", "rect", {}, (now + 1, 0, "b"))
+    relayed = projects.merge(project, [stale, tomb, fresh])
+    assert relayed.changed == ["new"] and "gone" not in project.objects and "dead" not in project.objects
+    update = ObjectState(
+        "known", project.objects["known"].alive, project.objects["known"].type, {"x": (2, (now + 2, 0, "b"))}
+    )
+    assert projects.merge(project, [update]).changed == ["known"]  # objects known here merge as ever
+    from_table = projects.merge(project, [stale, tomb], trusted=True)
+    assert from_table.changed == ["gone"] and "dead" not in project.objects  # nothing stale gets into the table
+
+
+def test_a_replay_of_a_create_behind_the_horizon_does_not_bring_it_back(projects: Projects, project: Project) -> None:
+    now = projects.clock.wall_ms()
+    project.horizon_ms = now - 1_000
+    edit = projects.edit(project, Create(None, "gone", "rect", {}, stamp=(now - 5_000, 0, "a")))
+    assert edit.replay == "duplicate" and edit.echo is not None and json.loads(edit.echo.text)["op"] == "delete"
+    assert "gone" not in project.objects and projects.dirty.counts() == (0, 0)
+    edit = projects.edit(project, Create(None, "new", "rect", {}, stamp=(now - 10, 0, "a")))  # after the horizon
+    assert edit.replay == "applied" and "new" in project.views
+
+
+def test_refresh_keeps_what_only_memory_holds_unless_it_may_be_stale(projects: Projects, project: Project) -> None:
+    projects.edit(project, Create(None, "a", "rect", {"x": 1}))
+    projects.edit(project, Create(None, "b", "rect", {}))
+    projects.edit(project, Create(None, "c", "rect", {}))
+    projects.dirty.take()
+    projects.dirty.finish()
+    projects.edit(project, Update(None, "a", {"x": 2}))  # unsaved, of an object the table still has
+    projects.edit(project, Delete(None, "b"))  # unsaved: "b" went from the table too (forgotten)
+    projects.edit(project, Update(None, "c", {"y": 3}))  # unsaved: "c" was deleted and forgotten elsewhere
+    conn = Recorder()
+    project.connections.add(conn)  # type: ignore[arg-type]
+    table = [project.objects["a"].updated({"x": 1}, project.objects["a"].alive[1])]  # the table's "a": x=1
+    horizon = projects.clock.wall_ms()
+    fresh = projects.build("p1", [ObjectState.from_doc(s.id, s.to_doc()) for s in table], 0, gen=0, horizon_ms=horizon)
+    messages = projects.refresh(project, fresh)
+    assert views(project) == [{"id": "a", "type": "rect", "x": 2}]  # kept and merged
+    assert {json.loads(m.text)["op"] for m in messages} == {"delete"} and len(messages) == 1  # "c" went
+    assert project.horizon_ms >= horizon and project.connections == {conn}
+    assert sorted(o for _, o in projects.dirty.keys()) == ["a"]  # "c" is dropped unsaved; "b" is unknown: gone
+
+
+def test_a_dropped_copy_takes_no_more_marks_and_its_unsaved_states_go(projects: Projects, project: Project) -> None:
+    projects.edit(project, Create(None, "a", "rect", {}))
+    assert projects.drop("p1", 1) is project and project.dropped and projects.get("p1") is None
+    assert projects.dirty.counts() == (0, 0)
+    projects.edit(project, Create(None, "b", "rect", {}))  # the old copy, edited late: nothing to save
+    assert projects.dirty.counts() == (0, 0)
+    new = projects.install(projects.build("p1", [], gen=1))  # the id starts again, empty, in generation 1
+    assert projects.drop("p1", 1) is None  # a second word of the same delete drops nothing
+    projects.edit(new, Create(None, "c", "rect", {}))
+    assert [(o.state.id, o.gen) for o in projects.dirty.take()] == [("c", 1)]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def send(self, text: str, key: object = None, latest: bool = False) -> bool:
+        self.sent.append(text)
+        return False

@@ -14,7 +14,7 @@ from canvas_sync.relay import (
     decode,
     encode,
 )
-from canvas_sync.relay.core import project_of
+from canvas_sync.relay.core import BadMessage, project_of
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -89,3 +89,11 @@ def test_heartbeats_report_only_recent_projects() -> None:
     assert seq.last(now=30) == {"p": 2, "q": 1}
     assert seq.last(now=65) == {"q": 1}
     assert seq.next("p", now=66) == 3  # the count goes on
+
+
+def test_deletes_and_objects_carry_the_generation() -> None:
+    deleted = Message(Kind.DELETED, "r1", "e", "p", gen=3)
+    assert decode(encode(deleted)) == deleted and b'"g":3' in encode(deleted)
+    assert b'"g"' not in encode(Message(Kind.OBJECT, "r1", "e", "p", 1, doc={}))  # 0 is left out
+    with pytest.raises(BadMessage):
+        decode(b'{"k":"x","r":"r1","e":"e","g":"3"}')

@@ -10,13 +10,16 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 from canvas_sync.dirty import DirtyObject
-from canvas_sync.model import TOMBSTONE_TTL, ObjectState
+from canvas_sync.model import TOMBSTONE_TTL, ObjectState, encode_doc
 from canvas_sync.store import (
     HEAD,
     HEAD_WRITER_MAX_AGE_MS,
     INDEX_SAVED_AT,
     TTL_ATTRIBUTE,
     DynamoStore,
+    Head,
+    MemoryStore,
+    Store,
     make_client,
 )
 
@@ -46,7 +49,7 @@ def test_create_table_is_idempotent_with_index_and_ttl(store: DynamoStore) -> No
     table = store.client.describe_table(TableName=store.table)["Table"]
     assert table["TableStatus"] == "ACTIVE"
     assert [k["AttributeName"] for k in table["KeySchema"]] == ["project_id", "object_id"]
-    assert [i["IndexName"] for i in table["GlobalSecondaryIndexes"]] == [INDEX_SAVED_AT]
+    assert sorted(i["IndexName"] for i in table["GlobalSecondaryIndexes"]) == sorted([INDEX_SAVED_AT, "by_shard"])
     ttl = store.client.describe_time_to_live(TableName=store.table)["TimeToLiveDescription"]
     assert ttl.get("AttributeName") == TTL_ATTRIBUTE
     assert store.table_ready()
@@ -244,3 +247,96 @@ def test_heads_of_many_projects_take_one_request_per_hundred(store: DynamoStore)
     heads = store.heads([f"p{p}" for p in range(150)] + ["none"])
     assert len(calls) == 2
     assert all(set(heads[f"p{p}"]) == {"r1"} for p in range(150)) and heads["none"] == {}
+
+
+# --- generations, the horizon and forgotten tombstones: the same on both stores -------------
+
+
+@pytest.fixture(params=["dynamodb", "memory"])
+def either(request: pytest.FixtureRequest) -> Store:
+    """DynamoStore (moto here, DynamoDB Local in tests/system/test_store_dynamodb.py) or MemoryStore."""
+    if request.param == "memory":
+        return MemoryStore("r1")
+    return request.getfixturevalue("store")  # type: ignore[no-any-return]
+
+
+def stored(store: Store, project: str = "p1") -> int:
+    """Items in the partition, whatever they are (what a Scan would count), the head aside."""
+    if isinstance(store, MemoryStore):
+        return store.stored(project)
+    assert isinstance(store, DynamoStore)
+    items = store.client.query(
+        TableName=store.table,
+        KeyConditionExpression="project_id = :p",
+        ExpressionAttributeValues={":p": {"S": project}},
+        ConsistentRead=True,
+    )["Items"]
+    return sum(1 for item in items if item["object_id"]["S"] != HEAD)
+
+
+def of_gen(gen: int, n: int, prefix: str = "o", project: str = "p1") -> list[DirtyObject]:
+    stamp = (int(time.time() * 1000), gen, "r1")
+    return [
+        DirtyObject(project, ObjectState.created(f"{prefix}{i}", "rect", {"g": gen}, stamp), gen=gen) for i in range(n)
+    ]
+
+
+def test_a_bumped_generation_hides_every_older_item_wherever_it_comes_from(either: Store) -> None:
+    either.write(of_gen(0, 5), saved_at_ms=1_000)
+    assert either.load("p1").gen == 0 and len(either.load("p1").states) == 5
+    assert either.bump_generation("p1") == 1 and either.bump_generation("p1") == 2
+    assert either.read_heads(["p1", "none"]) == {
+        "p1": Head({"r1": either.heads(["p1"])["p1"]["r1"]}, 2, 0),
+        "none": Head(),
+    }
+    late = of_gen(1, 3, prefix="late")  # a save of a copy that missed the delete, landing after it
+    either.write(late, saved_at_ms=2_000)
+    loaded = either.load("p1")
+    assert (loaded.states, loaded.gen) == ([], 2)
+    assert stored(either) == 0 and loaded.stale == 8  # what a load meets of older generations goes
+    either.write(of_gen(2, 2, prefix="new"), saved_at_ms=3_000)
+    assert sorted(s.id for s in either.load("p1").states) == ["new0", "new1"]
+    feed = either.changes_since("p1", 0)  # the feed and reads by key say which generation wrote what
+    assert {(r.state.id, r.gen) for r in feed} == {("new0", 2), ("new1", 2)}
+    assert {r.gen for r in either.get_many([("p1", "new0")])} == {2}
+
+
+def test_a_sweep_deletes_what_older_generations_wrote_and_nothing_newer(either: Store) -> None:
+    either.write(of_gen(0, 30), saved_at_ms=1_000)
+    either.bump_generation("p1")
+    either.write(of_gen(1, 2, prefix="o"), saved_at_ms=2_000)  # o0, o1 rewritten by the new generation
+    assert either.sweep("p1") == 28 and stored(either) == 2
+    assert sorted(s.id for s in either.load("p1").states) == ["o0", "o1"]
+    assert either.sweep("p1") == 0
+
+
+def test_an_announcement_to_a_head_of_another_generation_is_fenced_not_owed(either: Store) -> None:
+    either.write(of_gen(0, 1), saved_at_ms=1_000)
+    token = either.heads(["p1"])["p1"]["r1"]
+    either.bump_generation("p1")
+    report = either.write(of_gen(0, 2, prefix="x"), saved_at_ms=2_000)  # written, then refused by the head
+    assert report.written == 2 and report.heads == 0 and not either.heads_owed
+    assert either.heads(["p1"])["p1"]["r1"] == token  # no reader is sent looking for them
+    assert either.take_fenced() == {"p1": 0} and either.take_fenced() == {}
+    either.write(of_gen(1, 1), saved_at_ms=3_000)  # a copy of the new generation announces as ever
+    assert either.heads(["p1"])["p1"]["r1"] != token and either.take_fenced() == {}
+
+
+def test_the_horizon_only_moves_forward_within_a_generation(either: Store) -> None:
+    assert either.advance_horizon("p1", 0, 1_000)
+    assert either.advance_horizon("p1", 0, 500)  # someone went further already: fine
+    assert either.read_heads(["p1"])["p1"].horizon_ms == 1_000 and either.load("p1").horizon_ms == 1_000
+    either.bump_generation("p1")
+    assert not either.advance_horizon("p1", 0, 2_000)  # the copy is of a deleted generation
+    assert either.advance_horizon("p1", 1, 2_000) and either.read_heads(["p1"])["p1"] == Head({}, 1, 2_000)
+
+
+def test_purge_deletes_a_forgotten_tombstone_only_while_it_is_that_tombstone(either: Store) -> None:
+    now = int(time.time() * 1000)
+    tombs = [ObjectState(f"t{i}", (False, (now, i, "r1")), ("rect", (now - 1, 0, "r1")), {}) for i in range(3)]
+    either.write([DirtyObject("p1", t) for t in tombs], saved_at_ms=now)
+    again = ObjectState.created("t1", "rect", {"x": 1}, (now + 5, 0, "r2"))  # re-created meanwhile
+    either.write([DirtyObject("p1", again)], saved_at_ms=now + 5)
+    docs = [(t.id, encode_doc(t)) for t in tombs] + [("missing", encode_doc(tombs[0]))]
+    assert either.purge("p1", docs) == 2
+    assert [s.view() for s in either.load("p1").states] == [{"id": "t1", "type": "rect", "x": 1}]

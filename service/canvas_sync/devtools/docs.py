@@ -152,7 +152,17 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "tombstone_ttl",
             "max_tombstones_per_project",
+            "tombstone_grace",
             "max_stored_object_bytes",
+        ),
+    ),
+    (
+        "Projects as resources",
+        (
+            "registry_interval",
+            "version_interval",
+            "version_retention",
+            "max_request_bytes",
         ),
     ),
 )

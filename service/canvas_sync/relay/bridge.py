@@ -3,13 +3,15 @@ clients, and what only this memory holds goes out to a replica that says hello.
 
 Between subscribing to a project and installing its load, relayed states are kept (at
 most ``EARLY_LIMIT``; beyond it the project is caught up from the table instead), so an
-edit relayed while the load reads is never lost. Everything here runs on the loop.
+edit relayed while the load reads is never lost. States relayed from a copy of another
+generation than the one held (a deleted project's) are not merged; a delete relayed by
+the replica that made it drops the copy at once. Everything here runs on the loop.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from ..dirty import DirtySet
@@ -40,8 +42,10 @@ class RelayBridge:
         self.dirty = dirty
         self.presence = presence
         self.puller = puller
-        self._early: dict[str, list[ObjectState]] = {}
-        """Projects loading -> states relayed meanwhile."""
+        self.on_project_deleted: Callable[[str, int], None] = lambda project, gen: None
+        """Drops a held copy older than the generation given (set by the service)."""
+        self._early: dict[str, list[tuple[ObjectState, int]]] = {}
+        """Projects loading -> states relayed meanwhile, with the generation they come from."""
         self._hellos: set[str] = set()
         """Projects whose hello waits for an answer (given by the next tick)."""
         self._hello_answered: dict[str, float] = {}
@@ -56,7 +60,7 @@ class RelayBridge:
     def loaded(self, project: Project) -> None:
         early = self._early.pop(project.id, None)
         if early:
-            self._merge(project, early)
+            self._merge(project, [state for state, gen in early if gen == project.gen])
 
     async def load_failed(self, project_id: str) -> None:
         self._early.pop(project_id, None)
@@ -66,19 +70,33 @@ class RelayBridge:
         self._hello_answered.pop(project_id, None)
         await self.relay.unsubscribe(project_id)
 
-    def edited(self, project_id: str, state: ObjectState) -> None:
-        """A client's edit was applied here: other replicas' clients see it in milliseconds."""
-        self.relay.publish_object(project_id, state)
+    async def dropped(self, project_id: str) -> None:
+        """A deleted project's copy was let go: unsubscribe, unless it is being loaded
+        again already (a client that came back at once)."""
+        if self.projects.get(project_id) is None and project_id not in self._early:
+            await self.evicted(project_id)
+
+    def edited(self, project_id: str, state: ObjectState, gen: int = 0) -> None:
+        """A client's edit was applied here (to a copy of ``gen``): other replicas' clients
+        see it in milliseconds."""
+        self.relay.publish_object(project_id, state, gen)
+
+    def deleted(self, project_id: str, gen: int) -> None:
+        """The project was deleted here: tell every holder."""
+        self.relay.publish_deleted(project_id, gen)
 
     # --- the relay's handler ---------------------------------------------------------------
 
     def held(self) -> Iterable[str]:
         return list(self.projects.projects)
 
-    def on_object(self, project_id: str, state: ObjectState) -> None:
+    def on_object(self, project_id: str, state: ObjectState, gen: int = 0) -> None:
         project = self.projects.get(project_id)
         if project is not None:
-            self._merge(project, [state])
+            if gen == project.gen:
+                self._merge(project, [state])
+            elif gen > project.gen:  # a copy made after a delete this replica has not heard of
+                self.on_project_deleted(project_id, gen)
             return
         early = self._early.get(project_id)
         if early is None:
@@ -86,7 +104,10 @@ class RelayBridge:
         if len(early) >= EARLY_LIMIT:
             early.clear()
             self.puller.catch_up(project_id)
-        early.append(state)
+        early.append((state, gen))
+
+    def on_deleted(self, project_id: str, gen: int) -> None:
+        self.on_project_deleted(project_id, gen)
 
     def on_presence(self, message: Message) -> None:
         now = time.monotonic()
@@ -114,10 +135,11 @@ class RelayBridge:
                 continue
             self._hellos.discard(project_id)
             self._hello_answered[project_id] = now
-            if self.projects.get(project_id) is None:
+            project = self.projects.get(project_id)
+            if project is None:
                 continue
             for state in self.dirty.unsaved_states(project_id):
-                self.relay.publish_object(project_id, state)
+                self.relay.publish_object(project_id, state, project.gen)
             local = self.presence.roster.local(project_id)
             if local:
                 self.relay.publish_presences(project_id, local)

@@ -48,6 +48,14 @@ class Kind(StrEnum):
     HELLO = "h"
     """A replica (re)subscribed to the project: holders answer with their unsaved states."""
     HEARTBEAT = "hb"
+    DELETED = "x"
+    """The project was deleted (its generation is now ``gen``): holders drop their copies."""
+
+    @property
+    def label(self) -> str:
+        """The readable name metrics and logs use (``object``, ``presence_all``): the wire
+        codes are short to keep messages small, not to be read on a dashboard."""
+        return self.name.lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +74,9 @@ class Message:
     sub: str | None = None
     seqs: dict[str, int] = field(default_factory=dict)
     """Heartbeats: the publisher's last sequence per project it published to lately."""
+    gen: int = 0
+    """Objects: the generation of the copy they come from (a receiver of another ignores
+    them); deletes: the project's new generation."""
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
@@ -82,6 +93,7 @@ _KEYS = {
     "presence": "st",
     "sub": "u",
     "seqs": "q",
+    "gen": "g",
 }
 _NAMES = {short: name for name, short in _KEYS.items()}
 _DEFAULTS = Message(Kind.HEARTBEAT, "", "")
@@ -115,6 +127,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "presence": (dict, type(None)),
     "sub": (str, type(None)),
     "seqs": (dict,),
+    "gen": (int,),
 }
 
 

@@ -54,7 +54,11 @@ class Handler(Protocol):
 
     def held(self) -> Iterable[str]: ...
 
-    def on_object(self, project: str, state: ObjectState) -> None: ...
+    def on_object(self, project: str, state: ObjectState, gen: int = 0) -> None: ...
+
+    def on_deleted(self, project: str, gen: int) -> None:
+        """The project was deleted elsewhere: drop a copy older than ``gen``."""
+        ...
 
     def on_presence(self, message: Message) -> None: ...
 
@@ -155,7 +159,8 @@ class Relay:
 
     # --- publishing (called on the loop by edits; never waits) ---------------------------
 
-    def publish_object(self, project: str, state: ObjectState) -> None:
+    def publish_object(self, project: str, state: ObjectState, gen: int = 0) -> None:
+        """``gen``: the generation of the copy the state comes from."""
         if self.peers.get(project) == 0:
             return  # nobody else holds it: no message, no sequence number
         message = Message(
@@ -167,8 +172,17 @@ class Relay:
             self.wall_ms(),
             doc=state.to_doc(),
             object_id=state.id,
+            gen=gen,
         )
         self._enqueue(channel(project), message)
+
+    def publish_deleted(self, project: str, gen: int) -> None:
+        """The project was deleted here: every holder drops it at once (the heads tell
+        those that miss this within a sync pass)."""
+        self._enqueue(
+            channel(project),
+            Message(Kind.DELETED, self.replica_id, self.epoch, project, sent_ms=self.wall_ms(), gen=gen),
+        )
 
     def publish_presence(
         self, project: str, client: str, presence: dict[str, Any] | None, sub: str | None = None
@@ -224,6 +238,7 @@ class Relay:
                             item.message.project,
                             item.message.seq,
                             object_id=item.message.object_id,
+                            gen=item.message.gen,
                         )
                     )
                 wire.append((item.channel, data))
@@ -357,7 +372,10 @@ class Relay:
         project = project_of(name)
         if project is None or project not in self.subscribed:
             return
-        self.metrics.relay_received.labels(str(message.kind)).inc()
+        self.metrics.relay_received.labels(message.kind.label).inc()
+        if message.kind == Kind.DELETED:
+            self.handler.on_deleted(project, message.gen)
+            return
         if message.kind in (Kind.HELLO, Kind.PRESENCE, Kind.PRESENCE_ALL):
             self._hello_at[project] = time.monotonic()
             self.peers[project] = max(1, self.peers.get(project, 1))  # someone else is here
@@ -374,7 +392,7 @@ class Relay:
             self._catch_up(project, "too_big")
         elif verdict != Verdict.DUPLICATE and message.doc is not None:
             self.metrics.relay_lag.observe(max(0.0, (self.wall_ms() - message.sent_ms) / 1000))
-            self.handler.on_object(project, ObjectState.from_doc(message.object_id, message.doc))
+            self.handler.on_object(project, ObjectState.from_doc(message.object_id, message.doc), message.gen)
 
     def _on_heartbeat(self, message: Message) -> None:
         now = time.monotonic()

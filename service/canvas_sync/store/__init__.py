@@ -5,7 +5,7 @@ same layout and rules in a dictionary, so the auto-save and sync logic is unit-t
 milliseconds; what only DynamoDB can show is tested against DynamoDB Local.
 """
 
-from .base import BATCH_LIMIT, HEAD, ITEM_LIMIT_BYTES, Saved, Store, WriteReport
+from .base import BATCH_LIMIT, HEAD, ITEM_LIMIT_BYTES, Head, Loaded, Saved, Store, WriteReport
 from .dynamodb import (
     HEAD_WRITER_MAX_AGE_MS,
     INDEX_SAVED_AT,
@@ -27,6 +27,8 @@ __all__ = [
     "TTL_ATTRIBUTE",
     "WRITER_PREFIX",
     "DynamoStore",
+    "Head",
+    "Loaded",
     "MemoryStore",
     "Saved",
     "Store",

@@ -15,6 +15,9 @@ ITEM_LIMIT_BYTES = 400 * 1024
 """DynamoDB refuses an item larger than this (names and values together)."""
 HEAD = "#head"
 """Sort key of the per-project change marker (sort keys starting with # are not objects)."""
+FIRST_OBJECT_KEY = "0"
+"""Object ids start with a letter or digit, all sorting after ``#``: loads query sort keys
+from here, so items that are not objects (``#head``, ``#meta``, ``#ver#...``) are never read."""
 
 BatchObserver = Callable[[str, float, int], None]
 """Called after every batch write with (outcome, seconds, items written)."""
@@ -28,6 +31,34 @@ class Saved:
     state: ObjectState
     saved_at: int
     saved_by: str
+    gen: int = 0
+    """The generation of the copy that wrote it: an item below the head's is from before
+    a delete of the project, and is not the project's any more."""
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A project's ``#head`` item: who saved it lately, and what every copy must agree on."""
+
+    tokens: dict[str, str] = field(default_factory=dict)
+    """Replica id -> token of its latest announced save."""
+    gen: int = 0
+    """Bumped by each delete of the project: items and copies of a lower one are gone."""
+    horizon_ms: int = 0
+    """Deletes stamped at or before it may be forgotten by every copy and the table
+    (``horizon.py``); it only moves forward."""
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A whole project as a load or a reconcile reads it."""
+
+    states: list[ObjectState]
+    gen: int = 0
+    horizon_ms: int = 0
+    """The head's, read after the items (see :meth:`Store.load`)."""
+    stale: int = 0
+    """Items of an older generation met on the way (left by a save that raced a delete), deleted."""
 
 
 @dataclass
@@ -55,9 +86,13 @@ class WriteReport:
 class Store(Protocol):
     """What the replica needs from its database. Called from worker threads only.
 
-    Items are written with ``saved_at`` (the save's clock, the change feed's order) and
-    ``saved_by``; after a pass has written some of a project's items, the writer's token
-    in the project's head changes (``heads.py``: the same bookkeeping for every store).
+    Items are written with ``saved_at`` (the save's clock, the change feed's order),
+    ``saved_by`` and ``gen`` (the generation of the copy that wrote them); after a pass has
+    written some of a project's items, the writer's token in the project's head changes
+    (``heads.py``: the same bookkeeping for every store), on condition that the head is
+    still of that generation. BatchWriteItem takes no conditions, so a copy that missed a
+    delete may still land items: they carry the old generation, every reader skips them,
+    and the refused announcement tells the writer to drop its copy and sweep them.
     """
 
     replica_id: str
@@ -88,6 +123,44 @@ class Store(Protocol):
 
     def load_project(self, project_id: str) -> list[ObjectState]:
         """Every object of a project, tombstones included, expired ones skipped."""
+        ...
+
+    def load(self, project_id: str) -> Loaded:
+        """Every object of the project's current generation, then its head (read after the
+        items: a horizon or generation that moved meanwhile is never missed). Items of older
+        generations are skipped and deleted."""
+        ...
+
+    def read_heads(self, project_ids: list[str]) -> dict[str, Head]:
+        """Each project's whole head (tokens, generation, horizon); consistent reads."""
+        ...
+
+    def take_fenced(self) -> dict[str, int]:
+        """Projects whose head refused this replica's announcement since the last call
+        (its generation moved on: the project was deleted), with the generation written."""
+        ...
+
+    def bump_generation(self, project_id: str, horizon_ms: int = 0) -> int:
+        """Delete the project logically: its head's generation + 1, returned. From then on
+        no reader sees any item of an older generation, wherever it comes from. The new
+        generation's horizon is ``horizon_ms`` (the delete's time: whatever was stamped
+        before it is gone, so a client replaying an old change cannot bring it back)."""
+        ...
+
+    def sweep(self, project_id: str) -> int:
+        """Delete every item of the partition but the head that is of an older generation
+        than the head's (each on that condition, so an item written meanwhile by a copy of
+        the new generation stays); how many."""
+        ...
+
+    def advance_horizon(self, project_id: str, gen: int, horizon_ms: int) -> bool:
+        """Move the head's horizon forward to ``horizon_ms`` (never back); False when the
+        head is of another generation (the project was deleted)."""
+        ...
+
+    def purge(self, project_id: str, items: list[tuple[str, str]]) -> int:
+        """Delete forgotten tombstones, each ``(object id, stored doc)`` only while the item
+        still holds that very doc (a re-create written meanwhile stays); how many."""
         ...
 
     def changes_since(self, project_id: str, after_ms: int) -> list[Saved]:

@@ -9,6 +9,9 @@ One item per object (tombstones included), keyed ``(project_id, object_id)``:
   (``project_id``, ``saved_at``) is the change feed other replicas pull from.
 - ``saved_by`` (S): the replica that wrote the item.
 - ``expires_at`` (N, tombstones only): DynamoDB TTL, so deleted objects eventually go.
+- ``gen`` (N, left out while 0): the generation of the copy that wrote the item. Readers
+  skip items below the head's generation: what a save that raced a delete of the project
+  wrote after it is never seen, and is swept.
 
 One more item per project, ``(project_id, "#head")``: after a save pass has written some
 of a project's objects, the replica sets its own attribute ``w_<replica id>`` there to a
@@ -16,7 +19,9 @@ token new for every pass (``heads.py``). A
 replica holding the project reads the heads of all its projects with BatchGetItem (100 a
 request) and queries the change feed only of projects another replica saved lately, so
 an idle project costs a hundredth of a request per sync pass instead of one Query. The
-head has no ``saved_at``, so it stays out of the index.
+head has no ``saved_at``, so it stays out of the index. It also holds ``gen`` (raised by
+each delete of the project; a replica's token is written only while the head is of its
+copy's generation) and ``horizon_ms`` (``horizon.py``: deletes behind it may be forgotten).
 
 The store is called from worker threads only; boto3 clients are thread-safe.
 """
@@ -33,11 +38,12 @@ from typing import Any
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
-from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_random_exponential
+from tenacity import Retrying, retry_if_result, stop_after_attempt, stop_after_delay, wait_random_exponential
 
 from ..dirty import DirtyObject
 from ..model import TOMBSTONE_TTL, ObjectState, encode_doc
-from .base import BATCH_LIMIT, HEAD, BatchObserver, Saved, WriteReport
+from . import registry
+from .base import BATCH_LIMIT, FIRST_OBJECT_KEY, HEAD, BatchObserver, Head, Loaded, Saved, WriteReport
 from .heads import Announcements, token_ms
 
 log = logging.getLogger(__name__)
@@ -45,6 +51,12 @@ log = logging.getLogger(__name__)
 INDEX_SAVED_AT = "by_saved_at"
 TTL_ATTRIBUTE = "expires_at"
 WRITER_PREFIX = "w_"
+GEN = "gen"
+HORIZON = "horizon_ms"
+SAME_GEN = "(attribute_not_exists(gen) OR gen = :gen)"
+"""The condition of every head write made for a copy: the head is still of its generation."""
+OLDER_GEN = "(attribute_not_exists(gen) OR gen < :gen)"
+"""The condition of every sweep: the item is of an older generation than the head's."""
 HEAD_WRITER_MAX_AGE_MS = 7 * 24 * 3600 * 1000
 """A replica that has not saved a project for this long is dropped from its head."""
 
@@ -83,23 +95,31 @@ class DynamoStore:
         concurrency: int = 4,
         unprocessed_attempts: int = 6,
         tombstone_ttl: float = TOMBSTONE_TTL,
+        write_deadline: float = 15.0,
     ) -> None:
+        """``write_deadline``: seconds after which a batch is no longer retried (it is
+        reported failed and waits for the next pass): a pass must land within the bound
+        ``horizon.py`` relies on, not whenever throttling lets it."""
         self.client = client
         self.table = table
         self.replica_id = replica_id
         self.unprocessed_attempts = unprocessed_attempts
         self.tombstone_ttl = tombstone_ttl
+        self.write_deadline = write_deadline
         self.observer: BatchObserver = lambda outcome, seconds, written: None
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="canvas-save")
+        self._deletes = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="canvas-delete")
+        """Deletes of swept items and forgotten tombstones: apart, so they never hold up a save."""
         self._announcements = Announcements()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._deletes.shutdown(wait=True)
 
     # --- table --------------------------------------------------------------------------
 
     def create_table(self, wait_seconds: float = 60) -> None:
-        """Create the table, its change-feed index and TTL if missing; wait until ACTIVE."""
+        """Create the table, its change-feed and registry indexes and TTL if missing; wait until ACTIVE."""
         try:
             self.client.create_table(
                 TableName=self.table,
@@ -108,6 +128,7 @@ class DynamoStore:
                     {"AttributeName": "project_id", "AttributeType": "S"},
                     {"AttributeName": "object_id", "AttributeType": "S"},
                     {"AttributeName": "saved_at", "AttributeType": "N"},
+                    *registry.ATTRIBUTES,
                 ],
                 KeySchema=[
                     {"AttributeName": "project_id", "KeyType": "HASH"},
@@ -121,7 +142,8 @@ class DynamoStore:
                             {"AttributeName": "saved_at", "KeyType": "RANGE"},
                         ],
                         "Projection": {"ProjectionType": "ALL"},
-                    }
+                    },
+                    registry.INDEX,
                 ],
             )
             log.info("table created", extra={"table": self.table})
@@ -140,6 +162,7 @@ class DynamoStore:
             # Enabling twice is refused with a ValidationException; that is fine.
             if error.response["Error"]["Code"] != "ValidationException":
                 raise
+        registry.ensure_index(self.client, self.table, wait_seconds)  # tables made before the registry
 
     def table_ready(self) -> bool:
         """True when the table exists and is ACTIVE (used by /readyz)."""
@@ -156,6 +179,8 @@ class DynamoStore:
             "saved_at": {"N": str(saved_at_ms)},
             "saved_by": {"S": self.replica_id},
         }
+        if obj.gen:
+            item[GEN] = {"N": str(obj.gen)}
         if not obj.state.is_alive:
             # a stamp from a clock far ahead must not keep a tombstone for ever
             deleted_s = min(obj.state.alive[1][0], saved_at_ms) / 1000
@@ -178,7 +203,12 @@ class DynamoStore:
         for chunk_report in self._pool.map(lambda c: self._write_chunk(c, saved_at_ms), chunks):
             report.add(chunk_report)
         not_written = {o.key for o in report.failed} | {o.key for o, _ in report.refused}
-        self._announcements.owe({o.project for o in objects if o.key not in not_written}, saved_at_ms)
+        gens: dict[int, set[str]] = {}
+        for o in objects:
+            if o.key not in not_written:
+                gens.setdefault(o.gen, set()).add(o.project)
+        for gen, projects in gens.items():
+            self._announcements.owe(projects, saved_at_ms, gen)
         report.heads = self.announce()
         return report
 
@@ -194,20 +224,36 @@ class DynamoStore:
         (never beside them), in parallel; failures stay owed for the next call."""
         now_ms = int(time.time() * 1000)
         return self._announcements.announce(
-            lambda project, token: self._touch_head(project, token, now_ms), self._pool.map
+            lambda project, token, gen: self._touch_head(project, token, gen, now_ms), self._pool.map
         )
 
-    def _touch_head(self, project: str, token: str, now_ms: int) -> bool:
+    def take_fenced(self) -> dict[str, int]:
+        return self._announcements.take_fenced()
+
+    def _touch_head(self, project: str, token: str, gen: int, now_ms: int) -> bool | None:
         key = {"project_id": {"S": project}, "object_id": {"S": HEAD}}
         try:
             head = self.client.update_item(
                 TableName=self.table,
                 Key=key,
                 UpdateExpression="SET #me = :t",
+                ConditionExpression=SAME_GEN,
                 ExpressionAttributeNames={"#me": WRITER_PREFIX + self.replica_id},
-                ExpressionAttributeValues={":t": {"S": token}},
+                ExpressionAttributeValues={":t": {"S": token}, ":gen": {"N": str(gen)}},
                 ReturnValues="ALL_NEW",
             )["Attributes"]
+        except ClientError as error:
+            if _code(error) == "ConditionalCheckFailedException":
+                log.info(
+                    "head of another generation: the project was deleted",
+                    extra={"event": "fenced", "project": project, "gen": gen},
+                )
+                return None
+            log.warning(
+                "head update failed; retried with the next pass",
+                extra={"event": "head_error", "project": project, "error": _describe(error)},
+            )
+            return False
         except STORE_ERRORS as error:
             log.warning(
                 "head update failed; retried with the next pass",
@@ -249,14 +295,119 @@ class DynamoStore:
 
     def heads(self, project_ids: list[str]) -> dict[str, dict[str, str]]:
         """Each project's head: replica id -> token of its latest save (consistent reads)."""
-        out: dict[str, dict[str, str]] = {p: {} for p in project_ids}
+        return {p: head.tokens for p, head in self.read_heads(project_ids).items()}
+
+    def read_heads(self, project_ids: list[str]) -> dict[str, Head]:
+        """Each project's whole head (tokens, generation, horizon); consistent reads, 100 a request."""
+        out: dict[str, Head] = {p: Head() for p in project_ids}
         for item in self._batch_get([(p, HEAD) for p in project_ids]):
-            out[item["project_id"]["S"]] = {
-                name[len(WRITER_PREFIX) :]: value["S"]
-                for name, value in item.items()
-                if name.startswith(WRITER_PREFIX) and "S" in value
-            }
+            out[item["project_id"]["S"]] = _head(item)
         return out
+
+    def _read_head(self, project_id: str) -> Head:
+        item = self.client.get_item(
+            TableName=self.table,
+            Key={"project_id": {"S": project_id}, "object_id": {"S": HEAD}},
+            ConsistentRead=True,
+        ).get("Item")
+        return _head(item) if item else Head()
+
+    # --- deletes of a whole project, and of forgotten tombstones ----------------------------
+
+    def bump_generation(self, project_id: str, horizon_ms: int = 0) -> int:
+        """The project's head one generation on (created if missing), its horizon the
+        delete's; the new generation."""
+        attributes = self.client.update_item(
+            TableName=self.table,
+            Key={"project_id": {"S": project_id}, "object_id": {"S": HEAD}},
+            UpdateExpression="SET gen = if_not_exists(gen, :zero) + :one, deleted_at = :now, horizon_ms = :h",
+            ExpressionAttributeValues={
+                ":zero": {"N": "0"},
+                ":one": {"N": "1"},
+                ":now": {"N": str(int(time.time() * 1000))},
+                ":h": {"N": str(horizon_ms)},
+            },
+            ReturnValues="UPDATED_NEW",
+        )["Attributes"]
+        return int(attributes[GEN]["N"])
+
+    def sweep(self, project_id: str) -> int:
+        """Delete every item of an older generation than the head's (the head stays), in
+        parallel, each on that condition; how many. Raises when some could not be deleted
+        (they are invisible meanwhile; a later sweep or load takes them)."""
+        gen = self._read_head(project_id).gen
+        pages = self.client.get_paginator("query").paginate(
+            TableName=self.table,
+            KeyConditionExpression="project_id = :p",
+            ExpressionAttributeValues={":p": {"S": project_id}},
+            ProjectionExpression="object_id, gen",
+            ConsistentRead=True,
+        )
+        keys = [
+            item["object_id"]["S"]
+            for page in pages
+            for item in page["Items"]
+            if item["object_id"]["S"] != HEAD and _gen(item) < gen
+        ]
+        return self._delete_each(project_id, [(oid, OLDER_GEN, {":gen": {"N": str(gen)}}) for oid in keys])
+
+    def advance_horizon(self, project_id: str, gen: int, horizon_ms: int) -> bool:
+        """``horizon_ms`` into the head unless it holds a later one; False when the head is
+        of another generation."""
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key={"project_id": {"S": project_id}, "object_id": {"S": HEAD}},
+                UpdateExpression="SET horizon_ms = :h",
+                ConditionExpression=f"{SAME_GEN} AND (attribute_not_exists(horizon_ms) OR horizon_ms < :h)",
+                ExpressionAttributeValues={":h": {"N": str(horizon_ms)}, ":gen": {"N": str(gen)}},
+            )
+        except ClientError as error:
+            if _code(error) != "ConditionalCheckFailedException":
+                raise
+            return self._read_head(project_id).gen == gen  # the head holds a later horizon already
+        return True
+
+    def purge(self, project_id: str, items: list[tuple[str, str]]) -> int:
+        """Delete forgotten tombstones, each only while it holds the doc given; how many.
+        Best effort: what fails stays (skipped by readers once expired, forgotten again by
+        the next copy that loads it)."""
+        try:
+            return self._delete_each(project_id, [(oid, "doc = :doc", {":doc": {"S": doc}}) for oid, doc in items])
+        except _PartlyDeleted as error:
+            log.warning(
+                "forgotten tombstones partly deleted",
+                extra={"event": "purge_error", "project": project_id, "deleted": error.deleted, "error": str(error)},
+            )
+            return error.deleted
+
+    def _delete_each(self, project_id: str, deletes: list[tuple[str, str, dict[str, Any]]]) -> int:
+        """DeleteItem of each (object id, condition, values), in parallel; a condition that
+        fails means the item is not the one meant (or gone): left alone. How many were deleted."""
+
+        def delete(job: tuple[str, str, dict[str, Any]]) -> bool | Exception:
+            object_id, condition, values = job
+            try:
+                self.client.delete_item(
+                    TableName=self.table,
+                    Key={"project_id": {"S": project_id}, "object_id": {"S": object_id}},
+                    ConditionExpression=condition,
+                    ExpressionAttributeValues=values,
+                )
+            except ClientError as error:
+                if _code(error) == "ConditionalCheckFailedException":
+                    return False
+                return error
+            except BotoCoreError as error:
+                return error
+            return True
+
+        results = list(self._deletes.map(delete, deletes))
+        deleted = sum(1 for r in results if r is True)
+        errors = [r for r in results if isinstance(r, Exception)]
+        if errors:
+            raise _PartlyDeleted(deleted, f"{len(errors)} deletes failed, e.g. {_describe(errors[0])}")
+        return deleted
 
     def _write_chunk(self, chunk: list[DirtyObject], saved_at_ms: int) -> WriteReport:
         pending = {(o.project, o.state.id): (o, self.item(o, saved_at_ms)) for o in chunk}
@@ -271,7 +422,7 @@ class DynamoStore:
         retrying = Retrying(
             retry=retry_if_result(bool),
             wait=wait_random_exponential(multiplier=0.05, max=2.0),  # full jitter
-            stop=stop_after_attempt(self.unprocessed_attempts),
+            stop=stop_after_attempt(self.unprocessed_attempts) | stop_after_delay(self.write_deadline),
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
         )
         try:
@@ -325,13 +476,29 @@ class DynamoStore:
 
     def load_project(self, project_id: str) -> list[ObjectState]:
         """Every object of a project (tombstones included, expired ones skipped)."""
+        return self.load(project_id).states
+
+    def load(self, project_id: str) -> Loaded:
+        """Every object of the project's generation (a paginated, consistent Query of the
+        object keys alone), then its head; items of older generations are skipped and
+        deleted (what a save that raced a delete left)."""
         pages = self.client.get_paginator("query").paginate(
             TableName=self.table,
-            KeyConditionExpression="project_id = :p",
-            ExpressionAttributeValues={":p": {"S": project_id}},
+            KeyConditionExpression="project_id = :p AND object_id >= :first",
+            ExpressionAttributeValues={":p": {"S": project_id}, ":first": {"S": FIRST_OBJECT_KEY}},
             ConsistentRead=True,
         )
-        return [saved.state for saved in self._records(item for page in pages for item in page["Items"])]
+        records = list(self._records(item for page in pages for item in page["Items"]))
+        head = self._read_head(project_id)
+        stale = [r.state.id for r in records if r.gen < head.gen]
+        if stale:
+            values = {":gen": {"N": str(head.gen)}}
+            try:
+                self._delete_each(project_id, [(oid, OLDER_GEN, values) for oid in stale])
+            except _PartlyDeleted as error:  # invisible all the same; the next load tries again
+                log.warning("sweep during a load failed", extra={"event": "sweep_error", "error": str(error)})
+        states = [r.state for r in records if r.gen >= head.gen]
+        return Loaded(states, head.gen, head.horizon_ms, len(stale))
 
     def changes_since(self, project_id: str, after_ms: int) -> list[Saved]:
         """Items of a project saved after ``after_ms``: the change feed (index query).
@@ -391,7 +558,28 @@ class DynamoStore:
                 ObjectState.from_doc(object_id, json.loads(item["doc"]["S"])),
                 int(item["saved_at"]["N"]),
                 item.get("saved_by", {}).get("S", ""),
+                _gen(item),
             )
+
+
+class _PartlyDeleted(Exception):
+    def __init__(self, deleted: int, message: str) -> None:
+        super().__init__(message)
+        self.deleted = deleted
+
+
+def _gen(item: dict[str, Any]) -> int:
+    return int(item[GEN]["N"]) if GEN in item else 0
+
+
+def _head(item: dict[str, Any]) -> Head:
+    tokens = {
+        name[len(WRITER_PREFIX) :]: value["S"]
+        for name, value in item.items()
+        if name.startswith(WRITER_PREFIX) and "S" in value
+    }
+    horizon = int(item[HORIZON]["N"]) if HORIZON in item else 0
+    return Head(tokens, _gen(item), horizon)
 
 
 def _code(error: ClientError) -> str:
