@@ -7,6 +7,7 @@ them back. ``pytest -s`` prints the figures; test-output/tombstones.json keeps t
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -111,12 +112,23 @@ def churn(replica: Replica, project: str, prefix: str, pairs: int, per_second: f
             read()
 
 
+FULL = os.environ.get("CANVAS_FULL_CHURN") == "1"
+"""``make test`` runs a fifth of the churn against a fifth of the budget and a short grace (the
+same paths, three minutes less); ``CANVAS_FULL_CHURN=1`` runs the 30,000 pairs with the
+default settings, as docs/operations.md quotes them (about four minutes)."""
+SCALE: dict[str, Any] = (
+    {}
+    if FULL
+    else {"max_tombstones_per_project": DEFAULTS.max_tombstones_per_project // 5, "tombstone_grace": 15.0}
+)
+
+
 @pytest.mark.timeout(600)  # the churn, then the grace period (90 s by default) and the deletes it lets go
-def test_30000_create_delete_pairs_with_the_default_settings(
+def test_create_delete_pairs_never_refused_and_the_table_stays_bounded(
     replicas: Any, dynamodb_local: DynamoDBLocal, table: str
 ) -> None:
-    pairs, connections, live = 30_000, 4, 200
-    defaults = {"autosave_interval": DEFAULTS.autosave_interval}  # the fixture's 0.5 s put back
+    pairs, connections, live = (30_000 if FULL else 6_000), 4, 200
+    defaults = {"autosave_interval": DEFAULTS.autosave_interval, **SCALE}  # the fixture's 0.5 s put back
     board = replicas("replica-board", **defaults)
     keeper = Client(board, "board")
     keeper.create(*(f"keep{i}" for i in range(live)))  # the drawing that stays
@@ -140,7 +152,7 @@ def test_30000_create_delete_pairs_with_the_default_settings(
     finally:
         done.set()
         sampler.join()
-    record("30,000 create+delete pairs, default settings", {**figures, "samples": samples})
+    record(f"{pairs:,} create+delete pairs, {'default settings' if FULL else SCALE}", {**figures, "samples": samples})
 
 
 def timed_load(replica: Replica, project: str) -> tuple[float, int]:
@@ -163,7 +175,8 @@ def run_churn(
     live: int,
     errors: list[dict],
 ) -> dict[str, Any]:
-    budget, grace = DEFAULTS.max_tombstones_per_project, DEFAULTS.tombstone_grace
+    budget = defaults.get("max_tombstones_per_project", DEFAULTS.max_tombstones_per_project)
+    grace = defaults.get("tombstone_grace", DEFAULTS.tombstone_grace)
     per_connection = DEFAULTS.rate_limit * 0.8  # paced under the limit: nothing is refused for speed
     started = time.monotonic()
     threads = [
