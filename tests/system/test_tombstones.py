@@ -117,9 +117,7 @@ FULL = os.environ.get("CANVAS_FULL_CHURN") == "1"
 same paths, three minutes less); ``CANVAS_FULL_CHURN=1`` runs the 30,000 pairs with the
 default settings, as docs/operations.md quotes them (about four minutes)."""
 SCALE: dict[str, Any] = (
-    {}
-    if FULL
-    else {"max_tombstones_per_project": DEFAULTS.max_tombstones_per_project // 5, "tombstone_grace": 15.0}
+    {} if FULL else {"max_tombstones_per_project": DEFAULTS.max_tombstones_per_project // 5, "tombstone_grace": 15.0}
 )
 
 
