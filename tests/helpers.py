@@ -17,6 +17,7 @@ from canvas_sync.admission import Admitted
 from canvas_sync.auth import Identity, Role
 from canvas_sync.devtools.replicas import ReplicaProcess
 from canvas_sync.service import CanvasService, Fetch
+from canvas_sync.store import DynamoStore, make_client
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "test-output"
@@ -46,6 +47,16 @@ def http_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"null")
+
+
+def in_table(endpoint: str, table: str, project: str = "p1") -> dict[str, Any]:
+    """The live objects of a project as DynamoDB holds them (consistent reads), by id: the
+    one check of what is saved, beside what replicas hold in memory."""
+    store = DynamoStore(make_client(endpoint), table)
+    try:
+        return {s.id: s.view() for s in store.load_project(project) if s.is_alive}
+    finally:
+        store.close()
 
 
 def http_text(url: str, timeout: float = 5.0) -> str:

@@ -144,7 +144,6 @@ class CanvasService:
             asyncio.create_task(self._housekeeping(), name="canvas-housekeeping"),
             asyncio.create_task(self.puller.run(), name="canvas-pull"),
             asyncio.create_task(self._tick(), name="canvas-tick"),
-            asyncio.create_task(self.lag.run(), name="canvas-loop-lag"),
         ]
         if self.relay is not None:
             await self.relay.start()
@@ -262,8 +261,11 @@ class CanvasService:
         """Presence goes out at most every PRESENCE_FLUSH; hellos are answered; every
         PRESENCE_REFRESH remote presence expires and local presence is relayed again."""
         refreshed = time.monotonic()
+        loop = asyncio.get_running_loop()
         while True:
+            asleep = loop.time()
             await asyncio.sleep(PRESENCE_FLUSH)
+            self.lag.observe(max(0.0, loop.time() - asleep - PRESENCE_FLUSH))  # how far behind the loop runs
             try:
                 self.presence.flush()
                 now = time.monotonic()

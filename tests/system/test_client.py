@@ -18,10 +18,9 @@ from canvas_sync.client import CanvasClient, ClientError
 from canvas_sync.client.blocking import BlockingClient
 from canvas_sync.devtools.dynamodb_local import DynamoDBLocal
 from canvas_sync.devtools.redis_local import RedisServer
-from canvas_sync.store import DynamoStore, make_client
 from canvas_sync.tokens import generate_keys, mint
 
-from tests.helpers import OUTPUT, Replica, eventually
+from tests.helpers import OUTPUT, Replica, eventually, in_table
 from tests.killtest import KillScenario
 from tests.system.test_auth_replicas import ISSUER, JwksServer
 
@@ -30,14 +29,6 @@ pytestmark = pytest.mark.dynamodb_local
 
 def ws(replica: Replica) -> str:
     return replica.url.replace("http", "ws", 1)
-
-
-def in_table(endpoint: str, table: str, project: str) -> dict[str, Any]:
-    store = DynamoStore(make_client(endpoint), table)
-    try:
-        return {s.id: s.view() for s in store.load_project(project) if s.is_alive}
-    finally:
-        store.close()
 
 
 def test_snapshot_edits_acks_saved_and_presence(replicas: Any, dynamodb_local: DynamoDBLocal, table: str) -> None:

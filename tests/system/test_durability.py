@@ -17,17 +17,9 @@ from canvas_sync.store import DynamoStore, make_client
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.helpers import Replica, http_json, http_text, wait_until
+from tests.helpers import Replica, http_json, http_text, in_table, wait_until
 
 pytestmark = pytest.mark.dynamodb_local
-
-
-def in_table(endpoint: str, table: str, project: str = "p1") -> dict[str, Any]:
-    store = DynamoStore(make_client(endpoint), table)
-    try:
-        return {s.id: s.view() for s in store.load_project(project) if s.is_alive}
-    finally:
-        store.close()
 
 
 def opened(replica: Replica, project: str = "p1") -> BlockingClient:

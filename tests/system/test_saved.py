@@ -18,17 +18,9 @@ from canvas_sync.devtools.process import free_port
 from canvas_sync.store import DynamoStore, make_client
 from websockets.sync.client import ClientConnection, connect
 
-from tests.helpers import Replica
+from tests.helpers import Replica, in_table
 
 pytestmark = pytest.mark.dynamodb_local
-
-
-def table_views(endpoint: str, table: str, project: str) -> dict[str, Any]:
-    store = DynamoStore(make_client(endpoint), table)
-    try:
-        return {s.id: s.view() for s in store.load_project(project) if s.is_alive}
-    finally:
-        store.close()
 
 
 def messages(ws: ClientConnection, timeout: float) -> list[dict[str, Any]]:
@@ -64,7 +56,7 @@ def test_whenever_saved_comes_the_table_holds_what_it_covers(
                     x = int(message["req"])
                     expected[message["seq"]] = (f"o{x % 10}", x)
                 elif message["op"] == "saved":
-                    views = table_views(dynamodb_local.endpoint, table, "sv")
+                    views = in_table(dynamodb_local.endpoint, table, "sv")
                     covered = [expected[s] for s in expected if s <= message["seq"]]
                     latest: dict[str, int] = {}
                     for oid_, x in covered:
@@ -117,4 +109,4 @@ def test_saved_stops_while_dynamodb_is_down_and_resumes(replicas: Any, own_dynam
         assert [m["op"] for m in quiet] == ["ack"], quiet  # the ack, and no saved while the table is down
         own_dynamodb.start()
         read_until(ws, {"op": "saved", "seq": 2}, 30)
-    assert set(table_views(own_dynamodb.endpoint, "down", "p1")) == {"a", "b"}
+    assert set(in_table(own_dynamodb.endpoint, "down", "p1")) == {"a", "b"}
