@@ -224,11 +224,11 @@ def test_offline_edits_survive_a_reload_with_indexeddb(browser: Any, replicas: A
         server_side.close()
     page.wait_for_selector('[data-testid="status"][data-state="offline"]', timeout=10_000)
     (rect_id,) = shapes(page)
+    page.click(f'[data-id="{rect_id}"]')  # before new shapes land at random places, maybe over it
+    page.click('#palette button[data-colour="#43a047"]')  # an update, offline
     page.click("button[data-add=ellipse]")
     page.click("button[data-add=text]")
     made_offline = sorted(set(shapes(page)) - {rect_id})
-    page.click(f'[data-id="{rect_id}"]')
-    page.click('#palette button[data-colour="#43a047"]')  # an update, offline
     assert len(shapes(page)) == 3
     wait_until(lambda: page.get_attribute(saving, "data-state") == "unsaved", timeout=20, what="unsaved shown")
     assert page.get_attribute(saving, "data-count") == "3"
