@@ -37,41 +37,40 @@ def record(name: str, figures: dict[str, Any]) -> None:
     (OUTPUT / "tombstones.json").write_text(json.dumps(FIGURES, indent=2, sort_keys=True))
 
 
+def partition(endpoint: str, table: str, project: str, projection: str) -> Iterator[dict[str, Any]]:
+    """Every item of a project's partition (consistent reads), with the attributes named."""
+    pages = (
+        make_client(endpoint)
+        .get_paginator("query")
+        .paginate(
+            TableName=table,
+            KeyConditionExpression="project_id = :p",
+            ExpressionAttributeValues={":p": {"S": project}},
+            ProjectionExpression=projection,
+            ConsistentRead=True,
+        )
+    )
+    return (item for page in pages for item in page["Items"])
+
+
 def items(endpoint: str, table: str, project: str) -> dict[str, int]:
     """What the partition holds, counted as a Scan would: objects, tombstones, others (the head aside)."""
-    client = make_client(endpoint)
-    pages = client.get_paginator("query").paginate(
-        TableName=table,
-        KeyConditionExpression="project_id = :p",
-        ExpressionAttributeValues={":p": {"S": project}},
-        ProjectionExpression="object_id, doc",
-        ConsistentRead=True,
-    )
     counts = {"live": 0, "tombstones": 0, "other": 0}
-    for page in pages:
-        for item in page["Items"]:
-            key = item["object_id"]["S"]
-            if key == HEAD:
-                continue
-            if key.startswith("#"):
-                counts["other"] += 1
-            elif json.loads(item["doc"]["S"])["alive"]:
-                counts["live"] += 1
-            else:
-                counts["tombstones"] += 1
+    for item in partition(endpoint, table, project, "object_id, doc"):
+        key = item["object_id"]["S"]
+        if key == HEAD:
+            continue
+        if key.startswith("#"):
+            counts["other"] += 1
+        elif json.loads(item["doc"]["S"])["alive"]:
+            counts["live"] += 1
+        else:
+            counts["tombstones"] += 1
     return counts
 
 
 def keys(endpoint: str, table: str, project: str) -> list[str]:
-    client = make_client(endpoint)
-    pages = client.get_paginator("query").paginate(
-        TableName=table,
-        KeyConditionExpression="project_id = :p",
-        ExpressionAttributeValues={":p": {"S": project}},
-        ProjectionExpression="object_id",
-        ConsistentRead=True,
-    )
-    return [i["object_id"]["S"] for page in pages for i in page["Items"]]
+    return [i["object_id"]["S"] for i in partition(endpoint, table, project, "object_id")]
 
 
 def status(replica: Replica, project: str) -> dict[str, Any]:
