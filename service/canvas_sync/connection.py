@@ -3,7 +3,9 @@
 Fan-out never awaits a client: it puts text in the client's outbox, where a newer state
 of an object replaces one still waiting. A client whose outbox is full all the same is
 too slow to keep up, and is closed with 1013 rather than letting memory grow. The writer
-wakes once for everything that waited, not once per message.
+wakes once for everything that waited, not once per message; and where nothing waits or
+is being sent, a message goes on the wire at once, from whoever sends it
+(:meth:`Socket.write`), without waking the writer at all.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ class Socket(Protocol):
         ...
 
     async def send(self, text: str) -> None: ...
+
+    def write(self, text: str) -> bool:
+        """Send ``text`` now without awaiting, if the socket can (else False, nothing sent)."""
+        ...
 
     async def close(self, code: int, reason: str) -> None: ...
 
@@ -87,6 +93,8 @@ class Connection:
         """This client's last edit woke every other client's idle writer: its ack waits one turn (``service``)."""
         self._wakeup: asyncio.Future[None] | None = None  # the idle writer waits on it
         self._busy = False  # a frame is being sent (reply or writer): one at a time, in order
+        self._socket: Socket | None = None  # set while the writer runs: messages may go out at once
+        self._gathering = False  # the writer lets messages gather: they wait for its next frame
         self.close_code: int | None = None
         self.close_reason = ""
         self._rate = rate_per_second
@@ -99,6 +107,9 @@ class Connection:
         connection (1013). True when this woke an idle writer."""
         if self.close_code is not None:
             return False
+        if self._socket is not None and not (self.outbox or self._busy or self._gathering):
+            if self._socket.write(text):
+                return False
         if not self.outbox.put(text, key, latest):
             self.close(SLOW_CLIENT, "client too slow to keep up")
             return False
@@ -144,8 +155,10 @@ class Connection:
         newer upsert of it cannot take the place of one waiting ahead of the ack: the
         client would hear the newer state before its own change's ack, and keep its own.
         """
-        if self.close_code is not None or self.outbox or self._busy:
+        if self.close_code is not None or self.outbox or self._busy or self._gathering:
             self.send(text, key)
+            return
+        if websocket.write(text):
             return
         self._busy = True
         try:
@@ -158,6 +171,13 @@ class Connection:
     async def pump(self, websocket: Socket) -> None:
         """Send what waits, in order, until asked to close; then close the socket."""
         loop = asyncio.get_running_loop()
+        self._socket = websocket
+        try:
+            await self._pump(websocket, loop)
+        finally:
+            self._socket = None
+
+    async def _pump(self, websocket: Socket, loop: asyncio.AbstractEventLoop) -> None:
         while True:
             while self._busy or (not self.outbox and self.close_code is None):
                 self._wakeup = loop.create_future()
@@ -166,16 +186,23 @@ class Connection:
             self._busy = True
             try:
                 if texts and self.batched:
-                    await websocket.send(batch(texts))
+                    frame = batch(texts)
+                    if not websocket.write(frame):
+                        await websocket.send(frame)
                 else:
                     for text in texts:
                         if self.close_code == SLOW_CLIENT:
                             break  # what it could not take in time is dropped, not sent late
-                        await websocket.send(text)
+                        if not websocket.write(text):
+                            await websocket.send(text)
                 if self.close_code is not None and not self.outbox:
                     await websocket.close(self.close_code, self.close_reason)
                     return
             finally:
                 self._busy = False
             if len(texts) > 1 and self.send_interval and self.busy():
-                await asyncio.sleep(self.send_interval)  # messages came faster than one a frame: gather
+                self._gathering = True  # messages came faster than one a frame: gather
+                try:
+                    await asyncio.sleep(self.send_interval)
+                finally:
+                    self._gathering = False

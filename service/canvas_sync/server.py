@@ -41,7 +41,10 @@ async def run(settings: Settings) -> int:
     service = build(settings)
     app = create_app(service)
     set_websocket_compression(
-        settings.websocket_compression, settings.max_message_bytes, settings.websocket_window_bits
+        settings.websocket_compression,
+        settings.max_message_bytes,
+        settings.websocket_window_bits,
+        settings.websocket_compress_min_bytes,
     )
     stop_pings_on_close()
     stop = asyncio.Event()

@@ -12,17 +12,27 @@ from canvas_sync.lag import LoopLag
 
 
 class Socket:
-    """What the writer sent: frames, and the close code."""
+    """What the writer sent: frames, and the close code. ``direct``: it takes frames at once
+    (``write``), as the service's socket does while its transport keeps up."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, direct: bool = False) -> None:
         self.frames: list[str] = []
+        self.written: list[str] = []
+        """The frames that went out through ``write``, not ``send``."""
         self.closed: int | None = None
         self.delay = delay
+        self.direct = direct
 
     async def send(self, text: str) -> None:
         if self.delay:
             await asyncio.sleep(self.delay)
         self.frames.append(text)
+
+    def write(self, text: str) -> bool:
+        if self.direct:
+            self.frames.append(text)
+            self.written.append(text)
+        return self.direct
 
     async def close(self, code: int, reason: str) -> None:
         self.closed = code
@@ -102,6 +112,69 @@ def test_the_reply_goes_straight_out_only_when_nothing_waits_ahead_of_it() -> No
     assert socket.frames == ["ack1", "upsert", "ack2"]
 
 
+def test_with_nothing_ahead_a_message_goes_out_at_once_without_waking_the_writer() -> None:
+    conn, socket = Connection(16), Socket(direct=True)
+
+    async def body() -> None:
+        assert not conn.send("a")  # written by the sender: no writer woken
+        assert socket.frames == ["a"]
+        await conn.reply(socket, "ack")
+        assert socket.written == ["a", "ack"]
+
+    run(conn, socket, body)
+
+
+def test_a_direct_write_never_passes_a_frame_in_flight_or_one_waiting() -> None:
+    conn, socket = Connection(16), Socket(delay=0.02, direct=True)
+
+    async def body() -> None:
+        socket.direct = False
+        conn.send("a")  # the writer sends it (slowly)
+        await _settle()
+        socket.direct = True
+        conn.send("b")  # "a" is in flight: b waits for the writer
+        conn.send("c")
+        await conn.reply(socket, "ack")  # behind them too
+        assert socket.frames == []
+        await asyncio.sleep(0.1)
+
+    run(conn, socket, body)
+    assert socket.frames == ["a", "b", "c", "ack"]
+
+
+def test_messages_that_come_while_the_writer_gathers_wait_for_its_next_frame() -> None:
+    conn, socket = Connection(64, batched=True, send_interval=0.05), Socket(direct=True)
+
+    async def body() -> None:
+        socket.direct = False
+        conn.send('{"n":0}')
+        conn.send('{"n":1}')  # two: the writer's frame, then it gathers
+        await _settle()
+        socket.direct = True
+        conn.send('{"n":2}')
+        await conn.reply(socket, '{"n":3}')
+        assert len(socket.frames) == 1
+        await asyncio.sleep(0.1)
+
+    run(conn, socket, body)
+    assert [json.loads(f) for f in socket.frames] == [[{"n": 0}, {"n": 1}], [{"n": 2}, {"n": 3}]]
+
+
+def test_a_socket_that_stops_taking_frames_fills_the_outbox_and_is_closed_1013() -> None:
+    """A backed-up transport refuses direct writes; then the outbox is the limit, as before."""
+    conn, socket = Connection(2), Socket(delay=1.0, direct=True)
+
+    async def body() -> None:
+        assert not conn.send("0")
+        socket.direct = False  # the client stopped reading
+        for n in range(1, 5):
+            conn.send(str(n))
+        await _settle()
+
+    run(conn, socket, body)
+    assert (socket.frames, socket.closed) == (["0"], SLOW_CLIENT)
+
+
 def test_closing_sends_what_waits_first_but_a_slow_client_gets_nothing_more() -> None:
     polite, socket = Connection(16), Socket()
 
@@ -141,6 +214,9 @@ def test_a_quiet_pod_sends_at_once_and_a_busy_one_gathers() -> None:
 
             async def send(self, text: str) -> None:
                 sent.append(time.monotonic())
+
+            def write(self, text: str) -> bool:
+                return False
 
             async def close(self, code: int, reason: str) -> None:
                 pass

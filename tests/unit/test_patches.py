@@ -16,6 +16,8 @@ from canvas_sync import patches
 from hypercorn.protocol import ws_stream
 from hypercorn.protocol.events import StreamClosed
 from wsproto.connection import ConnectionState
+from wsproto.extensions import PerMessageDeflate
+from wsproto.frame_protocol import FrameProtocol
 
 
 def test_every_internal_the_patches_use_is_still_there() -> None:
@@ -81,6 +83,31 @@ def test_inflation_stops_one_byte_past_the_message_limit(monkeypatch: pytest.Mon
     out = deflate.frame_inbound_payload_data(None, bomb)
     assert isinstance(out, bytes) and len(out) == 1001  # hypercorn sees one byte too many: 1009
     assert deflate.frame_inbound_payload_data(None, bomb) == b""  # the rest is never inflated
+
+
+@pytest.mark.parametrize("text", ["", "a", "x" * 125, "x" * 126, "x" * 65535, "x" * 65536, "é" * 70])
+def test_a_text_frame_is_the_bytes_wsproto_sends(text: str) -> None:
+    assert patches.text_frame(text.encode()) == FrameProtocol(client=False, extensions=[]).send_data(text)
+
+
+def test_small_messages_go_uncompressed_and_a_client_reads_the_mixed_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 7692 lets each message choose; the client's inflater only sees the compressed ones,
+    so frames written past wsproto (``DirectSocket.write``) can sit between them."""
+    monkeypatch.setattr(patches.BoundedDeflate, "min_bytes", 512)
+    server_deflate = patches.BoundedDeflate()
+    answer = server_deflate.accept("permessage-deflate")
+    client_deflate = PerMessageDeflate()
+    client_deflate.finalize(str(answer))
+    server = FrameProtocol(client=False, extensions=[server_deflate])
+    reader = FrameProtocol(client=True, extensions=[client_deflate])
+    small = '{"op":"upsert","object":{"id":"a","x":1}}'
+    big = '{"objects":[' + ",".join(['{"id":"o","x":1}'] * 200) + "]}"
+    wire = [server.send_data(big), server.send_data(small), patches.text_frame(small.encode()), server.send_data(big)]
+    assert [frame[0] for frame in wire] == [0xC1, 0x81, 0x81, 0xC1]  # RSV1: compressed or not
+    assert len(wire[0]) < len(big) / 5
+    for frame in wire:
+        reader.receive_bytes(bytes(frame))
+    assert [f.payload for f in reader.received_frames()] == [big, small, small, big]
 
 
 def _stream(state: object, peer: object) -> SimpleNamespace:
