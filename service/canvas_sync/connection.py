@@ -3,9 +3,10 @@
 Fan-out never awaits a client: it puts text in the client's outbox, where a newer state
 of an object replaces one still waiting. A client whose outbox is full all the same is
 too slow to keep up, and is closed with 1013 rather than letting memory grow. The writer
-wakes once for everything that waited, not once per message; and where nothing waits or
-is being sent, a message goes on the wire at once, from whoever sends it
-(:meth:`Socket.write`), without waking the writer at all.
+wakes once for everything that waited, not once per message; and on a quiet pod, where
+nothing waits or is being sent, a message goes on the wire at once, from whoever sends it
+(:meth:`Socket.write`), without waking the writer at all. A busy pod keeps the writer's
+hop: what arrives while the writers wait their turn goes out in one frame.
 """
 
 from __future__ import annotations
@@ -107,8 +108,8 @@ class Connection:
         connection (1013). True when this woke an idle writer."""
         if self.close_code is not None:
             return False
-        if self._socket is not None and not (self.outbox or self._busy or self._gathering):
-            if self._socket.write(text):
+        if self._socket is not None and not (self.outbox or self._busy or self._gathering or self.busy()):
+            if self._socket.write(text):  # a quiet pod: the writer's hop would only cost CPU
                 return False
         if not self.outbox.put(text, key, latest):
             self.close(SLOW_CLIENT, "client too slow to keep up")

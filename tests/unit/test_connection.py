@@ -113,7 +113,7 @@ def test_the_reply_goes_straight_out_only_when_nothing_waits_ahead_of_it() -> No
 
 
 def test_with_nothing_ahead_a_message_goes_out_at_once_without_waking_the_writer() -> None:
-    conn, socket = Connection(16), Socket(direct=True)
+    conn, socket = Connection(16, busy=lambda: False), Socket(direct=True)
 
     async def body() -> None:
         assert not conn.send("a")  # written by the sender: no writer woken
@@ -124,8 +124,21 @@ def test_with_nothing_ahead_a_message_goes_out_at_once_without_waking_the_writer
     run(conn, socket, body)
 
 
+def test_on_a_busy_pod_messages_wait_for_the_writer_and_go_out_together() -> None:
+    conn, socket = Connection(16, batched=True, busy=lambda: True), Socket(direct=True)
+
+    async def body() -> None:
+        assert conn.send('{"n":0}')  # woke the writer: others arriving meanwhile join its frame
+        assert not conn.send('{"n":1}')
+        assert socket.frames == []
+        await _settle()
+
+    run(conn, socket, body)
+    assert [json.loads(f) for f in socket.frames] == [[{"n": 0}, {"n": 1}]]
+
+
 def test_a_direct_write_never_passes_a_frame_in_flight_or_one_waiting() -> None:
-    conn, socket = Connection(16), Socket(delay=0.02, direct=True)
+    conn, socket = Connection(16, busy=lambda: False), Socket(delay=0.02, direct=True)
 
     async def body() -> None:
         socket.direct = False
@@ -143,14 +156,16 @@ def test_a_direct_write_never_passes_a_frame_in_flight_or_one_waiting() -> None:
 
 
 def test_messages_that_come_while_the_writer_gathers_wait_for_its_next_frame() -> None:
-    conn, socket = Connection(64, batched=True, send_interval=0.05), Socket(direct=True)
+    """Even when the loop has caught up meanwhile: the gathering writer owns the next frame."""
+    busy = [True]
+    conn = Connection(64, batched=True, send_interval=0.05, busy=lambda: busy[0])
+    socket = Socket(direct=True)
 
     async def body() -> None:
-        socket.direct = False
         conn.send('{"n":0}')
         conn.send('{"n":1}')  # two: the writer's frame, then it gathers
         await _settle()
-        socket.direct = True
+        busy[0] = False
         conn.send('{"n":2}')
         await conn.reply(socket, '{"n":3}')
         assert len(socket.frames) == 1
@@ -162,7 +177,7 @@ def test_messages_that_come_while_the_writer_gathers_wait_for_its_next_frame() -
 
 def test_a_socket_that_stops_taking_frames_fills_the_outbox_and_is_closed_1013() -> None:
     """A backed-up transport refuses direct writes; then the outbox is the limit, as before."""
-    conn, socket = Connection(2), Socket(delay=1.0, direct=True)
+    conn, socket = Connection(2, busy=lambda: False), Socket(delay=1.0, direct=True)
 
     async def body() -> None:
         assert not conn.send("0")
