@@ -3,10 +3,11 @@
 Fan-out never awaits a client: it puts text in the client's outbox, where a newer state
 of an object replaces one still waiting. A client whose outbox is full all the same is
 too slow to keep up, and is closed with 1013 rather than letting memory grow. The writer
-wakes once for everything that waited, not once per message; and on a quiet pod, where
-nothing waits or is being sent, a message goes on the wire at once, from whoever sends it
-(:meth:`Socket.write`), without waking the writer at all. A busy pod keeps the writer's
-hop: what arrives while the writers wait their turn goes out in one frame.
+wakes once for everything that waited, not once per message. On a quiet pod the writers
+are not woken at all: what the sockets got during one turn of the event loop goes out at
+the end of that turn (:class:`Flush`), one frame per socket written straight to its
+transport (:meth:`Socket.write`), as Hocuspocus sends what one turn merged. A busy pod
+(the loop lags) wakes the writers, which gather for ``send_interval``.
 """
 
 from __future__ import annotations
@@ -52,6 +53,25 @@ class Socket(Protocol):
     async def close(self, code: int, reason: str) -> None: ...
 
 
+class Flush:
+    """The connections with messages to send at the end of this turn of the loop (owned by
+    the loop): one callback for a broadcast, whatever its fan-out, instead of a task
+    switch per socket; and a burst of edits in one turn leaves as one frame per socket."""
+
+    def __init__(self) -> None:
+        self._due: list[Connection] = []
+
+    def add(self, conn: Connection) -> None:
+        if not self._due:
+            asyncio.get_running_loop().call_soon(self._run)
+        self._due.append(conn)
+
+    def _run(self) -> None:
+        due, self._due = self._due, []
+        for conn in due:
+            conn.flush()
+
+
 class Connection:
     project: Project
     """The project this socket is open on (set by ``CanvasService.open``)."""
@@ -67,6 +87,7 @@ class Connection:
         send_interval: float = 0.0,
         saved_acks: bool = False,
         busy: Callable[[], bool] = lambda: True,
+        flush: Flush | None = None,
     ) -> None:
         self.on_slow = on_slow
         self.client_id = secrets.token_hex(6)
@@ -94,7 +115,9 @@ class Connection:
         """This client's last edit woke every other client's idle writer: its ack waits one turn (``service``)."""
         self._wakeup: asyncio.Future[None] | None = None  # the idle writer waits on it
         self._busy = False  # a frame is being sent (reply or writer): one at a time, in order
-        self._socket: Socket | None = None  # set while the writer runs: messages may go out at once
+        self._flush = flush or Flush()
+        self._socket: Socket | None = None  # set while the writer runs: a flush may write to it
+        self._due = False  # this connection waits for the end-of-turn flush
         self._gathering = False  # the writer lets messages gather: they wait for its next frame
         self.close_code: int | None = None
         self.close_reason = ""
@@ -108,13 +131,32 @@ class Connection:
         connection (1013). True when this woke an idle writer."""
         if self.close_code is not None:
             return False
-        if self._socket is not None and not (self.outbox or self._busy or self._gathering or self.busy()):
-            if self._socket.write(text):  # a quiet pod: the writer's hop would only cost CPU
-                return False
         if not self.outbox.put(text, key, latest):
             self.close(SLOW_CLIENT, "client too slow to keep up")
             return False
+        if self._due:
+            return False
+        wakeup = self._wakeup
+        if self._socket is not None and wakeup is not None and not wakeup.done() and not self.busy():
+            self._due = True  # the writer is idle and the pod quiet: no need to wake it
+            self._flush.add(self)
+            return False
         return self._wake()
+
+    def flush(self) -> None:
+        """End of the turn: what waits goes out as one frame now, or to the writer if the
+        socket cannot take it at once (backed up, a frame in flight, closing)."""
+        self._due = False
+        texts = self.outbox.peek()
+        socket = self._socket
+        if not texts or socket is None or self._busy or self.close_code is not None:
+            self._wake()
+            return
+        if len(texts) == 1 or self.batched:
+            if socket.write(batch(texts)):
+                self.outbox.take()
+                return
+        self._wake()
 
     def _wake(self) -> bool:
         """Wake the writer if it is idle (a bare future: cheaper than an Event per message)."""
@@ -156,7 +198,7 @@ class Connection:
         newer upsert of it cannot take the place of one waiting ahead of the ack: the
         client would hear the newer state before its own change's ack, and keep its own.
         """
-        if self.close_code is not None or self.outbox or self._busy or self._gathering:
+        if self.close_code is not None or self.outbox or self._busy or self._gathering or self._due:
             self.send(text, key)
             return
         if websocket.write(text):

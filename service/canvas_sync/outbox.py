@@ -49,6 +49,10 @@ class Outbox:
         self._texts.append(text)
         return True
 
+    def peek(self) -> list[str]:
+        """Everything waiting, in order, left waiting (not a copy: read it, do not keep it)."""
+        return self._texts
+
     def take(self) -> list[str]:
         """Everything waiting, in order; the line is empty afterwards."""
         texts, self._texts = self._texts, []

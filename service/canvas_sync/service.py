@@ -27,7 +27,7 @@ from . import protocol
 from .admission import Admission, Admitted
 from .autosave import AutosaveWorker
 from .config import Settings
-from .connection import DELETED, FLOODING, GOING_AWAY, Connection, Socket
+from .connection import DELETED, FLOODING, GOING_AWAY, Connection, Flush, Socket
 from .dirty import DirtySet
 from .horizon import Freshness
 from .lag import LoopLag
@@ -115,6 +115,8 @@ class CanvasService:
         self._edit_counters = {cls: self.metrics.edits.labels(cls.__name__.lower()) for cls in (Create, Update, Delete)}
         self._replays = {o: self.metrics.replays.labels(o) for o in ("applied", "duplicate", "redated")}
         self.lag = LoopLag(settings.gather_lag)
+        self.flush = Flush()
+        """The sockets with messages to send at the end of this turn of the loop (all of them share it)."""
         self.saved_acks = SavedAcks(self.dirty, lambda: self.connections, self.metrics.saved_acks.inc)
         self.autosave.on_pass = self.saved_acks.after_pass
         self.autosave.on_saved = self._from_autosave
@@ -493,6 +495,7 @@ class CanvasService:
             send_interval=self.settings.send_interval,
             saved_acks=subprotocol == protocol.V3,
             busy=self.lag.busy,
+            flush=self.flush,
         )
         conn.project, conn.admitted = project, admitted
         conn.sub, conn.editor = admitted.sub, admitted.role.can_edit

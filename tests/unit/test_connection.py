@@ -112,14 +112,23 @@ def test_the_reply_goes_straight_out_only_when_nothing_waits_ahead_of_it() -> No
     assert socket.frames == ["ack1", "upsert", "ack2"]
 
 
-def test_with_nothing_ahead_a_message_goes_out_at_once_without_waking_the_writer() -> None:
-    conn, socket = Connection(16, busy=lambda: False), Socket(direct=True)
+def test_on_a_quiet_pod_what_came_in_one_turn_goes_out_at_its_end_without_waking_the_writer() -> None:
+    conn, socket = Connection(16, batched=True, busy=lambda: False), Socket(direct=True)
+    other = Connection(16, batched=True, busy=lambda: False, flush=conn._flush)
+    other_socket = Socket(direct=True)
 
     async def body() -> None:
-        assert not conn.send("a")  # written by the sender: no writer woken
-        assert socket.frames == ["a"]
-        await conn.reply(socket, "ack")
-        assert socket.written == ["a", "ack"]
+        other_writer = asyncio.create_task(other.pump(other_socket))
+        await _settle()
+        assert not conn.send('{"n":0}')  # no writer woken
+        assert not conn.send('{"n":1}')
+        assert not other.send('{"n":0}')
+        assert socket.frames == []
+        await asyncio.sleep(0)  # the end of the turn: one frame each, written straight out
+        assert socket.written == ['[{"n":0},{"n":1}]'] and other_socket.written == ['{"n":0}']
+        await conn.reply(socket, "ack")  # nothing waits: the ack goes straight out too
+        assert socket.written[-1] == "ack"
+        other_writer.cancel()
 
     run(conn, socket, body)
 
@@ -180,14 +189,17 @@ def test_a_socket_that_stops_taking_frames_fills_the_outbox_and_is_closed_1013()
     conn, socket = Connection(2, busy=lambda: False), Socket(delay=1.0, direct=True)
 
     async def body() -> None:
-        assert not conn.send("0")
-        socket.direct = False  # the client stopped reading
-        for n in range(1, 5):
+        conn.send("0")
+        await asyncio.sleep(0)
+        assert socket.written == ["0"]
+        socket.direct = False  # the client stopped reading: the writer takes over, and waits
+        for n in range(1, 7):
             conn.send(str(n))
+            await asyncio.sleep(0)
         await _settle()
 
     run(conn, socket, body)
-    assert (socket.frames, socket.closed) == (["0"], SLOW_CLIENT)
+    assert (socket.frames, conn.close_code) == (["0"], SLOW_CLIENT)  # "1" was still on its way
 
 
 def test_closing_sends_what_waits_first_but_a_slow_client_gets_nothing_more() -> None:
