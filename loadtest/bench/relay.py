@@ -12,6 +12,9 @@
   minute with the relay healthy and without a relay.
 - solo: round trips on projects nobody else holds, relay on over relay off (median of 3
   interleaved runs at 32 clients).
+- writes: one project two replicas hold, the same seeded people (the Locust mix) for 40 s
+  with the relay and without: items written per edit, BatchWriteItem calls, repairs, and
+  the seconds until both replicas and the table are equal. The relay must add no writes.
 
     python -m loadtest.bench.relay
 """
@@ -24,6 +27,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import uvloop
@@ -39,7 +43,7 @@ from websockets.asyncio.client import connect
 from loadtest.convergence_check import check_convergence
 
 from . import roundtrip
-from .common import TABLE, counter, pct, replica, table
+from .common import TABLE, counter, pct, replica, table, wait_clean
 
 
 async def _latency(
@@ -247,6 +251,143 @@ def restart(endpoint: str, rounds: int = 2) -> dict[str, Any]:
     return {"rounds": rounds, "seconds_to_equal": [round(s, 2) for s in seconds]}
 
 
+async def _person(url: str, project: str, seed: int, seconds: float, done: Callable[[float], None]) -> None:
+    """One person of the Locust mix on a shared board, seeded: draws, drags any shape it
+    knows (10 to 30 updates at 60 a second), recolours, deletes; 0.1 to 0.5 s between.
+    Calls ``done`` with the monotonic time of its last answer before closing its socket."""
+    rng = random.Random(seed)
+    known: set[str] = set()
+    n = 0
+    last = time.monotonic()
+
+    def learn(message: dict[str, Any]) -> None:
+        if message.get("op") == "snapshot":
+            known.update(o["id"] for o in message["objects"])
+        elif message.get("op") == "upsert":
+            known.add(message["object"]["id"])
+        elif message.get("op") == "delete":
+            known.discard(message["id"])
+
+    async with connect(_ws(url, project), max_size=None) as ws:
+
+        async def call(op: dict[str, Any]) -> bool:
+            nonlocal n, last
+            n += 1
+            await ws.send(json.dumps({**op, "req": str(n)}))
+            while True:
+                message = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                if message.get("req") == str(n):
+                    last = time.monotonic()
+                    return bool(message["op"] == "ack")
+                learn(message)
+
+        learn(json.loads(await ws.recv()))
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            roll = rng.random()
+            shapes = sorted(known)
+            if roll < 0.3 or not shapes:
+                oid = f"s{seed}-{n}"
+                if await call({"op": "create", "object": {"id": oid, "type": "rect", "x": 0, "y": 0, "fill": "#000"}}):
+                    known.add(oid)
+            elif roll < 0.7:
+                oid = rng.choice(shapes)
+                for step in range(rng.randint(10, 30)):
+                    if not await call({"op": "update", "id": oid, "props": {"x": step, "y": rng.randint(0, 900)}}):
+                        known.discard(oid)
+                        break
+                    await asyncio.sleep(1 / 60)
+            elif roll < 0.9:
+                oid = rng.choice(shapes)
+                if not await call({"op": "update", "id": oid, "props": {"fill": f"#{rng.randrange(999):03}"}}):
+                    known.discard(oid)
+            else:
+                oid = rng.choice(shapes)
+                await call({"op": "delete", "id": oid})
+                known.discard(oid)
+            await asyncio.sleep(rng.uniform(0.1, 0.5))
+        done(last)
+
+
+def _written(port: int) -> dict[str, float]:
+    return {
+        "edits": counter(port, "canvas_edits_total"),
+        "items_written": counter(port, "canvas_autosave_objects_written_total"),
+        "head_updates": counter(port, "canvas_autosave_heads_written_total"),
+        "batch_calls": counter(port, "canvas_autosave_batches_total", 'outcome="success"'),
+        "repairs": counter(port, "canvas_sync_repairs_total"),
+    }
+
+
+def _writes_once(
+    endpoint: str, redis_url: str | None, seconds: float, people: int, settle: float, seed: int
+) -> dict[str, Any]:
+    """Two replicas holding one project, ``people`` on each for ``seconds``; what they wrote
+    until both were equal, clean and ``settle`` seconds quiet (late repairs included)."""
+    tag = "relay" if redis_url else "table"
+    relayed = {"redis_url": redis_url} if redis_url else {}
+    with (
+        replica(endpoint, f"wr-{tag}-a", **relayed) as a,
+        replica(endpoint, f"wr-{tag}-b", **relayed) as b,
+    ):
+        time.sleep(1)  # relays healthy
+        project = f"writes-{tag}-{time.time_ns()}"
+
+        async def run() -> tuple[float, dict[str, Any]]:
+            urls = [a.url, b.url] * people
+            lasts: list[float] = []
+            all_done = asyncio.Event()
+
+            def done(last: float) -> None:
+                lasts.append(last)
+                if len(lasts) == len(urls):
+                    all_done.set()
+
+            tasks = [asyncio.create_task(_person(url, project, seed + i, seconds, done)) for i, url in enumerate(urls)]
+            await all_done.wait()  # polled while the sockets close
+            checked = time.monotonic()
+            result = await asyncio.to_thread(check_convergence, [a.url, b.url], [project], 60, 0.05)
+            await asyncio.gather(*tasks)
+            return checked + result["seconds"] - max(lasts), result
+
+        before = [_written(s.port) for s in (a, b)]
+        converged_s, result = uvloop.run(run())
+        time.sleep(settle)
+        for s in (a, b):
+            wait_clean(s.port)
+        after = [_written(s.port) for s in (a, b)]
+    totals = {k: sum(x[k] - y[k] for x, y in zip(after, before, strict=True)) for k in before[0]}
+    edits = max(totals["edits"], 1)
+    return {
+        **{k: int(v) for k, v in totals.items()},
+        "items_per_edit": round(totals["items_written"] / edits, 4),
+        "converged": bool(result["converged"]),
+        "convergence_s": round(converged_s, 2),
+    }
+
+
+def writes(
+    endpoint: str, redis_url: str, seconds: float = 40.0, people: int = 3, rounds: int = 1, settle: float = 16.0
+) -> dict[str, Any]:
+    """What a project two replicas hold costs in DynamoDB writes with the relay and without,
+    the same seeded people both times, interleaved: the relay must not add writes (an
+    object relayed ahead of its origin's save is that origin's to write). ``settle``: past
+    the relay's 15 s heads interval, so repairs found late are counted too."""
+    runs: dict[str, list[dict[str, Any]]] = {"table": [], "relay": []}
+    for r in range(rounds):
+        runs["table"].append(_writes_once(endpoint, None, seconds, people, settle, seed=100 * r))
+        runs["relay"].append(_writes_once(endpoint, redis_url, seconds, people, settle, seed=100 * r))
+    per_edit = {k: statistics.median(x["items_per_edit"] for x in v) for k, v in runs.items()}
+    return {
+        "seconds": seconds,
+        "people_per_replica": people,
+        "runs": runs,
+        "items_per_edit_relay": per_edit["relay"],
+        "items_per_edit_table": per_edit["table"],
+        "ratio": round(per_edit["relay"] / max(per_edit["table"], 1e-9), 3),
+    }
+
+
 def urlopen(url: str) -> bytes:
     import urllib.request
 
@@ -332,6 +473,7 @@ def run(endpoint: str) -> dict[str, Any]:
             ("restart", lambda: restart(endpoint)),
             ("reads", lambda: reads(endpoint)),
             ("solo", lambda: solo(endpoint)),
+            ("writes", lambda: writes(endpoint, redis.url)),
         ]
         for name, step in steps:
             out[name] = step()
@@ -341,6 +483,27 @@ def run(endpoint: str) -> dict[str, Any]:
 
 def markdown(r: dict[str, Any]) -> str:
     lat, d, rs, rd, s = r["latency"], r["drops"], r["restart"], r["reads"], r["solo"]
+    w = r.get("writes")
+    written = []
+    if w:
+        relay_run, table_run = w["runs"]["relay"][0], w["runs"]["table"][0]
+        written = [
+            [
+                f"items written per edit, one project on 2 replicas, {w['people_per_replica']} people each "
+                f"for {w['seconds']:g} s (items / BatchWriteItem calls / repairs)",
+                f"{w['items_per_edit_relay']} with the relay ({relay_run['items_written']} / "
+                f"{relay_run['batch_calls']} / {relay_run['repairs']})",
+                f"{w['items_per_edit_table']} without ({table_run['items_written']} / "
+                f"{table_run['batch_calls']} / {table_run['repairs']})",
+                w["ratio"],
+            ],
+            [
+                "the same: seconds from the last edit until both replicas and the table are equal",
+                f"{relay_run['convergence_s']} s with the relay",
+                f"{table_run['convergence_s']} s without",
+                "",
+            ],
+        ]
     return table(
         "relay: the live relay (Redis pub/sub between replicas)",
         ["measure", "figure", "baseline in the same run", "ratio"],
@@ -388,6 +551,7 @@ def markdown(r: dict[str, Any]) -> str:
                 f"{s['relay_off_ops_per_s']} ops/s relay off",
                 f"{s['ratio']} (CPU {s['cpu_ratio']})",
             ],
+            *written,
         ],
     )
 

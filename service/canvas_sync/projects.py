@@ -624,14 +624,23 @@ class Projects:
         me, horizon = self.clock.replica_id, self.clock.wall_ms() - self.repair_grace_ms
         return any(stamp[2] == me or stamp[0] < horizon for stamp in newer_stamps(merged, table))
 
-    def merge(self, project: Project, states: Iterable[ObjectState], trusted: bool = False) -> Merged:
+    def merge(
+        self, project: Project, states: Iterable[ObjectState], trusted: bool = False, relayed: bool = False
+    ) -> Merged:
         """Merge states saved or relayed by other replicas into memory, per property.
 
         A state equal to memory's costs one comparison. Clients of this replica get an
         upsert/delete for every visible change. Where the merged state differs from what
         the table holds (our copy knew something the item lacks, e.g. after another
         replica's batch overwrote it), the object is marked dirty so the next save writes
-        the union back: anti-entropy.
+        the union back: anti-entropy (``_owed`` says which differences are this replica's
+        to write).
+
+        ``relayed``: the states are another replica's memory, not the table's copies, so
+        they never show the table behind: an object waiting to be saved here takes the
+        merged state, and nothing else is marked. A relayed state that lacks a field this
+        replica saved only means the sender had not heard of it yet; if the sender's save
+        then overwrites it, the feed brings that item and the repair follows from it.
 
         A state of an object this copy does not know, created or deleted at or before its
         horizon, is ignored (``horizon.py``): a tombstone there is forgotten already, and a
@@ -660,7 +669,7 @@ class Projects:
                     result.messages.append(Broadcast.upsert(remote.id, after))
                 elif after is None and before is not None:
                     result.messages.append(Broadcast.deleted(remote.id))
-            table_behind = merged != remote and self._owed(merged, remote)
+            table_behind = not relayed and merged != remote and self._owed(merged, remote)
             if self.dirty.merged(project.id, merged, table_behind=table_behind, gen=project.gen):
                 result.repaired.append(remote.id)
         return result

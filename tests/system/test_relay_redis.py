@@ -14,7 +14,9 @@ from canvas_sync.relay import RedisTransport, Transport
 
 from tests.helpers import missing
 from tests.unit.test_relay import (  # noqa: F401  # the same tests, with the backend below
+    test_a_relayed_edit_is_saved_by_its_origin_alone,
     test_a_replica_that_stops_heartbeating_loses_its_presences,
+    test_a_write_overwritten_in_the_table_is_repaired_with_the_relay_on,
     test_an_edit_reaches_the_other_replicas_clients_at_once,
     test_nobody_else_holding_a_project_costs_no_publish,
     test_presence_reaches_every_replica_coalesced_and_leaves,

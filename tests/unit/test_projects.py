@@ -289,13 +289,38 @@ def test_fields_relayed_ahead_of_their_replicas_save_are_not_written_twice(
     now = projects.clock.wall_ms()
     saved = ObjectState.created("r1", "rect", {"x": 1}, (now, 0, "b"))
     relayed = saved.updated({"x": 2}, (now + 1, 0, "b"))
-    projects.merge(project, [relayed])  # by the relay: memory is ahead of the table
+    projects.merge(project, [relayed], relayed=True)  # by the relay: memory is ahead of the table
     assert projects.merge(project, [saved]).repaired == []  # the feed brings b's older save: b saves x=2 itself
     assert projects.dirty.counts() == (0, 0)
     projects.edit(project, Update(None, "r1", {"y": 1}))  # ours: dirty anyway
     projects.dirty.take()
     projects.dirty.finish()
     assert projects.merge(project, [relayed]).repaired == ["r1"]  # the table lost our y (b's write clobbered it)
+
+
+def test_a_relayed_state_is_never_taken_for_the_table(projects: Projects, project: Project) -> None:
+    """A relayed state is another replica's memory: one that lacks a field saved here only
+    means the sender had not heard of it yet. It marks nothing (the feed shows whether the
+    table lost the field); an object waiting to be saved takes the merged state."""
+    projects.edit(project, Create(None, "r1", "rect", {"x": 1}))
+    sent = project.objects["r1"]
+    projects.dirty.take()
+    projects.dirty.finish()  # saved
+    theirs = ObjectState.created("r1", "rect", {"x": 1}, sent.latest_stamp()).updated(
+        {"fill": "red"}, (projects.clock.wall_ms() + 1, 0, "b")
+    )
+    theirs = ObjectState(theirs.id, theirs.alive, theirs.type, {"fill": theirs.props["fill"]})  # b lacks our x
+    result = projects.merge(project, [theirs], relayed=True)
+    assert result.changed == ["r1"] and result.repaired == [] and projects.dirty.counts() == (0, 0)
+    assert json.loads(project.views["r1"]) == {"id": "r1", "type": "rect", "x": 1, "fill": "red"}
+    assert projects.merge(project, [theirs]).repaired == ["r1"]  # the same copy read from the table: ours to repair
+    projects.dirty.take()
+    projects.dirty.finish()
+    projects.edit(project, Update(None, "r1", {"y": 2}))  # waiting to be saved here...
+    later = theirs.updated({"fill": "blue"}, (projects.clock.wall_ms() + 5, 0, "b"))
+    assert projects.merge(project, [later], relayed=True).repaired == []
+    (waiting,) = projects.dirty.take()  # ...with what was relayed meanwhile: one write of the union
+    assert waiting.state.view() == {"id": "r1", "type": "rect", "x": 1, "y": 2, "fill": "blue"}
 
 
 # --- deletes that never lock a board: the budget, the grace, the horizon (horizon.py) -------

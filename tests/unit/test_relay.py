@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 from canvas_sync.config import load_settings
+from canvas_sync.dirty import DirtyObject
 from canvas_sync.relay import Kind, MemoryBroker, Transport, decode
 from canvas_sync.service import CanvasService
-from canvas_sync.store import MemoryStore
+from canvas_sync.store import MemoryStore, Store
 from canvas_sync.wiring import build
 
 from tests.helpers import InProcessClient, eventually
@@ -190,5 +191,71 @@ def test_nobody_else_holding_a_project_costs_no_publish(backend: Callable[[], Tr
             )
             ca.send({"op": "update", "id": "o", "props": {"x": 99}})
             await eventually(lambda: '"x":99' in b.projects.get("solo").views["o"])  # type: ignore[union-attr]
+
+    asyncio.run(run())
+
+
+def written(svc: CanvasService) -> float:
+    return float(svc.metrics.objects_written._value.get())
+
+
+def saved_view(store: Store, project: str, object_id: str) -> dict[str, Any] | None:
+    return next((s.view() for s in store.load_project(project) if s.id == object_id), None)
+
+
+def test_a_relayed_edit_is_saved_by_its_origin_alone(backend: Callable[[], Transport]) -> None:
+    """The relay brings b an object's states ahead of a's saves, and b's feed then reads a's
+    older saves: memory ahead of the table. That is a's to write. b, whose clients edited
+    nothing, writes nothing: were it to repair, every relayed edit would be written twice."""
+
+    async def run() -> None:
+        async with cluster(backend, autosave_interval=0.1, relay_heads_interval=0.1) as (a, b):
+            ca, _ = await InProcessClient(a, "p").open(), await InProcessClient(b, "p").open()
+            ca.send({"op": "create", "object": {"id": "o", "type": "rect", "x": 0}})
+            for x in range(1, 61):  # a drag across several of a's saves
+                ca.send({"op": "update", "id": "o", "props": {"x": x}})
+                await asyncio.sleep(0.01)
+            final = {"id": "o", "type": "rect", "x": 60}
+
+            def settled() -> bool:
+                views = [s.projects.get("p").views.get("o") for s in (a, b)]  # type: ignore[union-attr]
+                clean = all(s.dirty.counts() == (0, 0) for s in (a, b))
+                return clean and views[0] == views[1] and saved_view(a.store, "p", "o") == final
+
+            await eventually(settled, what="both equal, the table too")
+            await asyncio.sleep(0.5)  # b's feed keeps re-reading a's saves (the overlap)
+            assert b.metrics.sync_pulls.labels("feed", "success")._value.get() > 0
+            assert written(a) >= 2  # a drag over several of a's passes
+            assert written(b) == 0 and b.metrics.sync_repairs._value.get() == 0
+            assert saved_view(a.store, "p", "o") == final
+
+    asyncio.run(run())
+
+
+def test_a_write_overwritten_in_the_table_is_repaired_with_the_relay_on(backend: Callable[[], Transport]) -> None:
+    """The relay does not give up anti-entropy: a batch that overwrites a's saved field with
+    an older copy (BatchWriteItem takes no conditions) is found through the feed and written
+    again by a, whose field it was; b, which only heard of it, leaves it to a."""
+
+    async def run() -> None:
+        async with cluster(backend, autosave_interval=0.1, relay_heads_interval=0.1) as (a, b):
+            b.projects.repair_grace_ms = 60_000  # a's fields stay a's to repair however slow this machine is
+            ca, _ = await InProcessClient(a, "p").open(), await InProcessClient(b, "p").open()
+            ca.send({"op": "create", "object": {"id": "o", "type": "rect", "fill": "red"}})
+            await eventually(lambda: saved_view(a.store, "p", "o") is not None and b.projects.get("p").views.get("o"))  # type: ignore[union-attr]
+            (old,) = [s for s in a.store.load_project("p") if s.id == "o"]
+            ca.send({"op": "update", "id": "o", "props": {"fill": "blue"}})
+            blue = {"id": "o", "type": "rect", "fill": "blue"}
+            await eventually(lambda: saved_view(a.store, "p", "o") == blue, what="a's fill saved")
+            await eventually(lambda: '"blue"' in b.projects.get("p").views["o"], what="b heard of it")  # type: ignore[union-attr]
+            await asyncio.sleep(0.3)
+            before_a, before_b = written(a), written(b)
+            other = MemoryStore("c", shared=a.store)  # type: ignore[arg-type]
+            other.write([DirtyObject("p", old)], saved_at_ms=a.clock.wall_ms())  # a stale batch lands last
+            assert saved_view(a.store, "p", "o") == {"id": "o", "type": "rect", "fill": "red"}
+            await eventually(lambda: saved_view(a.store, "p", "o") == blue, what="the overwritten fill repaired")
+            assert written(a) > before_a and a.metrics.sync_repairs._value.get() >= 1
+            await asyncio.sleep(0.3)
+            assert written(b) == before_b
 
     asyncio.run(run())

@@ -145,5 +145,5 @@ class RelayBridge:
                 self.relay.publish_presences(project_id, local)
 
     def _merge(self, project: Project, states: list[ObjectState]) -> None:
-        for message in self.projects.merge(project, states).messages:
+        for message in self.projects.merge(project, states, relayed=True).messages:
             project.broadcast(message)
