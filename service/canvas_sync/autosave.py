@@ -33,6 +33,7 @@ from typing import Any
 from .dirty import DirtyObject, DirtySet
 from .metrics import Metrics
 from .model import HybridClock, merge
+from .pacing import GilBudget
 from .store import Store, WriteReport
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,14 @@ class AutosaveWorker:
         self._wake.set()
 
     def stop(self, timeout: float) -> bool:
-        """Final flush: save until nothing is dirty or ``timeout`` passes; True if all saved."""
+        """Final flush: save until nothing is dirty or ``timeout`` passes; True if all saved.
+
+        The flush is not paced (``pacing.py``): the sockets are closed by then, so the
+        loop has nobody to answer, and the whole backlog must land within ``timeout``.
+        """
+        budget = getattr(self.store, "budget", None)
+        if isinstance(budget, GilBudget):
+            budget.share = 1.0
         self._deadline = time.monotonic() + timeout
         self._wake.set()
         if self._thread.is_alive():

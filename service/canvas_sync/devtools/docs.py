@@ -140,6 +140,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "autosave_max_backoff",
             "save_concurrency",
+            "save_gil_share",
             "sync_overlap",
             "reconcile_interval",
             "sync_max_backoff",
