@@ -46,7 +46,7 @@ def build(settings: Settings, store: Store | None = None, relay_transport: Trans
         tombstone_ttl_ms=int(settings.tombstone_ttl * 1000),
         tombstone_grace_ms=int(settings.tombstone_grace * 1000),
     )
-    projects = Projects(clock, limits, dirty, repair_grace_ms=int((settings.autosave_interval + 2.0) * 1000))
+    projects = Projects(clock, limits, dirty, repair_grace_ms=repair_grace_ms(settings))
     if store is None:
         store = DynamoStore(
             make_client(settings.dynamodb_endpoint, pool_size=3 * settings.save_concurrency + 4),
@@ -54,6 +54,7 @@ def build(settings: Settings, store: Store | None = None, relay_transport: Trans
             replica_id=settings.replica_id,
             concurrency=settings.save_concurrency,
             tombstone_ttl=settings.tombstone_ttl,
+            gil_share=settings.save_gil_share,
             write_deadline=settings.tombstone_grace / 6,  # horizon.py: a pass lands within a sixth of the grace
         )
     store.observer = metrics.observe_batch
@@ -170,3 +171,11 @@ def _clamp_logger(metrics: Metrics, clock: HybridClock, max_drift_s: float) -> C
             )
 
     return clamped
+
+
+def repair_grace_ms(settings: Settings) -> int:
+    """How long a field another replica stamped may be missing from the table before this
+    replica writes it back (``Projects._owed``): its origin's next save (one auto-save
+    interval, and 2 s for the pass), but at most a second less than the change feed
+    re-reads, so that if the origin died first, a later pull still finds the item behind."""
+    return int(max(0.0, min(settings.autosave_interval + 2.0, settings.sync_overlap - 1.0)) * 1000)

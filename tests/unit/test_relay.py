@@ -11,12 +11,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from canvas_sync.config import load_settings
+from canvas_sync.config import Settings, load_settings
 from canvas_sync.dirty import DirtyObject
 from canvas_sync.relay import Kind, MemoryBroker, Transport, decode
 from canvas_sync.service import CanvasService
 from canvas_sync.store import MemoryStore, Store
-from canvas_sync.wiring import build
+from canvas_sync.wiring import build, repair_grace_ms
 
 from tests.helpers import InProcessClient, eventually
 
@@ -259,3 +259,13 @@ def test_a_write_overwritten_in_the_table_is_repaired_with_the_relay_on(backend:
             assert written(b) == before_b
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("interval", "overlap", "grace_ms"),
+    [(5.0, 10.0, 7_000), (8.0, 10.0, 9_000), (30.0, 10.0, 9_000), (2.0, 0.5, 0)],
+)
+def test_the_repair_grace_ends_inside_what_the_feed_re_reads(interval: float, overlap: float, grace_ms: int) -> None:
+    """Past the overlap a field whose origin died unsaved would be left to the slow reconcile."""
+    settings = Settings(autosave_interval=interval, sync_overlap=overlap)
+    assert repair_grace_ms(settings) == grace_ms
