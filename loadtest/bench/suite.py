@@ -34,6 +34,7 @@ from . import (
     fanout,
     hot,
     memory,
+    peers,
     quiet,
     relay,
     robustness,
@@ -41,6 +42,7 @@ from . import (
     saved,
     security,
     sizing,
+    stall,
     storage,
     versions,
     writes,
@@ -139,6 +141,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         storage.save_markdown,
     ),
     Benchmark(
+        "stall",
+        "event-loop lag while auto-save passes write 10,000 objects, beside 128 clients on one board",
+        lambda ctx: stall.run(ctx.endpoint, ctx.database_pid),
+        stall.markdown,
+    ),
+    Benchmark(
         "cold-load",
         "loading a project not in memory (1,000 to 50,000 objects), beside a bare paginated Query",
         lambda ctx: storage.cold_load(ctx.endpoint),
@@ -187,6 +195,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "a version (snapshot) of 10,000 objects and its restore: time, items and bytes, beside export and import",
         lambda ctx: versions.run(ctx.endpoint),
         versions.markdown,
+    ),
+    Benchmark(
+        "peers",
+        "canvas-sync beside Hocuspocus (SQLite, memory) and y-websocket's server: big, quiet and small boards",
+        lambda ctx: peers.run(ctx.endpoint, ctx.seconds, ctx.database_pid),
+        peers.markdown,
     ),
     Benchmark(
         "sizing",
@@ -335,6 +349,7 @@ PLOTS = {
     "hot": _plot_hot,
     "cold_load": _plot_cold_load,
     "write_reduction": _plot_write_reduction,
+    "peers": peers.plot,
 }
 """Plots by results.json entry, drawn for those present."""
 
