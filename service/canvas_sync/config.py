@@ -210,6 +210,11 @@ class Settings(BaseSettings):
     may choose, RFC 7692): an edit of a few hundred bytes saves about a hundred bytes
     compressed, for more CPU than the rest of its handling; snapshots and the frames of a
     busy board, a few KB and more, still shrink tenfold. ``0`` compresses every message."""
+    websocket_compress_share: float = Field(0.1, gt=0, le=1)
+    """With permessage-deflate, the most of one core compressing may take; frames past it
+    go uncompressed (each message may choose). Every socket's frame is compressed on its
+    own, so a big board is what reaches it: 128 clients dragging 20 times a second would
+    need a third of a core, 256 more than the core has. ``1``: no limit."""
     version_interval: float = Field(0.0, ge=0)
     """Seconds between automatic versions (snapshots in the table) of a project while it is
     edited: a project this replica saved since its last version gets a new one once the

@@ -26,6 +26,7 @@ import contextlib
 import inspect
 import logging
 import struct
+import time
 import zlib
 from importlib import metadata
 from types import SimpleNamespace
@@ -124,8 +125,8 @@ class DirectSocket(ASGIWebsocketConnection):
         make, and it goes only where nothing else can be in its way: an open HTTP/1.1
         WebSocket, no frame of hypercorn's being sent, the transport not backed up (past
         that, :meth:`send` waits for the client, and the outbox fills: 1013), and, when
-        the client took permessage-deflate, a message small enough to go uncompressed
-        anyway (:attr:`BoundedDeflate.min_bytes`).
+        the client took permessage-deflate, a message that goes uncompressed anyway (small,
+        or past the compression budget: :meth:`BoundedDeflate.frame_outbound`).
         """
         wire = self._wire
         if wire is None:
@@ -142,7 +143,7 @@ class DirectSocket(ASGIWebsocketConnection):
             or transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT
         ):
             return False
-        if deflated and len(text) >= BoundedDeflate.min_bytes:
+        if deflated and len(text) >= BoundedDeflate.min_bytes and BoundedDeflate.affords():
             return False  # compressed, by wsproto
         last, frame = DirectSocket._last
         if text is not last:
@@ -198,6 +199,15 @@ class BoundedDeflate(PerMessageDeflate):
     """Messages shorter than this go uncompressed (RFC 7692 lets each message choose): on a
     message of a few hundred bytes zlib saves a hundred bytes and wsproto's compressed path
     costs more CPU than the message's whole handling; snapshots and big frames still shrink."""
+    share = 0.1
+    """Of one core, the most compressing may take; frames past it go uncompressed. On a big
+    board every socket's frame is compressed on its own: 128 clients dragging 20 times a
+    second made 30 MB a second to compress, a third of a core, and at 256 more than the core
+    had; bytes cost less than being late. Snapshots, one at a time, fit in the burst."""
+    burst = 0.05
+    """Seconds of compressing that may come at once after a quiet spell (a big snapshot)."""
+    _credit = 0.05  # seconds it may still spend: the process's, kept by the event loop
+    _credited_at = 0.0
     _inflated = 0
     _over = False
 
@@ -227,9 +237,21 @@ class BoundedDeflate(PerMessageDeflate):
         return "; ".join(parameters)
 
     def frame_outbound(self, proto: Any, opcode: Opcode, rsv: RsvBits, data: bytes, fin: bool) -> tuple[RsvBits, bytes]:
-        if fin and opcode is not Opcode.CONTINUATION and len(data) < self.min_bytes:
-            return rsv, data  # a whole small message: RSV1 clear, sent as it is
-        return super().frame_outbound(proto, opcode, rsv, data, fin)
+        if fin and opcode is not Opcode.CONTINUATION and (len(data) < self.min_bytes or not self.affords()):
+            return rsv, data  # a whole message, small or past the budget: RSV1 clear, as it is
+        started = time.perf_counter()
+        try:
+            return super().frame_outbound(proto, opcode, rsv, data, fin)
+        finally:
+            BoundedDeflate._credit -= time.perf_counter() - started
+
+    @classmethod
+    def affords(cls) -> bool:
+        """Whether compressing stays within :attr:`share` of a core (a token bucket of seconds)."""
+        now = time.monotonic()
+        cls._credit = min(cls.burst, cls._credit + (now - cls._credited_at) * cls.share)
+        cls._credited_at = now
+        return cls._credit > 0
 
     def frame_inbound_payload_data(self, proto: Any, data: bytes) -> bytes | CloseReason:
         if not self._inbound_compressed or not self._inbound_is_compressible:
@@ -262,15 +284,17 @@ class BoundedDeflate(PerMessageDeflate):
 
 
 def set_websocket_compression(
-    enabled: bool, max_message_bytes: int = 65536, window_bits: int = 15, min_bytes: int = 512
+    enabled: bool, max_message_bytes: int = 65536, window_bits: int = 15, min_bytes: int = 512, share: float = 0.1
 ) -> None:
     """hypercorn offers permessage-deflate to every client and has no setting for it, so
     the extension it builds per handshake is swapped here (hypercorn 0.17-0.18, see
     :data:`CHECKED`): declined, or accepted with inflation bounded by the message limit,
-    windows of at most ``window_bits`` and messages under ``min_bytes`` uncompressed."""
+    windows of at most ``window_bits``, and messages under ``min_bytes``, or past ``share``
+    of a core spent compressing, uncompressed."""
     BoundedDeflate.max_message = max_message_bytes  # one replica per process: one limit
     BoundedDeflate.window_bits = window_bits
     BoundedDeflate.min_bytes = min_bytes
+    BoundedDeflate.share = share
     ws_stream.PerMessageDeflate = BoundedDeflate if enabled else DeclineDeflate  # type: ignore[misc]
 
 

@@ -45,6 +45,7 @@ async def run(settings: Settings) -> int:
         settings.max_message_bytes,
         settings.websocket_window_bits,
         settings.websocket_compress_min_bytes,
+        settings.websocket_compress_share,
     )
     stop_pings_on_close()
     stop = asyncio.Event()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
 from types import SimpleNamespace
 
@@ -157,3 +158,20 @@ def test_the_ping_patch_is_put_in_place() -> None:
         assert ws_stream.WSStream._send_pings is patches._send_pings
     finally:
         ws_stream.WSStream.handle, ws_stream.WSStream._send_pings = handle, pings  # type: ignore[method-assign]
+
+
+def test_past_its_share_of_a_core_compression_waits_and_frames_go_as_they_are(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(patches.BoundedDeflate, "min_bytes", 512)
+    monkeypatch.setattr(patches.BoundedDeflate, "share", 0.1)
+    deflate = patches.BoundedDeflate()
+    deflate.accept("permessage-deflate")
+    server = FrameProtocol(client=False, extensions=[deflate])
+    big = '{"objects":[' + ",".join(['{"id":"o","x":1}'] * 200) + "]}"
+    monkeypatch.setattr(patches.BoundedDeflate, "_credit", -0.01)  # 10 ms spent beyond the budget
+    monkeypatch.setattr(patches.BoundedDeflate, "_credited_at", time.monotonic())
+    assert server.send_data(big)[0] == 0x81  # uncompressed: the budget is spent
+    monkeypatch.setattr(patches.BoundedDeflate, "_credited_at", time.monotonic() - 1.0)  # a second at 10%
+    assert server.send_data(big)[0] == 0xC1  # refilled: compressed, and charged
+    assert patches.BoundedDeflate._credit < patches.BoundedDeflate.burst

@@ -132,6 +132,8 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "gather_lag",
             "websocket_compression",
             "websocket_window_bits",
+            "websocket_compress_min_bytes",
+            "websocket_compress_share",
             "project_idle_timeout",
         ),
     ),
