@@ -67,8 +67,16 @@ def baseline(script: str, *args: str) -> Iterator[Server]:
 
 
 @contextmanager
-def replica(endpoint: str, name: str | None = None, **settings: object) -> Iterator[ReplicaProcess]:
-    """One replica process; each gets its own replica id (the clock breaks ties by it)."""
+def replica(
+    endpoint: str,
+    name: str | None = None,
+    log_path: Path | None = None,
+    cpus: set[int] | None = None,
+    stop_timeout: float = 30,
+    **settings: object,
+) -> Iterator[ReplicaProcess]:
+    """One replica process; each gets its own replica id (the clock breaks ties by it).
+    ``log_path``: where its log goes (default: nowhere); ``cpus``: pinned to those cores."""
     port = free_port()
     # No rate or connection limits: the benchmarks measure capacity (1,000 idle sockets
     # come from one address), not the limits.
@@ -82,12 +90,13 @@ def replica(endpoint: str, name: str | None = None, **settings: object) -> Itera
         **settings,
     }
     name = name or f"bench-{port}"
-    server = ReplicaProcess.configure(name, port, endpoint, TABLE, log_path=Path(os.devnull), **settings)
+    server = ReplicaProcess.configure(name, port, endpoint, TABLE, log_path=log_path or Path(os.devnull), **settings)
+    server.cpus = cpus
     try:
         yield server.start()
     finally:
         try:
-            server.terminate(30)
+            server.terminate(stop_timeout)
         except subprocess.TimeoutExpired:
             server.kill()
 

@@ -41,11 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from canvas_sync.devtools.process import free_port
-from canvas_sync.devtools.replicas import ReplicaProcess
 
 from loadtest.peers import install
 
-from .common import TABLE, cpu_seconds, rss_bytes, table
+from .common import cpu_seconds, replica, rss_bytes, table
 
 DRIVER = install.HERE / "driver.mjs"
 HOCUSPOCUS = install.HERE / "hocuspocus.mjs"
@@ -113,32 +112,11 @@ def serve(
     system: str, endpoint: str, peers: install.Peers, cpus: set[int] | None, **settings: object
 ) -> Iterator[Target]:
     """A fresh server of ``system`` on its own port, pinned to ``cpus`` (``settings``: canvas-sync's ``CANVAS_*``)."""
-    port = free_port()
     if system.startswith("canvas"):
-        replica = ReplicaProcess.configure(
-            f"peers-{port}",
-            port,
-            endpoint,
-            TABLE,
-            log_path=Path(os.devnull),
-            rate_limit=0,
-            log_level="warning",
-            auth="off",
-            max_connections_per_address=0,
-            max_connections_per_project=0,
-            max_connections_per_subject=0,
-            **settings,
-        )
-        replica.cpus = cpus
-        replica.start()
-        try:
-            yield Target(system, f"ws://127.0.0.1:{port}", replica.pid)
-        finally:
-            try:
-                replica.terminate(30)
-            except subprocess.TimeoutExpired:
-                replica.kill()
+        with replica(endpoint, cpus=cpus, **settings) as server:
+            yield Target(system, f"ws://127.0.0.1:{server.port}", server.pid)
         return
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="peers-") as folder:
         if system == "y-websocket":
             script = peers.modules / "@y" / "websocket-server" / "src" / "server.js"

@@ -34,11 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
-from canvas_sync.devtools.process import free_port
-from canvas_sync.devtools.replicas import ReplicaProcess
 from websockets.asyncio.client import connect
 
-from .common import ROOT, TABLE, cpu_seconds, pct, table
+from .common import ROOT, cpu_seconds, pct, replica, table
 
 CLIENTS = 128
 RATE = 4.0
@@ -58,30 +56,6 @@ neither from the replica's loop (DynamoDB runs elsewhere in production) nor from
 probe, so what is left is the save threads' share of the GIL."""
 MODES: dict[str, dict[str, object]] = {"paced": {}, "unpaced": {"save_gil_share": 1}}
 """Replica settings per mode: the default, and the save path without its pacing (before)."""
-
-
-@contextmanager
-def _replica(endpoint: str, log: Path, **settings: object) -> Iterator[ReplicaProcess]:
-    port = free_port()
-    settings = {
-        "rate_limit": 0,
-        "log_level": "info",
-        "auth": "off",
-        "max_connections_per_address": 0,
-        "max_connections_per_project": 0,
-        "max_connections_per_subject": 0,
-        "autosave_interval": INTERVAL,
-        **settings,
-    }
-    server = ReplicaProcess.configure(f"stall-{port}", port, endpoint, TABLE, log_path=log, **settings)
-    server.cpus = REPLICA_CPUS
-    try:
-        yield server.start()
-    finally:
-        try:
-            server.terminate(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def _post(url: str, body: dict[str, Any]) -> None:
@@ -240,7 +214,8 @@ def _lag_figures(samples: list[float]) -> dict[str, Any]:
 def once(endpoint: str, **settings: object) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="stall-") as folder:
         log = Path(folder) / "replica.log"
-        with _replica(endpoint, log, **settings) as server:
+        settings = {"log_level": "info", "autosave_interval": INTERVAL, **settings}
+        with replica(endpoint, log_path=log, cpus=REPLICA_CPUS, stop_timeout=60, **settings) as server:
             tag = str(time.time_ns())
             _fill(server.url, f"stall-big-{tag}")
             base_ws = server.url.replace("http", "ws", 1)
