@@ -32,11 +32,10 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from canvas_sync.devtools.process import cache_dir
+from canvas_sync.devtools.process import cache_dir, staged
 
 NODE_VERSION = "22.23.3"
 SQLITE_PACKAGES = {
@@ -172,17 +171,9 @@ def ensure_installed(cache: Path | None = None) -> Peers:
     npm = shutil.which("npm")
     if npm is None:
         raise Unavailable("npm is not installed, so Hocuspocus and y-websocket cannot be fetched")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        staged = Path(tmp) / "prefix"
-        staged.mkdir()
-        meta = _install_into(staged, npm)
-        (staged / "installed.json").write_text(json.dumps(meta, indent=2) + "\n")
-        try:
-            staged.rename(target)  # atomic: a concurrent fetch either wins or finds it done
-        except OSError:
-            if _read(target) is None:
-                raise
+    with staged(target, lambda done: _read(done) is not None) as folder:
+        meta = _install_into(folder, npm)
+        (folder / "installed.json").write_text(json.dumps(meta, indent=2) + "\n")
     found = _read(target)
     if found is None:
         raise Unavailable(f"the install left nothing usable in {target}")

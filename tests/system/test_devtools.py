@@ -7,10 +7,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from canvas_sync.devtools.dynamodb_local import _answers, emulator_dir
-from canvas_sync.devtools.process import free_port
+from canvas_sync.devtools.process import free_port, staged
 
 from tests.helpers import missing, wait_until
 
@@ -51,3 +52,16 @@ def test_sigterm_during_the_start_stops_the_jvm_too() -> None:
         assert not _answers(f"http://127.0.0.1:{port}"), "the JVM outlived its runner"
     finally:
         process.kill()
+
+
+def test_a_staged_install_lands_whole_or_not_at_all(tmp_path: Path) -> None:
+    target = tmp_path / "cache" / "pkg"
+    with pytest.raises(RuntimeError), staged(target, Path.exists) as folder:
+        (folder / "half").write_text("x")
+        raise RuntimeError("npm failed")
+    assert not target.exists() and list(target.parent.iterdir()) == []  # nothing left behind
+    with staged(target, Path.exists) as folder:
+        (folder / "done").write_text("x")
+    with staged(target, Path.exists) as folder:  # another fetch finishing second finds it done
+        (folder / "other").write_text("x")
+    assert [p.name for p in target.iterdir()] == ["done"]

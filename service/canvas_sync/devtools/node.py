@@ -18,10 +18,9 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from .process import cache_dir
+from .process import cache_dir, staged
 
 WS_PACKAGE = "ws"
 WS_VERSION = "8.18.3"
@@ -73,16 +72,13 @@ def ensure_installed(cache: Path | None = None) -> Path:
     npm = shutil.which("npm")
     if npm is None:
         raise Unavailable("npm is not installed, so the ws package cannot be fetched")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        staged = Path(tmp) / "prefix"
-        staged.mkdir()
+    with staged(target, _installed) as folder:
         result = subprocess.run(
             [
                 npm,
                 "install",
                 "--prefix",
-                str(staged),
+                str(folder),
                 "--no-audit",
                 "--no-fund",
                 "--no-package-lock",
@@ -95,13 +91,8 @@ def ensure_installed(cache: Path | None = None) -> Path:
         )
         if result.returncode != 0:
             raise Unavailable(f"npm install {WS_PACKAGE}@{WS_VERSION} failed: {result.stderr.strip()[-500:]}")
-        if not _installed(staged):
-            raise Unavailable(f"npm install left no {WS_PACKAGE}@{WS_VERSION} in {staged}")
-        try:
-            staged.rename(target)  # atomic: a concurrent fetch either wins or finds it done
-        except OSError:
-            if not _installed(target):
-                raise
+        if not _installed(folder):
+            raise Unavailable(f"npm install left no {WS_PACKAGE}@{WS_VERSION} in {folder}")
     return target / "node_modules"
 
 

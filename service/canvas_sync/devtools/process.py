@@ -12,8 +12,10 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Self
 
@@ -129,3 +131,20 @@ class LocalProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextmanager
+def staged(target: Path, done: Callable[[Path], bool]) -> Iterator[Path]:
+    """An empty folder beside ``target`` to install into, renamed to ``target`` when the
+    block ends: atomic, so a concurrent install either wins or finds it ``done``. Nothing is
+    left behind when the block raises."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        folder = Path(tmp) / "prefix"
+        folder.mkdir()
+        yield folder
+        try:
+            folder.rename(target)
+        except OSError:
+            if not done(target):
+                raise
