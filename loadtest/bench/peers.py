@@ -44,7 +44,7 @@ from canvas_sync.devtools.process import free_port
 
 from loadtest.peers import install
 
-from .common import cpu_seconds, replica, rss_bytes, table
+from .common import cpu_seconds, replica, rss_bytes, stop, table
 
 DRIVER = install.HERE / "driver.mjs"
 HOCUSPOCUS = install.HERE / "hocuspocus.mjs"
@@ -133,12 +133,7 @@ def serve(
             _wait_port(port, proc, system)
             yield Target(system, f"ws://127.0.0.1:{port}", proc.pid)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
 
 
 def waited_seconds(pid: int) -> float:
