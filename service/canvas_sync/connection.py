@@ -2,12 +2,13 @@
 
 Fan-out never awaits a client: it puts text in the client's outbox, where a newer state
 of an object replaces one still waiting. A client whose outbox is full all the same is
-too slow to keep up, and is closed with 1013 rather than letting memory grow. The writer
-wakes once for everything that waited, not once per message. On a quiet pod the writers
-are not woken at all: what the sockets got during one turn of the event loop goes out at
-the end of that turn (:class:`Flush`), one frame per socket written straight to its
-transport (:meth:`Socket.write`), as Hocuspocus sends what one turn merged. A busy pod
-(the loop lags) wakes the writers, which gather for ``send_interval``.
+too slow to keep up, and is closed with 1013 rather than letting memory grow. What the
+sockets got during one turn of the event loop goes out at the end of that turn
+(:class:`Flush`), one frame per socket written straight to its transport
+(:meth:`Socket.write`), as Hocuspocus sends what one turn merged: the busier the loop,
+the longer its turns and the more each frame holds. Only a socket that cannot take a
+frame at once (backed up, a frame in flight, closing) wakes its writer, which waits for
+the client and, on a busy pod (the loop lags), gathers for ``send_interval``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .outbox import Outbox, batch
 from .saved import Ledger
@@ -48,6 +49,12 @@ class Socket(Protocol):
 
     def write(self, text: str) -> bool:
         """Send ``text`` now without awaiting, if the socket can (else False, nothing sent)."""
+        ...
+
+    def listen(self, take: Callable[[str], asyncio.Future[Any] | None] | None) -> bool:
+        """Hand text messages to ``take`` as they arrive, where that keeps their order
+        (``patches.Take``: a future it returns holds back the messages after it); False
+        where the socket cannot: :meth:`receive` has them all."""
         ...
 
     async def close(self, code: int, reason: str) -> None: ...
@@ -108,11 +115,9 @@ class Connection:
         self.send_interval = send_interval
         """After a frame, how long the writer lets messages gather before the next one."""
         self.busy = busy
-        """Whether gathering pays now (``lag.LoopLag.busy``): a quiet pod sends at once."""
+        """Whether gathering pays now (``lag.LoopLag.busy``): on a quiet pod the writer sends at once."""
         self.ack_key: Hashable | None = None
         """The object the reply ``CanvasService.receive`` just made is an ack of (see :meth:`reply`)."""
-        self.woke_peers = False
-        """This client's last edit woke every other client's idle writer: its ack waits one turn (``service``)."""
         self._wakeup: asyncio.Future[None] | None = None  # the idle writer waits on it
         self._busy = False  # a frame is being sent (reply or writer): one at a time, in order
         self._flush = flush or Flush()
@@ -126,22 +131,22 @@ class Connection:
         self._tokens = self._burst
         self._refilled = time.monotonic()
 
-    def send(self, text: str, key: Hashable | None = None, latest: bool = False) -> bool:
-        """Queue a message (see :meth:`Outbox.put`); never blocks. A full outbox closes the
-        connection (1013). True when this woke an idle writer."""
+    def send(self, text: str, key: Hashable | None = None, latest: bool = False) -> None:
+        """Queue a message (see :meth:`Outbox.put`) for the end of the turn; never blocks.
+        A full outbox closes the connection (1013)."""
         if self.close_code is not None:
-            return False
+            return
         if not self.outbox.put(text, key, latest):
             self.close(SLOW_CLIENT, "client too slow to keep up")
-            return False
+            return
         if self._due:
-            return False
+            return
         wakeup = self._wakeup
-        if self._socket is not None and wakeup is not None and not wakeup.done() and not self.busy():
-            self._due = True  # the writer is idle and the pod quiet: no need to wake it
+        if self._socket is not None and wakeup is not None and not wakeup.done():
+            self._due = True  # the writer is idle: no need to wake it
             self._flush.add(self)
-            return False
-        return self._wake()
+            return
+        self._wake()  # not yet started, or busy: it sends this after what it has
 
     def flush(self) -> None:
         """End of the turn: what waits goes out as one frame now, or to the writer if the
@@ -189,8 +194,15 @@ class Connection:
         self._tokens -= 1
         return True
 
-    async def reply(self, websocket: Socket, text: str, key: Hashable | None = None) -> None:
-        """Answer the sender from its own reader task when nothing is queued ahead.
+    @property
+    def idle(self) -> bool:
+        """Nothing waits to go to this client, or is being sent: an answer may go at once."""
+        return self.close_code is None and not (self.outbox or self._busy or self._gathering or self._due)
+
+    def answer(self, websocket: Socket, text: str, key: Hashable | None = None) -> bool:
+        """Answer the sender without awaiting: written now when nothing is queued ahead,
+        else queued behind it; False when only an await can send it (the socket is backed
+        up), and then nothing was done.
 
         That saves the hop through the writer task for every ack; order is kept because
         a message queued earlier (or one the writer is sending) makes this queue too.
@@ -198,10 +210,14 @@ class Connection:
         newer upsert of it cannot take the place of one waiting ahead of the ack: the
         client would hear the newer state before its own change's ack, and keep its own.
         """
-        if self.close_code is not None or self.outbox or self._busy or self._gathering or self._due:
+        if not self.idle:
             self.send(text, key)
-            return
-        if websocket.write(text):
+            return True
+        return websocket.write(text)
+
+    async def reply(self, websocket: Socket, text: str, key: Hashable | None = None) -> None:
+        """:meth:`answer`, or else send it and wait for the socket (the reader waits too)."""
+        if self.answer(websocket, text, key):
             return
         self._busy = True
         try:

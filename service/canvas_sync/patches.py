@@ -9,7 +9,10 @@ past the ones in :data:`CHECKED` (pyproject.toml pins the same ranges).
 - :class:`DirectSocket` (Quart 0.22): the WebSocket handler reads and writes hypercorn's
   ASGI channel itself, without Quart's receiving task, queue and per-send yield; and
   (hypercorn 0.17-0.18 over HTTP/1.1, wsproto 1.2-1.3) :meth:`DirectSocket.write` puts a
-  frame straight on the connection's transport, past hypercorn's per-frame path.
+  frame straight on the connection's transport, past hypercorn's per-frame path; and
+  :class:`ReadTap` (asyncio's ``StreamReaderProtocol``, wsproto 1.2-1.3's frame decoder)
+  hands whole text frames from the transport to the handler as they arrive
+  (:meth:`DirectSocket.listen`), past hypercorn's read task, wsproto and the app queue.
 - :class:`BoundedDeflate` and :class:`DeclineDeflate` (wsproto 1.2-1.3, put in place of
   hypercorn's ``ws_stream.PerMessageDeflate``, hypercorn 0.17-0.18): permessage-deflate
   with inflation bounded by the message limit and a small window, small messages sent
@@ -28,6 +31,7 @@ import logging
 import struct
 import time
 import zlib
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from types import SimpleNamespace
 from typing import Any
@@ -35,12 +39,12 @@ from typing import Any
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.protocol import ws_stream
 from hypercorn.protocol.events import Event, StreamClosed
-from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.h11 import H11Protocol, H11WSConnection
 from quart.asgi import ASGIWebsocketConnection
 from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.extensions import PerMessageDeflate
-from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, RsvBits
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, MessageDecoder, Opcode, RsvBits
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,97 @@ def text_frame(payload: bytes) -> bytes:
     return struct.pack("!BBQ", 0x81, 127, n) + payload
 
 
+def text_frames(data: bytes, limit: int) -> Iterator[tuple[int, str]]:
+    """The whole text frames at the start of ``data`` as a client sends them (final,
+    masked, uncompressed, valid UTF-8, at most ``limit`` bytes), each as the offset just
+    past it and its text; it stops before anything else (a control frame, a fragment, a
+    compressed, unmasked or oversized frame, bad UTF-8, a frame not all there yet), which
+    is wsproto's to read, from that offset on."""
+    at, size = 0, len(data)
+    while size - at >= 6:
+        if data[at] != 0x81:  # FIN, no RSV bits (not compressed), text
+            return
+        length = data[at + 1] ^ 0x80  # the mask bit must be set: clear it
+        if length > 127:  # it was not set
+            return
+        head = at + 2
+        if length == 126:
+            length, head = int.from_bytes(data[head : head + 2]), head + 2
+        elif length == 127:
+            length, head = int.from_bytes(data[head : head + 8]), head + 8
+        end = head + 4 + length
+        if length > limit or end > size:
+            return
+        key = (data[head : head + 4] * (length // 4 + 1))[:length]
+        masked = int.from_bytes(data[head + 4 : end], "little")
+        try:  # unmasked in one XOR of two big integers: wsproto does it a byte at a time
+            text = (masked ^ int.from_bytes(key, "little")).to_bytes(length, "little").decode()
+        except UnicodeDecodeError:
+            return
+        at = end
+        yield at, text
+
+
+Take = Callable[[str], "asyncio.Future[Any] | None"]
+"""What :meth:`DirectSocket.listen` hands each message to, in the read callback; it returns
+None when the message is done, or a future the messages after it wait for."""
+
+
+class ReadTap(asyncio.Protocol):
+    """The transport's protocol in front of hypercorn's ``StreamReaderProtocol``: whole text
+    frames go to the socket's handler as they arrive; everything else (and every frame
+    that comes while hypercorn's side, or the handler, still holds an earlier one) goes on
+    to hypercorn, as it came.
+
+    Every message a client sent went through asyncio's stream reader, hypercorn's read
+    task, its HTTP/1.1 and WebSocket layers, wsproto's frame and message decoders, the
+    ASGI queue and the reader task: on many small boards, about a third of the server's
+    CPU. A frame goes past them only between messages (:meth:`DirectSocket.between_messages`),
+    so the order of what the client sent holds; wsproto never sees a frame cut in two.
+    """
+
+    def __init__(self, inner: asyncio.Protocol, socket: DirectSocket, limit: int) -> None:
+        self._inner = inner
+        self._socket = socket
+        self._limit = limit
+
+    def data_received(self, data: bytes) -> None:
+        socket, at = self._socket, 0
+        take = socket.take
+        if take is not None:
+            try:
+                for end, text in text_frames(data, self._limit):
+                    if not socket.between_messages():
+                        break
+                    held = take(text)
+                    at = end
+                    if held is not None:
+                        socket.hold(held)
+                        break
+            except Exception:  # the reader task would have died of it: the socket goes too
+                log.exception("a message failed in the read callback", extra={"event": "socket_error"})
+                socket.take = None
+                socket.abort()
+                return
+        if at < len(data):
+            self._inner.data_received(data[at:] if at else data)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._inner.connection_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
 class DirectSocket(ASGIWebsocketConnection):
     """Quart's WebSocket connection without its receiving task, its queue and its yield
     before every send.
@@ -81,6 +176,11 @@ class DirectSocket(ASGIWebsocketConnection):
     _wire: tuple[Any, Any, asyncio.Lock, bool] | None = None
     """hypercorn's stream, its connection's transport and send lock, and whether the client
     took permessage-deflate; None: every frame goes through :meth:`send`."""
+    take: Take | None = None
+    """Where whole text frames go as they arrive (:meth:`listen`); None: the reader's way."""
+    _reader: Any = None  # hypercorn's asyncio.StreamReader, while a ReadTap is in place
+    _held: asyncio.Future[Any] | None = None  # a message taken early, not done yet
+    _listening = False  # receive() waits for hypercorn's queue
     _last: tuple[str, bytes] = ("", b"")
     """The text framed last and its frame: a broadcast frames once for all the sockets it
     goes to. A tuple replaced whole, so any thread reads a matching pair."""
@@ -105,7 +205,16 @@ class DirectSocket(ASGIWebsocketConnection):
     async def receive(self) -> str | bytes | None:
         """The next message; None once the client is gone."""
         while True:
-            event = await self._channel_receive()
+            self._listening = True
+            try:
+                event = await self._channel_receive()
+            finally:
+                self._listening = False
+            held = self._held
+            if held is not None:  # taken before this one, in the read callback
+                with contextlib.suppress(Exception):
+                    await held
+                self._held = None
             if event["type"] == "websocket.receive":
                 return event.get("bytes") or event["text"]
             if event["type"] == "websocket.disconnect":
@@ -133,16 +242,9 @@ class DirectSocket(ASGIWebsocketConnection):
             wire = self._wire = self._find_wire()
             if wire is None:
                 return False
-        stream, transport, lock, deflated = wire
-        if (
-            stream.closed
-            or stream.state is not ws_stream.ASGIWebsocketState.CONNECTED
-            or stream.connection.state is not ConnectionState.OPEN
-            or lock.locked()
-            or transport.is_closing()
-            or transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT
-        ):
+        if not self._writable(wire):
             return False
+        transport, deflated = wire[1], wire[3]
         if deflated and len(text) >= BoundedDeflate.min_bytes and BoundedDeflate.affords():
             return False  # compressed, by wsproto
         last, frame = DirectSocket._last
@@ -151,6 +253,90 @@ class DirectSocket(ASGIWebsocketConnection):
             DirectSocket._last = (text, frame)
         transport.write(frame)
         return True
+
+    @staticmethod
+    def _writable(wire: tuple[Any, Any, asyncio.Lock, bool]) -> bool:
+        """Open on both sides, no frame of hypercorn's being sent, the transport not backed up."""
+        stream, transport, lock, _ = wire
+        return not (
+            stream.closed
+            or stream.state is not ws_stream.ASGIWebsocketState.CONNECTED
+            or stream.connection.state is not ConnectionState.OPEN
+            or lock.locked()
+            or transport.is_closing()
+            or transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT
+        )
+
+    def listen(self, take: Take | None) -> bool:
+        """Hand whole text frames to ``take`` as they arrive, in the transport's read
+        callback (:class:`ReadTap`), where that keeps their order; None: every message goes
+        to :meth:`receive` again. False where hypercorn's objects are not the ones this was
+        read against (HTTP/2, another worker, a read timeout): then :meth:`receive` has all."""
+        self.take = take
+        if take is None or self._reader is not None:
+            return self._reader is not None
+        found = self._find_reader()
+        if found is None:
+            self.take = None
+            return False
+        self._reader, inner, transport, limit = found
+        transport.set_protocol(ReadTap(inner, self, limit))
+        return True
+
+    def _find_reader(self) -> tuple[asyncio.StreamReader, asyncio.StreamReaderProtocol, Any, int] | None:
+        """hypercorn's stream reader behind this socket, the transport's protocol that feeds
+        it, the transport and the message limit; None where they are not the ones
+        :class:`ReadTap` was read against."""
+        wire = self._wire = self._wire or self._find_wire()
+        if wire is None:
+            return None
+        http = getattr(wire[0].send, "__self__", None)
+        server = getattr(getattr(http, "send", None), "__self__", None)
+        reader, config, transport = getattr(server, "reader", None), getattr(server, "config", None), wire[1]
+        inner = transport.get_protocol() if callable(getattr(transport, "set_protocol", None)) else None
+        if (
+            not isinstance(reader, asyncio.StreamReader)
+            or not isinstance(inner, asyncio.StreamReaderProtocol)
+            or not isinstance(getattr(http, "connection", None), H11WSConnection)
+            or not isinstance(getattr(self._channel_receive, "__self__", None), asyncio.Queue)
+            or getattr(config, "read_timeout", 0) is not None  # hypercorn's read would time out
+        ):
+            return None
+        return reader, inner, transport, int(getattr(config, "websocket_max_message_size", 0))
+
+    def between_messages(self) -> bool:
+        """Nothing the client sent is on its way through hypercorn, wsproto or the queue,
+        or being handled, and an answer can be written at once: a frame that arrives now
+        may be handled now without passing one sent before it."""
+        wire, reader = self._wire, self._reader
+        if wire is None or reader is None or not self._listening:
+            return False
+        held, waiter = self._held, reader._waiter
+        if held is not None and not held.done():
+            return False
+        if waiter is None or waiter.done() or reader._buffer or not self._channel_receive.__self__.empty():
+            return False  # hypercorn's read task, or the reader, has something not yet handled
+        stream = wire[0]
+        proto = stream.connection._proto
+        frames: FrameDecoder = proto._frame_decoder
+        message: MessageDecoder = proto._message_decoder
+        return (
+            stream.buffer.value is None
+            and not stream.connection._events
+            and not frames.buffer.buffer
+            and frames.header is None
+            and frames.effective_opcode is None
+            and message.opcode is None
+            and self._writable(wire)
+        )
+
+    def hold(self, future: asyncio.Future[Any]) -> None:
+        """A message was taken with ``future`` still to finish: the next waits for it."""
+        self._held = future
+
+    def abort(self) -> None:
+        if self._wire is not None:
+            self._wire[1].abort()
 
     def _find_wire(self) -> tuple[Any, Any, asyncio.Lock, bool] | None:
         """hypercorn's objects behind this socket, or None where they are not the ones
@@ -393,6 +579,21 @@ def missing_internals() -> list[str]:
         (TCPServer.__init__, "self.send_lock", "hypercorn.asyncio.tcp_server.TCPServer.send_lock"),
         (WSConnection.__init__, "self._proto", "wsproto.connection.Connection._proto"),
         (FrameProtocol.__init__, "self.extensions", "wsproto.frame_protocol.FrameProtocol.extensions"),
+        # what ReadTap and DirectSocket.between_messages read: hypercorn's side holds nothing
+        (TCPServer.__init__, "self.reader", "hypercorn.asyncio.tcp_server.TCPServer.reader"),
+        (TCPServer.__init__, "self.config", "hypercorn.asyncio.tcp_server.TCPServer.config"),
+        (ws_stream.WSStream.__init__, "self.buffer", "hypercorn.protocol.ws_stream.WSStream.buffer"),
+        (ws_stream.WebsocketBuffer.__init__, "self.value", "hypercorn.protocol.ws_stream.WebsocketBuffer.value"),
+        (H11WSConnection.__init__, "self.buffer", "hypercorn.protocol.h11.H11WSConnection.buffer"),
+        (asyncio.StreamReader.__init__, "self._waiter", "asyncio.StreamReader._waiter"),
+        (asyncio.StreamReader.__init__, "self._buffer", "asyncio.StreamReader._buffer"),
+        (WSConnection.__init__, "self._events", "wsproto.connection.Connection._events"),
+        (FrameProtocol.__init__, "self._frame_decoder", "wsproto.frame_protocol.FrameProtocol._frame_decoder"),
+        (FrameProtocol.__init__, "self._message_decoder", "wsproto.frame_protocol.FrameProtocol._message_decoder"),
+        (FrameDecoder.__init__, "self.buffer", "wsproto.frame_protocol.FrameDecoder.buffer"),
+        (FrameDecoder.__init__, "self.header", "wsproto.frame_protocol.FrameDecoder.header"),
+        (FrameDecoder.__init__, "self.effective_opcode", "wsproto.frame_protocol.FrameDecoder.effective_opcode"),
+        (MessageDecoder.__init__, "self.opcode", "wsproto.frame_protocol.MessageDecoder.opcode"),
     )
     for function, assignment, name in wire:
         if assignment not in inspect.getsource(function):

@@ -58,7 +58,7 @@ def gc_paused() -> Iterator[None]:
 
 
 class Subscriber(Protocol):
-    def send(self, text: str, key: Hashable | None = None, latest: bool = False) -> bool | None: ...
+    def send(self, text: str, key: Hashable | None = None, latest: bool = False) -> None: ...
 
 
 class Broadcast(NamedTuple):
@@ -123,14 +123,11 @@ class Project:
     def snapshot_jsons(self) -> list[str]:
         return [self.views[k] for k in sorted(self.views)]
 
-    def broadcast(self, message: Broadcast, exclude: Subscriber | None = None) -> int:
-        """Returns how many idle writers this woke."""
+    def broadcast(self, message: Broadcast, exclude: Subscriber | None = None) -> None:
         text, key, latest = message
-        woken = 0
         for conn in self.connections:  # send() never changes the set (a slow client is only marked)
-            if conn is not exclude and conn.send(text, key, latest):
-                woken += 1
-        return woken
+            if conn is not exclude:
+                conn.send(text, key, latest)
 
 
 FORWARD_MS = 1_000

@@ -17,6 +17,7 @@ hand their results to the loop, which does every merge and every send.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Coroutine
@@ -509,30 +510,42 @@ class CanvasService:
         """Send and receive until the client leaves or the connection is closed."""
         writer = self.background.spawn(conn.pump(socket), "canvas-writer")
         reader = asyncio.create_task(self._read(conn, socket), name="canvas-reader")
+        socket.listen(functools.partial(self._take, conn, socket))
         try:
             await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            socket.listen(None)
             reader.cancel()
             if not writer.done() and conn.close_code is None:
                 writer.cancel()
 
     async def _read(self, conn: Connection, socket: Socket) -> None:
-        while True:
-            data = await socket.receive()
-            if data is None:
-                return
-            if isinstance(data, bytes):
-                reply: str | Fetch | None = BINARY_REFUSED
-            else:
-                reply = self.receive(conn, data)
-                if isinstance(reply, Fetch):  # this socket waits for the read; the others go on
-                    await self.fetch(conn.project, reply.object_id)
-                    reply = self.receive(conn, data, fetched=True)
-                if conn.woke_peers:  # their writers send this edit before the sender hears its ack,
-                    conn.woke_peers = False  # so a client editing as fast as acks come is paced
-                    await asyncio.sleep(0)  # by its fan-out, as behind a relay
-            if isinstance(reply, str):
-                await conn.reply(socket, reply, conn.ack_key)
+        while (data := await socket.receive()) is not None:
+            await self._answer(conn, socket, data)
+
+    async def _answer(self, conn: Connection, socket: Socket, data: str | bytes, fetch: Fetch | None = None) -> None:
+        """One message the reader's way: it may wait for a read of the table, the peers'
+        writers and the socket. ``fetch``: :meth:`receive` already asked for this read."""
+        if isinstance(data, bytes):
+            reply: str | Fetch | None = BINARY_REFUSED
+        else:
+            reply = fetch or self.receive(conn, data)
+            if isinstance(reply, Fetch):  # this socket waits for the read; the others go on
+                await self.fetch(conn.project, reply.object_id)
+                reply = self.receive(conn, data, fetched=True)
+        if isinstance(reply, str):
+            await conn.reply(socket, reply, conn.ack_key)
+
+    def _take(self, conn: Connection, socket: Socket, text: str) -> asyncio.Future[None] | None:
+        """One message as it arrives, in the socket's read callback (``Socket.listen``):
+        what :meth:`_answer` does, without a task switch, where nothing needs a wait; a
+        replay of an object memory lacks goes to a task, which the next message waits for."""
+        reply = self.receive(conn, text)
+        if isinstance(reply, Fetch):
+            return self.background.spawn(self._answer(conn, socket, text, reply), "canvas-replay")
+        if isinstance(reply, str) and not conn.answer(socket, reply, conn.ack_key):
+            conn.send(reply, conn.ack_key)  # backed up: the writer waits for the client
+        return None
 
     async def fetch(self, project: Project, object_id: str) -> None:
         """Read one object from the table into memory (a replay to a replica behind it)."""
@@ -619,9 +632,7 @@ class CanvasService:
         relay it. A socket's edits and the HTTP ops route (``resources.py``) share this."""
         self._edit_counters[type(command)].inc()
         if edit.broadcast is not None:
-            woken = project.broadcast(edit.broadcast, exclude=sender)
-            if sender is not None:  # every peer was idle: not a busy board
-                sender.woke_peers = 0 < woken >= len(project.connections) - 1
+            project.broadcast(edit.broadcast, exclude=sender)
             if self.bridge is not None:
                 self.bridge.edited(project.id, project.objects[command.id], project.gen)
         if command.stamp is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,12 @@ def messages(ws: ClientConnection, timeout: float) -> list[dict[str, Any]]:
     return body if isinstance(body, list) else [body]
 
 
-def v3(replica: Replica, project: str) -> ClientConnection:
-    ws = connect(replica.ws_url(project), subprotocols=["canvas-sync.v3"], open_timeout=5)  # type: ignore[list-item]
-    assert ws.subprotocol == "canvas-sync.v3"
-    assert messages(ws, 5)[0]["op"] == "snapshot"
-    return ws
+@contextmanager
+def v3(replica: Replica, project: str) -> Iterator[ClientConnection]:
+    with connect(replica.ws_url(project), subprotocols=["canvas-sync.v3"], open_timeout=5) as ws:  # type: ignore[list-item]
+        assert ws.subprotocol == "canvas-sync.v3"
+        assert messages(ws, 5)[0]["op"] == "snapshot"
+        yield ws
 
 
 def test_whenever_saved_comes_the_table_holds_what_it_covers(

@@ -11,11 +11,14 @@ import logging
 import time
 import zlib
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from canvas_sync import patches
 from hypercorn.protocol import ws_stream
 from hypercorn.protocol.events import StreamClosed
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from wsproto.connection import ConnectionState
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol
@@ -175,3 +178,41 @@ def test_past_its_share_of_a_core_compression_waits_and_frames_go_as_they_are(
     monkeypatch.setattr(patches.BoundedDeflate, "_credited_at", time.monotonic() - 1.0)  # a second at 10%
     assert server.send_data(big)[0] == 0xC1  # refilled: compressed, and charged
     assert patches.BoundedDeflate._credit < patches.BoundedDeflate.burst
+
+
+def _client_frames(*texts: str, **kwargs: Any) -> bytes:
+    """What a client sends (masked), as wsproto's client side makes it."""
+    client = FrameProtocol(client=True, extensions=[])
+    return b"".join(bytes(client.send_data(text, **kwargs)) for text in texts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=300) | st.sampled_from(["x" * 126, "é" * 70000, "y" * 65536]), max_size=4))
+def test_whole_client_text_frames_come_back_as_sent(texts: list[str]) -> None:
+    data = _client_frames(*texts)
+    found = list(patches.text_frames(data, 1 << 20))
+    assert [text for _, text in found] == texts
+    assert (found[-1][0] if found else 0) == (len(data) if texts else 0)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        bytes(FrameProtocol(client=True, extensions=[]).ping(b"p")),  # a control frame
+        _client_frames("half", fin=False),  # a fragment
+        patches.text_frame(b"unmasked"),  # what only a server may send
+        b"\xc1\x85" + bytes(9),  # RSV1: compressed
+        b"\x81\x82\x00\x00\x00\x00\xc3\x28",  # invalid UTF-8
+        _client_frames("x" * 2000),  # past the limit
+    ],
+)
+def test_the_frames_stop_before_anything_that_is_wsprotos_to_read(other: bytes) -> None:
+    head = _client_frames("a", "b")
+    found = list(patches.text_frames(head + other + _client_frames("c"), 1000))
+    assert found == [(len(_client_frames("a")), "a"), (len(head), "b")]  # not "c": it comes after
+
+
+@pytest.mark.parametrize("cut", [1, 3, 7, 300])
+def test_a_frame_not_all_there_yet_is_left_for_wsproto(cut: int) -> None:
+    head = _client_frames("a")
+    assert list(patches.text_frames(head + _client_frames("x" * 300)[:cut], 1000)) == [(len(head), "a")]
