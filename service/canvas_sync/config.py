@@ -121,14 +121,16 @@ class Settings(BaseSettings):
     queued, so only different objects count; a client that falls that far behind is too slow
     and is closed with 1013."""
     send_interval: float = Field(0.02, ge=0, le=1)
-    """Seconds a busy socket waits after a frame before the next, so that what arrives
+    """Seconds a socket whose frames had to wait for the client (its transport backed up)
+    waits after such a frame of several messages before the next, so that what arrives
     meanwhile goes out together (one frame for ``canvas-sync.v2``) and a newer state of an
-    object replaces an older one. A socket that was quiet sends at once; ``0`` turns it off.
-    Only while the pod is busy: see ``CANVAS_GATHER_LAG``."""
+    object replaces an older one. Every other frame leaves at the end of the event loop's
+    turn, which on a busy loop already holds more. ``0`` turns it off. Only while the pod is
+    busy: see ``CANVAS_GATHER_LAG``."""
     gather_lag: float = Field(0.002, ge=0, le=1)
-    """Seconds the event loop must run late before sockets gather (``CANVAS_SEND_INTERVAL``):
-    on a quiet pod every message goes out at once, with no latency floor; under load the
-    loop falls behind and frames gather as before. ``0``: always gather."""
+    """Seconds the event loop must run late before a backed-up socket gathers
+    (``CANVAS_SEND_INTERVAL``) and only big messages are compressed: on a quiet pod every
+    message goes out at once, with no latency floor. ``0``: always."""
     rate_limit: float = Field(1000.0, ge=0)
     """Messages per second one connection may sustain (bursts of twice that) before it gets
     ``rate_limited``; ``0`` turns it off. Every frame counts, malformed ones too."""
@@ -205,11 +207,13 @@ class Settings(BaseSettings):
     15 (32 KiB, zlib's default). zlib's memory level follows it, so the compressor's state is
     about 16 KiB, not 256, and an idle connection measured about 58 KB instead of 130 KB
     (35 KB without compression)."""
-    websocket_compress_min_bytes: int = Field(512, ge=0)
+    websocket_compress_min_bytes: int = Field(16384, ge=0)
     """With permessage-deflate, messages shorter than this go uncompressed (each message
-    may choose, RFC 7692): an edit of a few hundred bytes saves about a hundred bytes
-    compressed, for more CPU than the rest of its handling; snapshots and the frames of a
-    busy board, a few KB and more, still shrink tenfold. ``0`` compresses every message."""
+    may choose, RFC 7692): snapshots shrink tenfold, but every socket's frame is compressed
+    on its own compressor, and a big board's frames (a few KB, to every socket, dozens of
+    times a second) compressed at 512 bytes held 192 clients on a core where uncompressed
+    ones held 256; at 16 KiB it holds 256. ``0`` compresses every message. While the event
+    loop runs late, only messages of 64 KiB and more are compressed."""
     websocket_compress_share: float = Field(0.1, gt=0, le=1)
     """With permessage-deflate, the most of one core compressing may take; frames past it
     go uncompressed (each message may choose). Every socket's frame is compressed on its

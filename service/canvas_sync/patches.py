@@ -53,6 +53,7 @@ CHECKED = {"quart": ("0.22",), "hypercorn": ("0.17", "0.18"), "wsproto": ("1.2",
 
 SOCKET = "canvas_sync.socket"
 """Where a WebSocket's scope holds its :class:`DirectSocket` (``websocket.scope[SOCKET]``)."""
+_PLAIN = RsvBits(False, False, False)
 CLOSE_TIMEOUT = 10.0
 """Seconds a closed socket's client has to answer the close before we stop listening."""
 WRITE_BUFFER_LIMIT = 64 * 1024
@@ -60,25 +61,31 @@ WRITE_BUFFER_LIMIT = 64 * 1024
 (asyncio's high-water mark): past it frames go hypercorn's way, which waits for the client."""
 
 
-def text_frame(payload: bytes) -> bytes:
-    """A final, unmasked, uncompressed text frame (RFC 6455 5.2): what a server sends."""
-    n = len(payload)
+def text_frame(payload: bytes, compressed: bool = False) -> bytes:
+    """A final, unmasked text frame (RFC 6455 5.2): what a server sends; ``compressed``:
+    the payload is deflated (RSV1, RFC 7692)."""
+    n, first = len(payload), 0xC1 if compressed else 0x81
     if n < 126:
-        return bytes((0x81, n)) + payload
+        return bytes((first, n)) + payload
     if n < 65536:
-        return struct.pack("!BBH", 0x81, 126, n) + payload
-    return struct.pack("!BBQ", 0x81, 127, n) + payload
+        return struct.pack("!BBH", first, 126, n) + payload
+    return struct.pack("!BBQ", first, 127, n) + payload
 
 
-def text_frames(data: bytes, limit: int) -> Iterator[tuple[int, str]]:
+def text_frames(
+    data: bytes, limit: int, inflate: Callable[[bytes], str | None] | None = None
+) -> Iterator[tuple[int, str]]:
     """The whole text frames at the start of ``data`` as a client sends them (final,
-    masked, uncompressed, valid UTF-8, at most ``limit`` bytes), each as the offset just
-    past it and its text; it stops before anything else (a control frame, a fragment, a
-    compressed, unmasked or oversized frame, bad UTF-8, a frame not all there yet), which
-    is wsproto's to read, from that offset on."""
+    masked, valid UTF-8, at most ``limit`` bytes), each as the offset just past it and its
+    text; it stops before anything else (a control frame, a fragment, an unmasked or
+    oversized frame, bad UTF-8, a frame not all there yet), which is wsproto's to read,
+    from that offset on. ``inflate``: the text of a compressed frame's payload (RSV1,
+    permessage-deflate), or None to stop there; without it, compressed frames stop it. A
+    compressed frame moves the window as it is read: ask for a frame only to take it."""
     at, size = 0, len(data)
     while size - at >= 6:
-        if data[at] != 0x81:  # FIN, no RSV bits (not compressed), text
+        first = data[at]
+        if first != 0x81 and (first != 0xC1 or inflate is None):  # FIN, text; RSV1: compressed
             return
         length = data[at + 1] ^ 0x80  # the mask bit must be set: clear it
         if length > 127:  # it was not set
@@ -93,10 +100,17 @@ def text_frames(data: bytes, limit: int) -> Iterator[tuple[int, str]]:
             return
         key = (data[head : head + 4] * (length // 4 + 1))[:length]
         masked = int.from_bytes(data[head + 4 : end], "little")
-        try:  # unmasked in one XOR of two big integers: wsproto does it a byte at a time
-            text = (masked ^ int.from_bytes(key, "little")).to_bytes(length, "little").decode()
-        except UnicodeDecodeError:
-            return
+        payload = (masked ^ int.from_bytes(key, "little")).to_bytes(length, "little")  # one XOR, not per byte
+        if first == 0x81:
+            try:
+                text = payload.decode()
+            except UnicodeDecodeError:
+                return
+        else:
+            inflated = inflate(payload) if inflate is not None else None
+            if inflated is None:
+                return
+            text = inflated
         at = end
         yield at, text
 
@@ -119,21 +133,26 @@ class ReadTap(asyncio.Protocol):
     so the order of what the client sent holds; wsproto never sees a frame cut in two.
     """
 
-    def __init__(self, inner: asyncio.Protocol, socket: DirectSocket, limit: int) -> None:
+    def __init__(
+        self, inner: asyncio.Protocol, socket: DirectSocket, limit: int, deflate: BoundedDeflate | None = None
+    ) -> None:
         self._inner = inner
         self._socket = socket
         self._limit = limit
+        self._inflate = deflate.inflate if deflate is not None else None
 
     def data_received(self, data: bytes) -> None:
         socket, at = self._socket, 0
         take = socket.take
         if take is not None:
             try:
-                for end, text in text_frames(data, self._limit):
-                    if not socket.between_messages():
+                frames = text_frames(data, self._limit, self._inflate)
+                while socket.between_messages():  # asked before the next frame is read: it may inflate
+                    found = next(frames, None)
+                    if found is None:
                         break
+                    at, text = found
                     held = take(text)
-                    at = end
                     if held is not None:
                         socket.hold(held)
                         break
@@ -173,9 +192,9 @@ class DirectSocket(ASGIWebsocketConnection):
     pin in pyproject.toml); tests/system/test_app.py goes through every path of it.
     """
 
-    _wire: tuple[Any, Any, asyncio.Lock, bool] | None = None
-    """hypercorn's stream, its connection's transport and send lock, and whether the client
-    took permessage-deflate; None: every frame goes through :meth:`send`."""
+    _wire: tuple[Any, Any, asyncio.Lock, PerMessageDeflate | None] | None = None
+    """hypercorn's stream, its connection's transport and send lock, and the permessage-deflate
+    the client took (None: none); None: every frame goes through :meth:`send`."""
     take: Take | None = None
     """Where whole text frames go as they arrive (:meth:`listen`); None: the reader's way."""
     _reader: Any = None  # hypercorn's asyncio.StreamReader, while a ReadTap is in place
@@ -244,9 +263,14 @@ class DirectSocket(ASGIWebsocketConnection):
                 return False
         if not self._writable(wire):
             return False
-        transport, deflated = wire[1], wire[3]
-        if deflated and len(text) >= BoundedDeflate.min_bytes and BoundedDeflate.affords():
-            return False  # compressed, by wsproto
+        stream, transport, _, deflate = wire
+        if deflate is not None and len(text) >= BoundedDeflate.min_bytes:
+            # no frame of hypercorn's is between its compressing and its writing (it holds
+            # the lock, or has not yielded): the compressor sees frames in the wire's order
+            rsv, payload = deflate.frame_outbound(stream.connection._proto, Opcode.TEXT, _PLAIN, text.encode(), True)
+            if rsv.rsv1:
+                transport.write(text_frame(payload, compressed=True))
+                return True
         last, frame = DirectSocket._last
         if text is not last:
             frame = text_frame(text.encode())
@@ -255,7 +279,7 @@ class DirectSocket(ASGIWebsocketConnection):
         return True
 
     @staticmethod
-    def _writable(wire: tuple[Any, Any, asyncio.Lock, bool]) -> bool:
+    def _writable(wire: tuple[Any, Any, asyncio.Lock, PerMessageDeflate | None]) -> bool:
         """Open on both sides, no frame of hypercorn's being sent, the transport not backed up."""
         stream, transport, lock, _ = wire
         return not (
@@ -280,7 +304,8 @@ class DirectSocket(ASGIWebsocketConnection):
             self.take = None
             return False
         self._reader, inner, transport, limit = found
-        transport.set_protocol(ReadTap(inner, self, limit))
+        deflate = self._wire[3] if self._wire else None
+        transport.set_protocol(ReadTap(inner, self, limit, deflate if isinstance(deflate, BoundedDeflate) else None))
         return True
 
     def _find_reader(self) -> tuple[asyncio.StreamReader, asyncio.StreamReaderProtocol, Any, int] | None:
@@ -338,7 +363,7 @@ class DirectSocket(ASGIWebsocketConnection):
         if self._wire is not None:
             self._wire[1].abort()
 
-    def _find_wire(self) -> tuple[Any, Any, asyncio.Lock, bool] | None:
+    def _find_wire(self) -> tuple[Any, Any, asyncio.Lock, PerMessageDeflate | None] | None:
         """hypercorn's objects behind this socket, or None where they are not the ones
         :meth:`write` was read against (HTTP/2, another worker class, not yet accepted)."""
         stream = getattr(self._channel_send, "__self__", None)
@@ -355,8 +380,8 @@ class DirectSocket(ASGIWebsocketConnection):
         needed = ("write", "is_closing", "get_write_buffer_size")  # uvloop's are no asyncio.WriteTransport
         if not all(callable(getattr(transport, name, None)) for name in needed):
             return None
-        deflated = any(isinstance(ext, PerMessageDeflate) and ext.enabled() for ext in frames.extensions)
-        return stream, transport, lock, deflated
+        deflate = next((e for e in frames.extensions if isinstance(e, PerMessageDeflate) and e.enabled()), None)
+        return stream, transport, lock, deflate
 
     async def close(self, code: int, reason: str) -> None:
         if not self._closed:
@@ -381,18 +406,27 @@ class BoundedDeflate(PerMessageDeflate):
 
     max_message = 65536
     window_bits = 15
-    min_bytes = 512
+    min_bytes = 16384
     """Messages shorter than this go uncompressed (RFC 7692 lets each message choose): on a
-    message of a few hundred bytes zlib saves a hundred bytes and wsproto's compressed path
-    costs more CPU than the message's whole handling; snapshots and big frames still shrink."""
+    message of a few hundred bytes zlib saves a hundred bytes for more CPU than the
+    message's whole handling, and a big board's frames of a few KB, compressed for every
+    socket on its own, cost it a quarter of its clients (``CANVAS_WEBSOCKET_COMPRESS_MIN_BYTES``)."""
     share = 0.1
     """Of one core, the most compressing may take; frames past it go uncompressed. On a big
     board every socket's frame is compressed on its own: 128 clients dragging 20 times a
     second made 30 MB a second to compress, a third of a core, and at 256 more than the core
     had; bytes cost less than being late. Snapshots, one at a time, fit in the burst."""
-    burst = 0.05
-    """Seconds of compressing that may come at once after a quiet spell (a big snapshot)."""
-    _credit = 0.05  # seconds it may still spend: the process's, kept by the event loop
+    burst = 0.005
+    """Seconds of compressing that may come at once after a quiet spell: a big snapshot still
+    goes whole (the budget runs into debt), but a turn of many sockets' frames cannot stall
+    the loop for long."""
+    busy: Callable[[], bool] = staticmethod(lambda: False)
+    """Whether the event loop runs late (``lag.LoopLag.busy``): then CPU is what the pod is
+    short of, and only messages of :attr:`busy_min_bytes` and more are compressed."""
+    busy_min_bytes = 65536
+    """While :attr:`busy`: big snapshots still shrink tenfold; what is smaller goes as it is,
+    since the core is what a late loop is short of."""
+    _credit = 0.005  # seconds it may still spend: the process's, kept by the event loop
     _credited_at = 0.0
     _inflated = 0
     _over = False
@@ -423,7 +457,7 @@ class BoundedDeflate(PerMessageDeflate):
         return "; ".join(parameters)
 
     def frame_outbound(self, proto: Any, opcode: Opcode, rsv: RsvBits, data: bytes, fin: bool) -> tuple[RsvBits, bytes]:
-        if fin and opcode is not Opcode.CONTINUATION and (len(data) < self.min_bytes or not self.affords()):
+        if fin and opcode is not Opcode.CONTINUATION and not self.compresses(len(data)):
             return rsv, data  # a whole message, small or past the budget: RSV1 clear, as it is
         started = time.perf_counter()
         try:
@@ -432,12 +466,34 @@ class BoundedDeflate(PerMessageDeflate):
             BoundedDeflate._credit -= time.perf_counter() - started
 
     @classmethod
+    def compresses(cls, size: int) -> bool:
+        """Whether a whole message of ``size`` bytes is compressed now."""
+        return size >= (cls.busy_min_bytes if cls.busy() else cls.min_bytes) and cls.affords()
+
+    @classmethod
     def affords(cls) -> bool:
         """Whether compressing stays within :attr:`share` of a core (a token bucket of seconds)."""
         now = time.monotonic()
         cls._credit = min(cls.burst, cls._credit + (now - cls._credited_at) * cls.share)
         cls._credited_at = now
         return cls._credit > 0
+
+    def inflate(self, payload: bytes) -> str | None:
+        """The text of one whole compressed message a client sent, inflated on a copy of the
+        window that is kept only if all is well (at most :attr:`max_message` bytes, valid
+        UTF-8); None: it is wsproto's to read, and nothing here changed (``ReadTap``).
+        Browsers compress every message they send."""
+        window = self._decompressor
+        copy = window.copy() if window is not None else zlib.decompressobj(-int(self.client_max_window_bits))
+        try:
+            out = copy.decompress(payload + b"\x00\x00\xff\xff", self.max_message + 1)
+            text = out.decode()
+        except (zlib.error, UnicodeDecodeError):
+            return None
+        if len(out) > self.max_message or copy.unconsumed_tail:
+            return None
+        self._decompressor = None if self.client_no_context_takeover else copy
+        return text
 
     def frame_inbound_payload_data(self, proto: Any, data: bytes) -> bytes | CloseReason:
         if not self._inbound_compressed or not self._inbound_is_compressible:
@@ -470,17 +526,24 @@ class BoundedDeflate(PerMessageDeflate):
 
 
 def set_websocket_compression(
-    enabled: bool, max_message_bytes: int = 65536, window_bits: int = 15, min_bytes: int = 512, share: float = 0.1
+    enabled: bool,
+    max_message_bytes: int = 65536,
+    window_bits: int = 15,
+    min_bytes: int = 16384,
+    share: float = 0.1,
+    busy: Callable[[], bool] = lambda: False,
 ) -> None:
     """hypercorn offers permessage-deflate to every client and has no setting for it, so
     the extension it builds per handshake is swapped here (hypercorn 0.17-0.18, see
     :data:`CHECKED`): declined, or accepted with inflation bounded by the message limit,
-    windows of at most ``window_bits``, and messages under ``min_bytes``, or past ``share``
-    of a core spent compressing, uncompressed."""
+    windows of at most ``window_bits``, and messages under ``min_bytes`` (under
+    :attr:`BoundedDeflate.busy_min_bytes` while ``busy``), or past ``share`` of a core spent
+    compressing, uncompressed."""
     BoundedDeflate.max_message = max_message_bytes  # one replica per process: one limit
     BoundedDeflate.window_bits = window_bits
     BoundedDeflate.min_bytes = min_bytes
     BoundedDeflate.share = share
+    BoundedDeflate.busy = staticmethod(busy)
     ws_stream.PerMessageDeflate = BoundedDeflate if enabled else DeclineDeflate  # type: ignore[misc]
 
 

@@ -46,6 +46,7 @@ async def run(settings: Settings) -> int:
         settings.websocket_window_bits,
         settings.websocket_compress_min_bytes,
         settings.websocket_compress_share,
+        busy=service.lag.busy,
     )
     stop_pings_on_close()
     stop = asyncio.Event()

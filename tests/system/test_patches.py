@@ -6,24 +6,29 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import pytest
 from canvas_sync import patches
 from canvas_sync.devtools.process import free_port
+from hypercorn.protocol import ws_stream
+from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol
 
 
-def _client_frames(*texts: str, **kwargs: object) -> bytes:
-    client = FrameProtocol(client=True, extensions=[])
-    return b"".join(bytes(client.send_data(text, **kwargs)) for text in texts)  # type: ignore[arg-type]
-
-
-def test_tapped_messages_keep_their_order_with_hypercorns_own() -> None:
+@pytest.mark.parametrize("deflate", [False, True], ids=["plain", "deflate"])
+def test_tapped_messages_keep_their_order_with_hypercorns_own(deflate: bool) -> None:
     """A real hypercorn: pings, a fragmented message and frames that arrive together go
     wsproto's way or the tap's, and the handler hears them all in the order sent; a
-    message taken with a future holds back the next until it is done."""
-    asyncio.run(_tapped_order())
+    message taken with a future holds back the next until it is done. With
+    permessage-deflate the client compresses every message, as browsers do."""
+    original = ws_stream.PerMessageDeflate
+    patches.set_websocket_compression(deflate)
+    try:
+        asyncio.run(_tapped_order(deflate))
+    finally:
+        ws_stream.PerMessageDeflate = original  # type: ignore[misc]
 
 
-async def _tapped_order() -> None:
+async def _tapped_order(deflate: bool) -> None:
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
     from quart import Quart, websocket
@@ -52,11 +57,17 @@ async def _tapped_order() -> None:
     config.bind = [f"127.0.0.1:{port}"]
     config.accesslog, config.errorlog = None, logging.getLogger("hypercorn.error")
     stop = asyncio.Event()
-    server = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+    server = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))
     try:
-        reader, writer = await _handshake(port)
-        client = FrameProtocol(client=True, extensions=[])
-        writer.write(_client_frames("1"))
+        reader, writer, extension = await _handshake(port, deflate)
+        client = FrameProtocol(client=True, extensions=[extension] if extension else [])
+
+        def _client_frames(*texts: str) -> bytes:
+            return b"".join(bytes(client.send_data(text)) for text in texts)
+
+        first = _client_frames("1")
+        assert first[0] == (0xC1 if deflate else 0x81)  # compressed, as a browser's
+        writer.write(first)
         await asyncio.sleep(0.05)
         together = [client.send_data("2"), client.ping(b"p"), client.send_data("3"), client.send_data("4")]
         writer.write(b"".join(bytes(f) for f in together))
@@ -89,17 +100,30 @@ async def _later(heard: list[tuple[str, str]], text: str) -> None:
     heard.append((text, "held"))
 
 
-async def _handshake(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _handshake(
+    port: int, deflate: bool
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, PerMessageDeflate | None]:
     for _ in range(100):
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             break
         except OSError:
             await asyncio.sleep(0.02)
+    offer = b"Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else b""
     writer.write(
         b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" + offer + b"\r\n"
     )
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    assert head.startswith(b"HTTP/1.1 101")
-    return reader, writer
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode()
+    assert head.startswith("HTTP/1.1 101")
+    answer = [
+        line.split(":", 1)[1].strip()
+        for line in head.split("\r\n")
+        if line.lower().startswith("sec-websocket-extensions")
+    ]
+    assert bool(answer) == deflate
+    if not answer:
+        return reader, writer, None
+    extension = PerMessageDeflate()
+    extension.finalize(answer[0])
+    return reader, writer, extension

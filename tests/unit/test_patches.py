@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsproto.connection import ConnectionState
 from wsproto.extensions import PerMessageDeflate
-from wsproto.frame_protocol import FrameProtocol
+from wsproto.frame_protocol import FrameProtocol, Opcode, RsvBits
 
 
 def test_every_internal_the_patches_use_is_still_there() -> None:
@@ -106,12 +106,56 @@ def test_small_messages_go_uncompressed_and_a_client_reads_the_mixed_stream(monk
     reader = FrameProtocol(client=True, extensions=[client_deflate])
     small = '{"op":"upsert","object":{"id":"a","x":1}}'
     big = '{"objects":[' + ",".join(['{"id":"o","x":1}'] * 200) + "]}"
-    wire = [server.send_data(big), server.send_data(small), patches.text_frame(small.encode()), server.send_data(big)]
-    assert [frame[0] for frame in wire] == [0xC1, 0x81, 0x81, 0xC1]  # RSV1: compressed or not
+    wire = [server.send_data(big), server.send_data(small), patches.text_frame(small.encode())]
+    plain = RsvBits(False, False, False)  # as DirectSocket.write compresses, with the socket's own compressor
+    _, ours = server_deflate.frame_outbound(server, Opcode.TEXT, plain, big.encode(), True)
+    wire += [patches.text_frame(ours, compressed=True), server.send_data(big)]
+    assert [frame[0] for frame in wire] == [0xC1, 0x81, 0x81, 0xC1, 0xC1]  # RSV1: compressed or not
     assert len(wire[0]) < len(big) / 5
     for frame in wire:
         reader.receive_bytes(bytes(frame))
-    assert [f.payload for f in reader.received_frames()] == [big, small, small, big]
+    assert [f.payload for f in reader.received_frames()] == [big, small, small, big, big]
+
+
+def _deflate_pair(max_message: int = 65536) -> tuple[patches.BoundedDeflate, FrameProtocol, FrameProtocol]:
+    """A server's deflate, the server's frame decoder, and a client that compresses everything."""
+    server_deflate = patches.BoundedDeflate()
+    server_deflate.max_message = max_message
+    answer = server_deflate.accept("permessage-deflate")
+    client_deflate = PerMessageDeflate()
+    client_deflate.finalize(str(answer))
+    client = FrameProtocol(client=True, extensions=[client_deflate])
+    return server_deflate, FrameProtocol(client=False, extensions=[server_deflate]), client
+
+
+def test_the_tap_inflates_what_a_browser_compresses_and_wsproto_reads_on_from_there() -> None:
+    deflate, server, client = _deflate_pair()
+    edits = [f'{{"op":"update","id":"o","props":{{"x":{n}}}}}' for n in range(3)]
+    data = b"".join(bytes(client.send_data(e)) for e in edits)
+    assert data[0] == 0xC1
+    assert [t for _, t in patches.text_frames(data, 65536, deflate.inflate)] == edits
+    assert list(patches.text_frames(data, 65536)) == []  # without inflate: wsproto's
+    server.receive_bytes(bytes(client.send_data("after")))  # the window moved on with the tap
+    assert [f.payload for f in server.received_frames()] == ["after"]
+
+
+@pytest.mark.parametrize("bad", ["corrupt", "too big", "not utf-8"])
+def test_a_message_the_tap_cannot_inflate_leaves_the_window_as_it_was(bad: str) -> None:
+    deflate, server, client = _deflate_pair(max_message=1000)
+    server.receive_bytes(bytes(client.send_data("first")))  # a window with history
+    assert [f.payload for f in server.received_frames()] == ["first"]
+    if bad == "too big":
+        frame = bytes(client.send_data("x" * 2000))
+    elif bad == "not utf-8":
+        frame = bytes(client.send_data(b"\xc3\x28"))
+        frame = bytes([0xC1]) + frame[1:]  # as if a text frame
+    else:
+        spoilt = bytearray(client.send_data("spoilt"))
+        spoilt[-1] ^= 0xFF
+        frame = bytes(spoilt)
+    before = deflate._decompressor
+    assert list(patches.text_frames(frame, 1000, deflate.inflate)) == []
+    assert deflate._decompressor is before  # untouched: the frame is wsproto's, which closes
 
 
 def _stream(state: object, peer: object) -> SimpleNamespace:
@@ -180,6 +224,23 @@ def test_past_its_share_of_a_core_compression_waits_and_frames_go_as_they_are(
     assert patches.BoundedDeflate._credit < patches.BoundedDeflate.burst
 
 
+def test_while_the_loop_runs_late_only_snapshots_are_compressed(monkeypatch: pytest.MonkeyPatch) -> None:
+    busy = [False]
+    monkeypatch.setattr(patches.BoundedDeflate, "min_bytes", 512)
+    monkeypatch.setattr(patches.BoundedDeflate, "busy", staticmethod(lambda: busy[0]))
+    monkeypatch.setattr(patches.BoundedDeflate, "_credit", 1.0)
+    deflate = patches.BoundedDeflate()
+    deflate.accept("permessage-deflate")
+    server = FrameProtocol(client=False, extensions=[deflate])
+    frame = "[" + ",".join(['{"op":"upsert","object":{"id":"o","x":1}}'] * 50) + "]"  # a busy board's frame
+    snapshot = '{"objects":[' + ",".join(['{"id":"o","x":1}'] * 5000) + "]}"
+    assert server.send_data(frame)[0] == 0xC1  # quiet: compressed
+    busy[0] = True
+    assert server.send_data(frame)[0] == 0x81  # busy: as it is
+    assert server.send_data(snapshot)[0] == 0xC1  # but a snapshot still shrinks
+    assert patches.BoundedDeflate.compresses(len(snapshot)) and not patches.BoundedDeflate.compresses(len(frame))
+
+
 def _client_frames(*texts: str, **kwargs: Any) -> bytes:
     """What a client sends (masked), as wsproto's client side makes it."""
     client = FrameProtocol(client=True, extensions=[])
@@ -216,3 +277,43 @@ def test_the_frames_stop_before_anything_that_is_wsprotos_to_read(other: bytes) 
 def test_a_frame_not_all_there_yet_is_left_for_wsproto(cut: int) -> None:
     head = _client_frames("a")
     assert list(patches.text_frames(head + _client_frames("x" * 300)[:cut], 1000)) == [(len(head), "a")]
+
+
+class _Between:
+    """A socket for ReadTap: between messages as often as ``open`` says, then not."""
+
+    def __init__(self, open: int) -> None:
+        self.open, self.taken = open, []  # type: ignore[var-annotated]
+        self.take = self._take
+
+    def _take(self, text: str) -> None:
+        self.taken.append(text)
+        self.open -= 1
+
+    def between_messages(self) -> bool:
+        return self.open > 0
+
+    def hold(self, future: object) -> None:
+        raise AssertionError("nothing is held here")
+
+    def abort(self) -> None:
+        raise AssertionError("nothing fails here")
+
+
+class _Inner(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+
+def test_a_frame_the_tap_does_not_take_is_not_inflated_and_wsproto_reads_it_with_the_same_window() -> None:
+    deflate, server, client = _deflate_pair()
+    edits = [f'{{"op":"update","id":"o1","props":{{"x":{n},"y":{n}}}}}' for n in (1, 22, 333)]
+    data = b"".join(bytes(client.send_data(t)) for t in edits)  # each refers back to the one before
+    socket, inner = _Between(open=1), _Inner()
+    patches.ReadTap(inner, socket, 65536, deflate).data_received(data)  # type: ignore[arg-type]
+    assert socket.taken == edits[:1]
+    server.receive_bytes(inner.data)  # the rest, as it came, for wsproto
+    assert [f.payload for f in server.received_frames()] == edits[1:]
