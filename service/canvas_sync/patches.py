@@ -147,7 +147,7 @@ class ReadTap(asyncio.Protocol):
         if take is not None:
             try:
                 frames = text_frames(data, self._limit, self._inflate)
-                while socket.between_messages():  # asked before the next frame is read: it may inflate
+                while at < len(data) and socket.between_messages():  # before the next frame: it may inflate
                     found = next(frames, None)
                     if found is None:
                         break
@@ -198,6 +198,7 @@ class DirectSocket(ASGIWebsocketConnection):
     take: Take | None = None
     """Where whole text frames go as they arrive (:meth:`listen`); None: the reader's way."""
     _reader: Any = None  # hypercorn's asyncio.StreamReader, while a ReadTap is in place
+    _sides: tuple[Any, ...] = ()  # what between_messages reads (all made once per connection)
     _held: asyncio.Future[Any] | None = None  # a message taken early, not done yet
     _listening = False  # receive() waits for hypercorn's queue
     _last: tuple[str, bytes] = ("", b"")
@@ -304,6 +305,12 @@ class DirectSocket(ASGIWebsocketConnection):
             self.take = None
             return False
         self._reader, inner, transport, limit = found
+        stream = self._wire[0] if self._wire else None
+        assert stream is not None
+        proto = stream.connection._proto
+        queue = self._channel_receive.__self__
+        self._sides = (self._reader, queue, stream.buffer, stream.connection._events, proto._frame_decoder)
+        self._sides += (proto._frame_decoder.buffer, proto._message_decoder)
         deflate = self._wire[3] if self._wire else None
         transport.set_protocol(ReadTap(inner, self, limit, deflate if isinstance(deflate, BoundedDeflate) else None))
         return True
@@ -333,26 +340,23 @@ class DirectSocket(ASGIWebsocketConnection):
         """Nothing the client sent is on its way through hypercorn, wsproto or the queue,
         or being handled, and an answer can be written at once: a frame that arrives now
         may be handled now without passing one sent before it."""
-        wire, reader = self._wire, self._reader
-        if wire is None or reader is None or not self._listening:
+        if not self._listening or not self._sides:
             return False
+        reader, queue, buffered, events, frames, framed, message = self._sides
         held, waiter = self._held, reader._waiter
-        if held is not None and not held.done():
-            return False
-        if waiter is None or waiter.done() or reader._buffer or not self._channel_receive.__self__.empty():
-            return False  # hypercorn's read task, or the reader, has something not yet handled
-        stream = wire[0]
-        proto = stream.connection._proto
-        frames: FrameDecoder = proto._frame_decoder
-        message: MessageDecoder = proto._message_decoder
         return (
-            stream.buffer.value is None
-            and not stream.connection._events
-            and not frames.buffer.buffer
+            (held is None or held.done())
+            and waiter is not None  # hypercorn's read task waits for data, all before it handled
+            and not waiter.done()
+            and not reader._buffer
+            and queue.empty()  # the reader task has had every message hypercorn handed on
+            and buffered.value is None  # no fragmented message half read
+            and not events
+            and not framed.buffer  # wsproto at a frame boundary, in no message
             and frames.header is None
             and frames.effective_opcode is None
             and message.opcode is None
-            and self._writable(wire)
+            and self._writable(self._wire)  # type: ignore[arg-type]
         )
 
     def hold(self, future: asyncio.Future[Any]) -> None:
