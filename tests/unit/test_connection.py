@@ -134,17 +134,58 @@ def test_on_a_quiet_pod_what_came_in_one_turn_goes_out_at_its_end_without_waking
     run(conn, socket, body)
 
 
-def test_on_a_busy_pod_too_a_turn_goes_out_at_its_end_without_the_writer() -> None:
-    """The busier the loop, the longer its turns and the more one frame holds: no gathering
-    (and no task switch) for a socket that takes its frames at once."""
+def test_on_a_busy_pod_a_socket_that_got_several_gathers_on_the_shared_timer_without_the_writer() -> None:
     conn, socket = Connection(16, batched=True, send_interval=0.05, busy=lambda: True), Socket(direct=True)
+    other = Connection(16, batched=True, send_interval=0.05, busy=lambda: True, flush=conn._flush)
+    other_socket = Socket(direct=True)
+
+    async def body() -> None:
+        other_writer = asyncio.create_task(other.pump(other_socket))
+        await _settle()
+        conn.send('{"n":0}')
+        conn.send('{"n":1}')
+        other.send('{"n":0}')
+        await asyncio.sleep(0)  # the end of the turn: two at once for conn, so it gathers
+        assert socket.written == ['[{"n":0},{"n":1}]'] and other_socket.written == ['{"n":0}']
+        conn.send('{"n":2}')
+        other.send('{"n":1}')  # one at a time: it does not gather
+        conn.send('{"n":3}')
+        await _settle()
+        assert socket.written == ['[{"n":0},{"n":1}]'] and other_socket.written == ['{"n":0}', '{"n":1}']
+        await asyncio.sleep(0.08)
+        assert socket.written == ['[{"n":0},{"n":1}]', '[{"n":2},{"n":3}]']
+        other_writer.cancel()
+
+    run(conn, socket, body)
+    assert socket.frames == socket.written  # nothing went through the writer
+
+
+def test_a_crowded_turn_gathers_even_on_a_quiet_pod_but_an_answer_cuts_the_gathering_short() -> None:
+    conn, socket = Connection(16, batched=True, send_interval=0.05, busy=lambda: False), Socket(direct=True)
+
+    async def body() -> None:
+        for n in range(4):  # CROWDED: more than it pays to send a frame each
+            conn.send(f'{{"n":{n}}}')
+        await asyncio.sleep(0)
+        assert len(socket.written) == 1
+        conn.send('{"n":4}')  # gathers
+        await _settle()
+        assert len(socket.written) == 1
+        assert conn.answer(socket, "ack")  # queued behind n=4, and both go at the end of this turn
+        await asyncio.sleep(0)
+        assert socket.written[1:] == ['[{"n":4},ack]']
+
+    run(conn, socket, body)
+
+
+def test_a_quiet_pod_does_not_gather() -> None:
+    conn, socket = Connection(16, batched=True, send_interval=0.05, busy=lambda: False), Socket(direct=True)
 
     async def body() -> None:
         conn.send('{"n":0}')
         conn.send('{"n":1}')
-        assert socket.frames == []
         await asyncio.sleep(0)
-        conn.send('{"n":2}')  # the next turn: its own frame, at once
+        conn.send('{"n":2}')
         await asyncio.sleep(0)
         assert socket.written == ['[{"n":0},{"n":1}]', '{"n":2}']
 
