@@ -5,11 +5,12 @@ of an object replaces one still waiting. A client whose outbox is full all the s
 too slow to keep up, and is closed with 1013 rather than letting memory grow. What the
 sockets got during one turn of the event loop goes out at the end of that turn
 (:class:`Flush`), one frame per socket written straight to its transport
-(:meth:`Socket.write`), as Hocuspocus sends what one turn merged. On a busy pod (the loop
-lags) a socket that just got a frame of several messages gathers: what comes for it in
-the next ``send_interval`` goes out together, on one timer shared by every gathering
-socket, without a task switch. Only a socket that cannot take a frame at once (backed up,
-a frame in flight, closing) wakes its writer, which waits for the client and gathers too.
+(:meth:`Socket.write`), as Hocuspocus sends what one turn merged. A socket that just got a
+frame of several messages on a busy pod (the loop lags), or of :data:`CROWDED` on any,
+gathers (:meth:`Connection.gathers`): what comes for it in the next ``send_interval`` goes
+out together, on one timer shared by every gathering socket, without a task switch. Only
+a socket that cannot take a frame at once (backed up, a frame in flight, closing) wakes
+its writer, which waits for the client and gathers by the same rule.
 """
 
 from __future__ import annotations
@@ -133,9 +134,9 @@ class Connection:
         self.ledger = Ledger(tracked=saved_acks)
         """This socket's changes in order; with v3 also which are saved (``saved.py``)."""
         self.send_interval = send_interval
-        """After a frame, how long the writer lets messages gather before the next one."""
+        """After a frame that :meth:`gathers`, how long messages gather before the next one."""
         self.busy = busy
-        """Whether gathering pays now (``lag.LoopLag.busy``): on a quiet pod the writer sends at once."""
+        """Whether the loop runs late (``lag.LoopLag.busy``): then any frame of several messages gathers."""
         self.ack_key: Hashable | None = None
         """The object the reply ``CanvasService.receive`` just made is an ack of (see :meth:`reply`)."""
         self._wakeup: asyncio.Future[None] | None = None  # the idle writer waits on it
@@ -166,11 +167,12 @@ class Connection:
         wakeup = self._wakeup
         if self._socket is not None and wakeup is not None and not wakeup.done():
             self._due = True  # the writer is idle: no need to wake it
-            wait = self._held_until - asyncio.get_running_loop().time()
+            wait = self._held_until and self._held_until - asyncio.get_running_loop().time()
             if wait > 0:
                 self._later = True  # gathering
                 self._flush.later(self, wait)
             else:
+                self._held_until = 0.0  # over: no clock read per message until the next
                 self._flush.add(self)
             return
         self._wake()  # not yet started, or busy: it sends this after what it has
@@ -187,7 +189,7 @@ class Connection:
         if len(texts) == 1 or self.batched:
             if socket.write(batch(texts)):
                 self.outbox.take()
-                if self.send_interval and len(texts) > 1 and (len(texts) >= CROWDED or self.busy()):
+                if self.gathers(len(texts)):
                     self._held_until = asyncio.get_running_loop().time() + self.send_interval
                 return
         self._wake()
@@ -222,6 +224,11 @@ class Connection:
             return False
         self._tokens -= 1
         return True
+
+    def gathers(self, messages: int) -> bool:
+        """Whether a frame of ``messages`` makes the next wait ``send_interval``: on a busy
+        pod any frame of several, on a quiet one a :data:`CROWDED` frame."""
+        return bool(self.send_interval) and messages > 1 and (messages >= CROWDED or self.busy())
 
     @property
     def idle(self) -> bool:
@@ -291,7 +298,7 @@ class Connection:
                     return
             finally:
                 self._busy = False
-            if len(texts) > 1 and self.send_interval and self.busy():
+            if self.gathers(len(texts)):
                 self._gathering = True  # messages came faster than one a frame: gather
                 try:
                     await asyncio.sleep(self.send_interval)

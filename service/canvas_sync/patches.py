@@ -269,9 +269,8 @@ class DirectSocket(ASGIWebsocketConnection):
             # no frame of hypercorn's is between its compressing and its writing (it holds
             # the lock, or has not yielded): the compressor sees frames in the wire's order
             rsv, payload = deflate.frame_outbound(stream.connection._proto, Opcode.TEXT, _PLAIN, text.encode(), True)
-            if rsv.rsv1:
-                transport.write(text_frame(payload, compressed=True))
-                return True
+            transport.write(text_frame(payload, compressed=rsv.rsv1))  # as it is where it did not pay
+            return True
         last, frame = DirectSocket._last
         if text is not last:
             frame = text_frame(text.encode())
