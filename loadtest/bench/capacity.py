@@ -28,7 +28,7 @@ from canvas_sync.tokens import generate_keys
 
 from loadtest.run_local import TABLE, counter, run_locust
 
-from .common import cpu_seconds, rss_bytes, table
+from .common import cpu_seconds, pinned, rss_bytes, table
 
 STEPS = (25, 50, 100, 200, 400, 800, 1600)
 WARM_UP = 4
@@ -84,74 +84,70 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     cores = sorted(os.sched_getaffinity(0))
     server_cpus, load_cpus = {cores[0]}, set(cores[1:]) or {cores[0]}
-    database_cpus = os.sched_getaffinity(database_pid) if database_pid is not None else None
-    if database_pid is not None:
-        os.sched_setaffinity(database_pid, load_cpus)
-    private, jwks = generate_keys(out / "keys")
-    replica = ReplicaProcess.configure(
-        "capacity",
-        free_port(),
-        endpoint,
-        TABLE,
-        log_path=out / "replica.log",
-        log_level="warning",
-        auth="jwt",
-        auth_jwks_url=jwks.resolve().as_uri(),
-        max_connections_per_address=0,
-    )
-    replica.cpus = server_cpus
-    rows: list[dict[str, Any]] = []
-    replica.start()
-    try:
-        for users in (u for u in STEPS if u <= max_users):
-            pool = ThreadPoolExecutor(1)
-            locust = pool.submit(
-                run_locust,
-                [replica.url],
-                users,
-                spawn_rate=users,
-                run_time=f"{step_seconds}s",
-                projects=max(1, users // TEAM),
-                out=out,
-                private_key=private,
-                convergence_timeout=30,
-                cpus=load_cpus,
-                batched=True,
-            )
-            window = _Window(replica.pid, load_cpus)
-            time.sleep(WARM_UP)  # Locust starts and connects every user
-            before = {k: counter(replica.url, name) for k, name in COUNTERS.items()}
-            window.open()
-            time.sleep(step_seconds - WARM_UP - 1)
-            server_cores, load_busy = window.close()
-            after = {k: counter(replica.url, name) for k, name in COUNTERS.items()}
-            code, result = locust.result()
-            pool.shutdown()
-            stats = result.get("stats", {})
-            rate = {k: (after[k] - before[k]) / (step_seconds - WARM_UP - 1) for k in COUNTERS}
-            row = {
-                "users": users,
-                "projects": max(1, users // TEAM),
-                "edits_per_s": stats.get("ops_per_s"),
-                "ack_p50_ms": stats.get("p50_ms"),
-                "ack_p99_ms": stats.get("p99_ms"),
-                "fail_ratio": stats.get("fail_ratio"),
-                "converged": result.get("converged"),
-                "server_cores": round(server_cores, 2),
-                "server_rss_mib": round(rss_bytes(replica.pid) / 2**20, 1),
-                "load_generator_busy": round(load_busy, 2),
-                "load_generator_cpus": len(load_cpus),
-                "dynamodb_per_s": {k: round(v, 2) for k, v in rate.items()},
-                "locust_exit": code,
-            }
-            rows.append(row)
-            print(f"capacity: {row}", flush=True)
-            if (row["ack_p99_ms"] or 0) > ACK_P99_MS or row["load_generator_busy"] >= LOAD_GENERATOR_FULL:
-                break
-    finally:
-        replica.terminate(60)
-        if database_pid is not None and database_cpus:
-            os.sched_setaffinity(database_pid, database_cpus)
+    with pinned(database_pid, load_cpus):
+        private, jwks = generate_keys(out / "keys")
+        replica = ReplicaProcess.configure(
+            "capacity",
+            free_port(),
+            endpoint,
+            TABLE,
+            log_path=out / "replica.log",
+            log_level="warning",
+            auth="jwt",
+            auth_jwks_url=jwks.resolve().as_uri(),
+            max_connections_per_address=0,
+        )
+        replica.cpus = server_cpus
+        rows: list[dict[str, Any]] = []
+        replica.start()
+        try:
+            for users in (u for u in STEPS if u <= max_users):
+                pool = ThreadPoolExecutor(1)
+                locust = pool.submit(
+                    run_locust,
+                    [replica.url],
+                    users,
+                    spawn_rate=users,
+                    run_time=f"{step_seconds}s",
+                    projects=max(1, users // TEAM),
+                    out=out,
+                    private_key=private,
+                    convergence_timeout=30,
+                    cpus=load_cpus,
+                    batched=True,
+                )
+                window = _Window(replica.pid, load_cpus)
+                time.sleep(WARM_UP)  # Locust starts and connects every user
+                before = {k: counter(replica.url, name) for k, name in COUNTERS.items()}
+                window.open()
+                time.sleep(step_seconds - WARM_UP - 1)
+                server_cores, load_busy = window.close()
+                after = {k: counter(replica.url, name) for k, name in COUNTERS.items()}
+                code, result = locust.result()
+                pool.shutdown()
+                stats = result.get("stats", {})
+                rate = {k: (after[k] - before[k]) / (step_seconds - WARM_UP - 1) for k in COUNTERS}
+                row = {
+                    "users": users,
+                    "projects": max(1, users // TEAM),
+                    "edits_per_s": stats.get("ops_per_s"),
+                    "ack_p50_ms": stats.get("p50_ms"),
+                    "ack_p99_ms": stats.get("p99_ms"),
+                    "fail_ratio": stats.get("fail_ratio"),
+                    "converged": result.get("converged"),
+                    "server_cores": round(server_cores, 2),
+                    "server_rss_mib": round(rss_bytes(replica.pid) / 2**20, 1),
+                    "load_generator_busy": round(load_busy, 2),
+                    "load_generator_cpus": len(load_cpus),
+                    "dynamodb_per_s": {k: round(v, 2) for k, v in rate.items()},
+                    "locust_exit": code,
+                }
+                rows.append(row)
+                print(f"capacity: {row}", flush=True)
+                if (row["ack_p99_ms"] or 0) > ACK_P99_MS or row["load_generator_busy"] >= LOAD_GENERATOR_FULL:
+                    break
+        finally:
+            replica.terminate(60)
     return summarize(rows, step_seconds, len(server_cpus), len(load_cpus))
 
 

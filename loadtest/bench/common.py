@@ -129,6 +129,34 @@ def wait_clean(port: int, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
+@contextmanager
+def pinned(pid: int | None, cpus: set[int] | None) -> Iterator[None]:
+    """Every thread of process ``pid`` (0: this one) on ``cpus`` for the block, then back.
+
+    A process's affinity is per thread: setting it on the pid alone moves only the main
+    thread, and a JVM's (DynamoDB Local's) others went on running, garbage collecting and
+    answering saves on the core of the server under test."""
+    if pid is None or not cpus:
+        yield
+        return
+    saved = {}
+    for task in Path(f"/proc/{pid or os.getpid()}/task").iterdir():
+        tid = int(task.name)
+        try:
+            saved[tid] = os.sched_getaffinity(tid)
+            os.sched_setaffinity(tid, cpus)
+        except OSError:  # a thread that ended meanwhile
+            pass
+    try:
+        yield
+    finally:
+        for tid, before in saved.items():
+            try:
+                os.sched_setaffinity(tid, before)
+            except OSError:
+                pass
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

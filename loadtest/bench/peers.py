@@ -44,7 +44,7 @@ from canvas_sync.devtools.process import free_port
 
 from loadtest.peers import install
 
-from .common import cpu_seconds, replica, rss_bytes, stop, table
+from .common import cpu_seconds, pinned, replica, rss_bytes, stop, table
 
 DRIVER = install.HERE / "driver.mjs"
 HOCUSPOCUS = install.HERE / "hocuspocus.mjs"
@@ -231,15 +231,12 @@ def run(endpoint: str, seconds: float = 3.0, database_pid: int | None = None) ->
     systems = [s for s in SYSTEMS if peers.sqlite or s != "hocuspocus-sqlite"]
     node, env = peers.node, peers.env()
     server_cpus, driver_cpus = _cores()
-    database_cpus = os.sched_getaffinity(database_pid) if database_pid is not None else None
-    if database_pid is not None and driver_cpus:
-        os.sched_setaffinity(database_pid, driver_cpus)  # off the server's core
     window = {"warmup": 1, "seconds": seconds, "settle": 1}
     big: dict[str, list[list[dict[str, Any]]]] = {s: [] for s in systems}
     quiet: dict[str, list[dict[str, Any]]] = {s: [] for s in systems if s != "canvas-deflate"}
     small: dict[str, list[dict[str, Any]]] = {s: [] for s in systems if s != "canvas-deflate"}
     started = time.monotonic()
-    try:
+    with pinned(database_pid, driver_cpus):  # off the server's core
         for repeat in range(REPEATS):
             for system in systems:
                 rows: list[dict[str, Any]] = []
@@ -277,9 +274,6 @@ def run(endpoint: str, seconds: float = 3.0, database_pid: int | None = None) ->
                     )
                 small[system].append(row)
                 _progress(started, f"small {system} r{repeat}", row)
-    finally:
-        if database_pid is not None and database_cpus:
-            os.sched_setaffinity(database_pid, database_cpus)
     summary = {}
     for system in systems:
         passed = [max((r["clients"] for r in rows if r["passed"]), default=0) for rows in big[system]]

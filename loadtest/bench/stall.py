@@ -36,7 +36,7 @@ from typing import Any
 import uvloop
 from websockets.asyncio.client import connect
 
-from .common import ROOT, cpu_seconds, pct, replica, table
+from .common import ROOT, cpu_seconds, pct, pinned, replica, table
 
 CLIENTS = 128
 RATE = 4.0
@@ -253,28 +253,9 @@ def once(endpoint: str, **settings: object) -> dict[str, Any]:
 @contextmanager
 def _elsewhere(database_pid: int | None) -> Iterator[None]:
     """This process (and its children) and DynamoDB Local's threads off the replica's core."""
-    if REPLICA_CPUS is None:
+    others = set(range(os.cpu_count() or 1)) - REPLICA_CPUS if REPLICA_CPUS is not None else None
+    with pinned(0, others), pinned(database_pid, others):
         yield
-        return
-    others = set(range(os.cpu_count() or 1)) - REPLICA_CPUS
-    mine = os.sched_getaffinity(0)
-    tasks = [int(t.name) for t in Path(f"/proc/{database_pid}/task").iterdir()] if database_pid else []
-    saved = {}
-    for pid in [0, *tasks]:
-        try:
-            saved[pid] = os.sched_getaffinity(pid)
-            os.sched_setaffinity(pid, others)
-        except OSError:  # a thread that ended meanwhile
-            pass
-    try:
-        yield
-    finally:
-        for pid, cpus in saved.items():
-            try:
-                os.sched_setaffinity(pid, cpus)
-            except OSError:
-                pass
-        os.sched_setaffinity(0, mine)
 
 
 def run(endpoint: str, database_pid: int | None = None) -> dict[str, Any]:

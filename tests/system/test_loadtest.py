@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from loadtest.bench import sizing, suite
+from loadtest.bench.common import pinned
 from loadtest.discovery import discovery_api, pod_urls
 from tests.helpers import ROOT
 
@@ -157,6 +158,33 @@ def test_capacity_pins_one_replica_and_reports_each_step(tmp_path: Path) -> None
     assert 0 < step["server_cores"] <= 1.05  # one core at most: pinned
     assert step["dynamodb_per_s"]["items_written"] > 0 and capacity["edits_per_core"] > step["edits_per_s"]
     assert "### capacity: one replica pinned to 1 core" in result.stdout
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to move a process between")
+def test_pinned_moves_every_thread_of_a_process_and_puts_them_back() -> None:
+    """What the benchmarks do to DynamoDB Local's JVM: its threads, not only its main one."""
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import threading, time\n"
+            "for _ in range(3): threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+            "print('up', flush=True); time.sleep(30)",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"up\n"
+        tasks = [int(t.name) for t in Path(f"/proc/{child.pid}/task").iterdir()]
+        before = {tid: os.sched_getaffinity(tid) for tid in tasks}
+        one = {min(os.sched_getaffinity(0))}
+        assert len(tasks) >= 4 and all(cpus != one for cpus in before.values())
+        with pinned(child.pid, one):
+            assert all(os.sched_getaffinity(tid) == one for tid in tasks)
+        assert {tid: os.sched_getaffinity(tid) for tid in tasks} == before
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_the_sizing_table_follows_from_the_measurements() -> None:
