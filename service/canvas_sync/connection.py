@@ -26,12 +26,16 @@ from .saved import Ledger
 
 if TYPE_CHECKING:
     from .admission import Admitted
+    from .gathering import Gathering, Unread
     from .projects import Project
 
 CROWDED = 4
 """Messages in one end-of-turn frame from which a socket gathers even on a quiet pod: they
 come faster than it pays to send them a frame each, for its client as much as for us (a
 hot board's clients, each parsing every frame, fell to a fifth of the edits without it)."""
+SHORT_UNREAD = 64
+"""What a socket had not read of its gathering goes to its outbox as it is up to this many
+messages, else one by one (so that newer states of an object replace older ones)."""
 SLOW_CLIENT = 1013
 GOING_AWAY = 1001
 UNAUTHORIZED = 4401
@@ -142,6 +146,10 @@ class Connection:
         self._wakeup: asyncio.Future[None] | None = None  # the idle writer waits on it
         self._busy = False  # a frame is being sent (reply or writer): one at a time, in order
         self._flush = flush or Flush()
+        self.gathering: Gathering | None = None
+        """The project's gathering, which the socket reads from while its frames gather
+        (set by ``CanvasService.open``; batched clients only)."""
+        self._member = False  # it reads from the gathering: what waits for it waits there
         self._socket: Socket | None = None  # set while the writer runs: a flush may write to it
         self._due = False  # this connection waits for a flush (the end of the turn, or later)
         self._held_until = 0.0  # after a frame of several messages (busy, or crowded): the next waits till then
@@ -159,7 +167,12 @@ class Connection:
         A full outbox closes the connection (1013)."""
         if self.close_code is not None:
             return
-        if not self.outbox.put(text, key, latest):
+        if self._member and self.gathering is not None:
+            if not self.gathering.keep(self, text, key):  # too much waits there: the outbox
+                self._leave()
+                self.send(text, key, latest)
+                return
+        elif not self.outbox.put(text, key, latest):
             self.close(SLOW_CLIENT, "client too slow to keep up")
             return
         if self._due:
@@ -181,6 +194,9 @@ class Connection:
         """End of the turn: what waits goes out as one frame now, or to the writer if the
         socket cannot take it at once (backed up, a frame in flight, closing)."""
         self._due = self._later = False
+        if self._member and self.gathering is not None:
+            self.gathering.read(self)
+            return
         texts = self.outbox.peek()
         socket = self._socket
         if not texts or socket is None or self._busy or self.close_code is not None:
@@ -191,8 +207,53 @@ class Connection:
                 self.outbox.take()
                 if self.gathers(len(texts)):
                     self._held_until = asyncio.get_running_loop().time() + self.send_interval
+                    if self.gathering is not None and self.batched and self.close_code is None:
+                        self._member = True
+                        self.gathering.join(self)
                 return
         self._wake()
+
+    @property
+    def held_until(self) -> float:
+        return self._held_until
+
+    def deliver(self, text: str, messages: int) -> bool:
+        """A frame from the gathering: written now if the socket can take it at once."""
+        socket = self._socket
+        if socket is None or self._busy or self.close_code is not None or not socket.write(text):
+            return False
+        if self.gathers(messages):
+            self._held_until = asyncio.get_running_loop().time() + self.send_interval
+        return True
+
+    def left(self, unread: Unread) -> None:
+        """Out of the gathering (it could not take a frame, or its frames no longer gather)."""
+        self._member = False
+        if unread.texts:
+            self._queue(unread)
+            self._wake()
+
+    def _leave(self) -> None:
+        """Out of the gathering, what it had not read into the outbox, ahead of what comes next."""
+        self._member = False
+        assert self.gathering is not None
+        unread = self.gathering.leave(self)
+        if unread.texts:
+            self._queue(unread)
+
+    def _queue(self, unread: Unread) -> None:
+        """What it had not read, into the outbox: as it is when it is short (the usual
+        case: an ack within the interval), else one by one, so that newer states take
+        older ones' places as they would have there (a member the loop could not read in
+        time, which must not be closed 1013 for what its own outbox would have absorbed)."""
+        if len(unread.texts) <= SHORT_UNREAD:
+            if self.outbox.extend(unread.texts):
+                return
+        else:
+            put = self.outbox.put
+            if all(put(text, key, latest) for text, (key, latest) in zip(unread.texts, unread.keys, strict=True)):
+                return
+        self.close(SLOW_CLIENT, "client too slow to keep up")
 
     def _wake(self) -> bool:
         """Wake the writer if it is idle (a bare future: cheaper than an Event per message)."""
@@ -207,6 +268,10 @@ class Connection:
         too slow (1013): then they are dropped."""
         if self.close_code is not None:
             return
+        if self._member:
+            self._leave()
+            if self.close_code is not None:
+                return
         self.close_code, self.close_reason = code, reason
         if code == SLOW_CLIENT:
             self.on_slow()
@@ -233,7 +298,9 @@ class Connection:
     @property
     def idle(self) -> bool:
         """Nothing waits to go to this client, or is being sent: an answer may go at once."""
-        return self.close_code is None and not (self.outbox or self._busy or self._gathering or self._due)
+        return self.close_code is None and not (
+            self.outbox or self._busy or self._gathering or self._due or self._member
+        )
 
     def answer(self, websocket: Socket, text: str, key: Hashable | None = None) -> bool:
         """Answer the sender without awaiting: written now when nothing is queued ahead,

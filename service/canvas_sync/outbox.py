@@ -49,6 +49,14 @@ class Outbox:
         self._texts.append(text)
         return True
 
+    def extend(self, texts: list[str]) -> bool:
+        """Queue ``texts`` behind what waits, none of them replaceable (what a socket had
+        not read of its project's gathering); False when the line would be too long."""
+        if len(self._texts) + len(texts) > self.limit:
+            return False
+        self._texts.extend(texts)
+        return True
+
     def peek(self) -> list[str]:
         """Everything waiting, in order, left waiting (not a copy: read it, do not keep it)."""
         return self._texts

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple, Protocol
 
 from . import protocol
 from .dirty import DirtySet
+from .gathering import Gathering
 from .horizon import forgettable
 from .model import TOMBSTONE_GRACE, TOMBSTONE_TTL, ZERO, HybridClock, ObjectState, Stamp, merge, newer_stamps
 from .protocol import Create, Delete, ProtocolError, Update
@@ -94,6 +95,10 @@ class Project:
     its delete, its arrival from another replica or the table, or its save), oldest first
     (in the order they settled, which is close enough: see :meth:`Projects.plan_forget`)."""
     connections: set[Subscriber] = field(default_factory=set)
+    direct: set[Subscriber] = field(default_factory=set)
+    """The connections that get each broadcast one by one: all but the gathering's members."""
+    gathering: Gathering = field(init=False, repr=False)
+    """Broadcasts kept once for the sockets that gather (``gathering.py``)."""
     last_active: float = field(default_factory=time.monotonic)
     gen: int = 0
     """The project's generation this copy belongs to (``#head``; a delete raises it)."""
@@ -102,6 +107,9 @@ class Project:
     an object this copy does not know, stamped no later, is not trusted."""
     dropped: bool = False
     """The project was deleted: this copy no longer takes edits."""
+
+    def __post_init__(self) -> None:
+        self.gathering = Gathering(self.direct)
 
     def set_object(self, state: ObjectState, settled_ms: int | None = None) -> str | None:
         """Store a state and refresh its view; returns the new view JSON (None if deleted).
@@ -123,11 +131,22 @@ class Project:
     def snapshot_jsons(self) -> list[str]:
         return [self.views[k] for k in sorted(self.views)]
 
+    def subscribe(self, conn: Subscriber) -> None:
+        self.connections.add(conn)
+        self.direct.add(conn)
+
+    def unsubscribe(self, conn: Subscriber) -> None:
+        self.connections.discard(conn)
+        self.direct.discard(conn)
+        self.gathering.drop(conn)
+
     def broadcast(self, message: Broadcast, exclude: Subscriber | None = None) -> None:
         text, key, latest = message
-        for conn in self.connections:  # send() never changes the set (a slow client is only marked)
+        for conn in self.direct:  # send() never changes the set (a slow client is only marked)
             if conn is not exclude:
                 conn.send(text, key, latest)
+        if self.gathering.members:
+            self.gathering.put(text, key, latest, exclude)
 
 
 FORWARD_MS = 1_000

@@ -501,8 +501,9 @@ class CanvasService:
         conn.project, conn.admitted = project, admitted
         conn.sub, conn.editor = admitted.sub, admitted.role.can_edit
         self.admission.watch_expiry(conn, admitted.identity)
+        conn.gathering = project.gathering
         self.connections.add(conn)
-        project.connections.add(conn)
+        project.subscribe(conn)
         conn.send(self.snapshot(project))
         return conn
 
@@ -565,7 +566,7 @@ class CanvasService:
         """The socket is gone: forget the connection, its presence leaves, its slot frees."""
         project = conn.project
         self.connections.discard(conn)
-        project.connections.discard(conn)
+        project.unsubscribe(conn)
         project.last_active = time.monotonic()
         self.presence.left(project, conn)
         self.admission.watch_expiry(conn, None)

@@ -100,7 +100,7 @@ def hub_with(*clients: str) -> tuple[PresenceHub, Project, dict[str, Connection]
     for name in clients:
         conn = Connection(64)
         conn.client_id = name
-        project.connections.add(conn)
+        project.subscribe(conn)
         conns[name] = conn
     hub = PresenceHub(Roster("me"), lambda pid: project if pid == "p" else None, Metrics(), relay)
     return hub, project, conns, relay

@@ -119,7 +119,7 @@ def test_idle_projects_are_evicted_only_when_clean_and_unwatched(projects: Proje
     projects.dirty.take()
     assert projects.evict_idle(0, now=project.last_active + 1) == []  # save in flight
     projects.dirty.finish()
-    project.connections.add(object())  # type: ignore[arg-type]
+    project.subscribe(object())  # type: ignore[arg-type]
     assert projects.evict_idle(0, now=project.last_active + 1) == []  # watched
     project.connections.clear()
     assert projects.evict_idle(10, now=project.last_active + 1) == []  # not idle long enough
@@ -464,7 +464,7 @@ def test_refresh_keeps_what_only_memory_holds_unless_it_may_be_stale(projects: P
     projects.edit(project, Delete(None, "b"))  # unsaved: "b" went from the table too (forgotten)
     projects.edit(project, Update(None, "c", {"y": 3}))  # unsaved: "c" was deleted and forgotten elsewhere
     conn = Recorder()
-    project.connections.add(conn)  # type: ignore[arg-type]
+    project.subscribe(conn)  # type: ignore[arg-type]
     table = [project.objects["a"].updated({"x": 1}, project.objects["a"].alive[1])]  # the table's "a": x=1
     horizon = projects.clock.wall_ms()
     fresh = projects.build("p1", [ObjectState.from_doc(s.id, s.to_doc()) for s in table], 0, gen=0, horizon_ms=horizon)

@@ -74,7 +74,7 @@ def test_shutdown_merges_and_sends_on_the_loop() -> None:
         svc = await started(service(store))
         project = await svc.project("p1")
         watcher = Recorder()
-        project.connections.add(watcher)  # type: ignore[arg-type]
+        project.subscribe(watcher)  # type: ignore[arg-type]
         client = await InProcessClient(svc, "p1").open()
         assert client.send({"op": "create", "object": {"id": "o", "type": "rect"}})["op"] == "ack"
         newer_in_table(store, "p1", "o", y=7)
@@ -98,7 +98,7 @@ def test_shutdown_writes_again_when_the_read_back_fails_half_way() -> None:
             (await InProcessClient(svc, pid).open()).send(
                 {"op": "create", "object": {"id": "o", "type": "rect", "x": 1}}
             )
-        (await svc.project("p2")).connections.add(Recorder(fail=True))  # type: ignore[arg-type]
+        (await svc.project("p2")).subscribe(Recorder(fail=True))  # type: ignore[arg-type]
         real_write = store.write
 
         def write_then_clobber(objects: list[DirtyObject], saved_at_ms: int) -> Any:
