@@ -34,8 +34,8 @@ unit: $(VENV)/.installed
 
 ## lint: ruff (lint + format check) and mypy; part of `make test`
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check service tests loadtest
-	$(VENV)/bin/ruff format --check service tests loadtest
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 ## bench: every benchmark beside its baseline, against DynamoDB Local (about 20 minutes);

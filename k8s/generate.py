@@ -86,10 +86,13 @@ def generate() -> dict[str, str]:
     base_by_key = {key(o): o for o in base}
     for obj in base:
         files[f"base/{filename(obj)}"] = dump(obj)
-    files["base/kustomization.yaml"] = dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [filename(o) for o in base],
-    })
+    files["base/kustomization.yaml"] = dump(
+        {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [filename(o) for o in base],
+        }
+    )
     for overlay in OVERLAYS:
         values = {**BASE, **(yaml.safe_load((HERE / f"values-{overlay}.yaml").read_text()) or {})}
         objects = render(values)
@@ -106,18 +109,25 @@ def generate() -> dict[str, str]:
             patches.append({"path": name, "target": {"kind": obj["kind"], "name": obj["metadata"]["name"]}})
         for kind, name in removed:
             patch = f"delete-{kind.lower()}-{name}.yaml"
-            files[f"overlays/{overlay}/{patch}"] = dump({
-                "$patch": "delete", "apiVersion": base_by_key[(kind, name)]["apiVersion"], "kind": kind,
-                "metadata": {"name": name, "namespace": NAMESPACE},
-            })
+            files[f"overlays/{overlay}/{patch}"] = dump(
+                {
+                    "$patch": "delete",
+                    "apiVersion": base_by_key[(kind, name)]["apiVersion"],
+                    "kind": kind,
+                    "metadata": {"name": name, "namespace": NAMESPACE},
+                }
+            )
             patches.append({"path": patch})
         for obj in added:
             files[f"overlays/{overlay}/{filename(obj)}"] = dump(obj)
-        files[f"overlays/{overlay}/kustomization.yaml"] = dump({
-            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-            "resources": ["../../base", *(filename(o) for o in added)],
-            **({"patches": patches} if patches else {}),
-        })
+        files[f"overlays/{overlay}/kustomization.yaml"] = dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": ["../../base", *(filename(o) for o in added)],
+                **({"patches": patches} if patches else {}),
+            }
+        )
     return files
 
 
@@ -126,13 +136,17 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="fail if the files on disk differ from a fresh render")
     args = parser.parse_args()
     files = generate()
-    on_disk = {str(p.relative_to(HERE)): p.read_text() for d in ("base", "overlays") for p in (HERE / d).rglob("*.yaml")}
+    on_disk = {
+        str(p.relative_to(HERE)): p.read_text() for d in ("base", "overlays") for p in (HERE / d).rglob("*.yaml")
+    }
     if args.check:
         problems = []
         for path in sorted(files.keys() | on_disk.keys()):
             want, have = files.get(path), on_disk.get(path)
             if want != have:
-                diff = difflib.unified_diff((have or "").splitlines(), (want or "").splitlines(), f"k8s/{path}", "render", lineterm="")
+                diff = difflib.unified_diff(
+                    (have or "").splitlines(), (want or "").splitlines(), f"k8s/{path}", "render", lineterm=""
+                )
                 problems.append("\n".join(list(diff)[:40]) or f"k8s/{path}: missing")
         if problems:
             print("k8s/ has drifted from the chart; run `python k8s/generate.py`:\n" + "\n".join(problems))
