@@ -29,7 +29,7 @@ FAST = {"autosave_interval": 0.3, "sync_interval": 0.2, "registry_interval": 0.5
 
 
 def token(sub: str, grants: dict[str, str]) -> str:
-    return mint(sub, grants, 600, secret=SECRET.encode())
+    return mint(sub, grants, 3600, secret=SECRET.encode())  # minted at import: outlive a slow suite
 
 
 OWNER = token("ann", {"p": "owner", "q": "owner", "reuse": "owner"})
