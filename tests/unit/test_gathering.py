@@ -56,6 +56,12 @@ def _board(clients: int, queue_size: int = 4096) -> tuple[Project, list[Connecti
     return project, conns, sockets, flush
 
 
+def _crowd(project: Project, start: int = 0) -> None:
+    """One crowded turn: CROWDED broadcasts numbered from ``start``, so every frame gathers."""
+    for n in range(start, start + CROWDED):
+        project.broadcast(Broadcast(json.dumps({"n": n})))
+
+
 async def _settle(seconds: float = 0.0) -> None:
     await asyncio.sleep(seconds)
     for _ in range(5):
@@ -67,8 +73,7 @@ def test_a_crowded_board_reads_from_the_gathering_and_each_socket_skips_its_own(
         project, conns, sockets, _ = _board(6)
         writers = [asyncio.create_task(c.pump(s)) for c, s in zip(conns, sockets, strict=True)]
         await _settle()
-        for n in range(CROWDED):  # one crowded turn: every socket's frame gathers
-            project.broadcast(Broadcast(json.dumps({"n": n})))
+        _crowd(project)  # one crowded turn: every socket's frame gathers
         await _settle()
         assert set(project.gathering.members) == set(conns) and not project.direct
         sent = []
@@ -94,11 +99,9 @@ def test_members_with_nothing_of_their_own_share_one_text() -> None:
         project, conns, sockets, _ = _board(5)
         writers = [asyncio.create_task(c.pump(s)) for c, s in zip(conns, sockets, strict=True)]
         await _settle()
-        for n in range(CROWDED):
-            project.broadcast(Broadcast(json.dumps({"n": n})))
+        _crowd(project)
         await _settle()
-        for n in range(CROWDED):
-            project.broadcast(Broadcast(json.dumps({"n": 10 + n})))
+        _crowd(project, 10)
         await _settle(2 * INTERVAL)
         assert len({id(s.frames[-1]) for s in sockets}) == 1
         assert project.gathering.members and not project.gathering._texts  # read by all: forgotten
@@ -113,8 +116,7 @@ def test_a_message_to_one_member_goes_in_its_place_and_an_answer_does_not_wait_f
         project, conns, sockets, _ = _board(3)
         writers = [asyncio.create_task(c.pump(s)) for c, s in zip(conns, sockets, strict=True)]
         await _settle()
-        for n in range(CROWDED):
-            project.broadcast(Broadcast(json.dumps({"n": n})))
+        _crowd(project)
         await _settle()
         before = [f"b{n}" for n in range(CROWDED)]
         for n in before:
@@ -138,8 +140,7 @@ def test_a_member_with_too_much_of_its_own_waiting_leaves_with_it_in_order() -> 
         project, conns, sockets, _ = _board(2)
         writers = [asyncio.create_task(c.pump(s)) for c, s in zip(conns, sockets, strict=True)]
         await _settle()
-        for n in range(CROWDED):
-            project.broadcast(Broadcast(json.dumps({"n": n})))
+        _crowd(project)
         await _settle()
         expected = []
         for n in range(KEPT + 2):
@@ -160,8 +161,7 @@ def test_a_member_that_cannot_take_its_frame_gets_it_from_its_writer_and_a_close
         project, conns, sockets, _ = _board(3, queue_size=CROWDED + 2)
         writers = [asyncio.create_task(c.pump(s)) for c, s in zip(conns, sockets, strict=True)]
         await _settle()
-        for n in range(CROWDED):
-            project.broadcast(Broadcast(json.dumps({"n": n})))
+        _crowd(project)
         await _settle()
         sockets[1].refusing = True
         for n in range(CROWDED, 2 * CROWDED):
@@ -182,8 +182,7 @@ def test_what_a_member_had_not_read_counts_against_its_outbox_limit() -> None:
         project, conns, sockets, _ = _board(2, queue_size=CROWDED + 1)
         writers = [asyncio.create_task(c.pump(s)) for c, s in zip(conns, sockets, strict=True)]
         await _settle()
-        for n in range(CROWDED):
-            project.broadcast(Broadcast(json.dumps({"n": n})))
+        _crowd(project)
         await _settle()
         for n in range(CROWDED + 1):
             project.broadcast(Broadcast(json.dumps({"n": n})))
