@@ -20,6 +20,10 @@ test("two clients on two replicas converge; saved arrives; the table has it all"
   assert.equal(bob.protocol, "canvas-sync.v3");
   assert.notEqual(ann.replica, bob.replica);
 
+  // listening from the first edit: on a slow machine the save of the last edit can land
+  // before the "saved" step below is reached, and then no event would come after it
+  const saves = [];
+  ann.on("saved", (e) => saves.push(e));
   const acks = [];
   for (let i = 0; i < 5; i++) {
     acks.push(ann.create({ id: `ann-${i}`, type: "rect", x: i, y: 0 }));
@@ -50,8 +54,6 @@ test("two clients on two replicas converge; saved arrives; the table has it all"
   await until(() => [...bob.others.values()].some((s) => s.name === "Ann"), { what: "Ann's presence on B" });
 
   // saved: nothing unsaved on either, and the table (through either replica) holds it
-  const saves = [];
-  ann.on("saved", (e) => saves.push(e));
   await within(Promise.all([ann.saved(), bob.saved()]), 15000, "saved on both");
   assert.equal(ann.unsaved, 0);
   assert.equal(bob.unsaved, 0);
