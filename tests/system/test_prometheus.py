@@ -33,7 +33,6 @@ from typing import Any
 import pytest
 import websockets
 import yaml
-from canvas_sync.config import Settings
 from canvas_sync.devtools.dynamodb_local import DynamoDBLocal, Unavailable
 from canvas_sync.devtools.process import LocalProcess, free_port
 from canvas_sync.devtools.redis_local import RedisServer
@@ -48,6 +47,7 @@ NAMESPACE = "canvas"
 SHORT_FOR = "5s"
 UNSAVED_AGE = 120
 """unsavedAgeSeconds for this run (its least): the rule fires at 60 s of age plus SHORT_FOR."""
+AUTOSAVE = 5.0  # the replicas' CANVAS_AUTOSAVE_INTERVAL, set here so the environment cannot move it
 VALUES = {
     "redis": {"enabled": True},
     "metrics": {
@@ -254,6 +254,7 @@ class System:
                 redis_url=self.redis.url,
                 relay_heads_interval=2,
                 shutdown_timeout=5,
+                autosave_interval=AUTOSAVE,
             )
         self.prometheus.configure(self.replicas, shortened(rules(**VALUES)))
         self.prometheus.start()  # before the replicas: it sees them start
@@ -425,7 +426,7 @@ def test_alerts_and_dashboard_in_a_real_prometheus(system: System) -> None:
     assert fired["CanvasSyncDynamoDBFailing"] >= 55, "fired before a minute without any success"
     age = UNSAVED_AGE - 60 + int(SHORT_FOR.removesuffix("s"))  # the threshold, then the (shortened) for:
     # the oldest unsaved edit may predate the stop by up to one save interval (61.2 s was seen against 65)
-    earliest = age - Settings.model_fields["autosave_interval"].default - 3
+    earliest = age - AUTOSAVE - 3
     assert earliest <= fired["CanvasSyncUnsavedEditsStuck"] <= age + 20, "not when the oldest edit is that old"
 
     # Redis stopped: the relay alert alone; edits still converge through the table
