@@ -105,6 +105,41 @@ class Flush:
 
 
 class Connection:
+    # No instance dict: ``project`` and ``admitted``, set after __init__, turned a shared-key
+    # dict of 296 bytes into one of 1,584 (measured); a replica holds thousands of these.
+    __slots__ = (
+        "_burst",
+        "_busy",
+        "_due",
+        "_flush",
+        "_gathering",
+        "_held_until",
+        "_later",
+        "_member",
+        "_rate",
+        "_refilled",
+        "_socket",
+        "_tokens",
+        "_wakeup",
+        "ack_key",
+        "admitted",
+        "batched",
+        "busy",
+        "client_id",
+        "close_code",
+        "close_reason",
+        "editor",
+        "expiry",
+        "gathering",
+        "ledger",
+        "on_slow",
+        "outbox",
+        "project",
+        "refused_in_row",
+        "send_interval",
+        "sub",
+    )
+
     project: Project
     """The project this socket is open on (set by ``CanvasService.open``)."""
     admitted: Admitted
