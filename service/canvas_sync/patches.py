@@ -204,6 +204,9 @@ class DirectSocket(ASGIWebsocketConnection):
     _last: tuple[str, bytes] = ("", b"")
     """The text framed last and its frame: a broadcast frames once for all the sockets it
     goes to. A tuple replaced whole, so any thread reads a matching pair."""
+    _last_deflated: tuple[str, bytes] = ("", b"")
+    """The same for sockets that took permessage-deflate, for messages that may be
+    compressed (:attr:`BoundedDeflate.min_bytes` and more)."""
 
     async def __call__(self, receive: Any, send: Any) -> None:
         self._channel_receive, self._channel_send = receive, send
@@ -266,10 +269,13 @@ class DirectSocket(ASGIWebsocketConnection):
             return False
         stream, transport, _, deflate = wire
         if deflate is not None and len(text) >= BoundedDeflate.min_bytes:
-            # no frame of hypercorn's is between its compressing and its writing (it holds
-            # the lock, or has not yielded): the compressor sees frames in the wire's order
-            rsv, payload = deflate.frame_outbound(stream.connection._proto, Opcode.TEXT, _PLAIN, text.encode(), True)
-            transport.write(text_frame(payload, compressed=rsv.rsv1))  # as it is where it did not pay
+            last, frame = DirectSocket._last_deflated
+            if text is not last:  # no context takeover: the same bytes for every deflate socket
+                proto = stream.connection._proto
+                rsv, payload = deflate.frame_outbound(proto, Opcode.TEXT, _PLAIN, text.encode(), True)
+                frame = text_frame(payload, compressed=rsv.rsv1)  # as it is where it did not pay
+                DirectSocket._last_deflated = (text, frame)
+            transport.write(frame)
             return True
         last, frame = DirectSocket._last
         if text is not last:
@@ -435,8 +441,17 @@ class BoundedDeflate(PerMessageDeflate):
     _over = False
 
     def accept(self, offer: str) -> bool | str | None:
-        """Accept with our window (RFC 7692 7.1.2: a server may always name
-        ``server_max_window_bits``; ``client_max_window_bits`` only where the client offered it)."""
+        """Accept with our window and no context takeover either way (RFC 7692 7.1.1: a
+        server may always answer with both, and with ``server_max_window_bits``;
+        ``client_max_window_bits`` only where the client offered it).
+
+        Without context takeover no connection keeps a zlib state between messages: an
+        idle deflate connection costs what an uncompressed one does (the compressor was
+        most of the 23 KB between them), a message's compressed frame is the same bytes for
+        every socket (:meth:`DirectSocket.write` compresses a broadcast once), and Node's
+        ``ws`` leaves messages under its 1 KiB threshold uncompressed (with takeover it
+        compresses every one, through its thread pool). Browsers still compress every
+        message: each is inflated on a fresh window, about a microsecond."""
         client_bits, server_bits = self._parse_params(offer)
         try:
             self.server_max_window_bits = min(server_bits or self.window_bits, self.window_bits)
@@ -444,18 +459,11 @@ class BoundedDeflate(PerMessageDeflate):
                 self.client_max_window_bits = min(client_bits, self.window_bits)
         except ValueError:  # a window smaller than deflate allows: decline compression
             return None
-        parameters = [
-            name for name in ("client_no_context_takeover", "server_no_context_takeover") if getattr(self, name)
-        ]
+        self.client_no_context_takeover = self.server_no_context_takeover = True
+        parameters = ["client_no_context_takeover", "server_no_context_takeover"]
         if client_bits is not None:
             parameters.append(f"client_max_window_bits={self.client_max_window_bits}")
         parameters.append(f"server_max_window_bits={self.server_max_window_bits}")
-        if not self.server_no_context_takeover:  # else wsproto makes one per message (and frees it)
-            # zlib's memory level follows the window (8 for 15 bits, 4 for 11): its hash
-            # tables, not the window, are most of a compressor's memory. Made here, where
-            # the snapshot would make it anyway, so that sending needs no hook of ours.
-            bits = self.server_max_window_bits
-            self._compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -bits, bits - 7)
         self._enabled = True
         return "; ".join(parameters)
 
@@ -463,6 +471,12 @@ class BoundedDeflate(PerMessageDeflate):
         if fin and opcode is not Opcode.CONTINUATION and not self.compresses(len(data)):
             return rsv, data  # a whole message, small or past the budget: RSV1 clear, as it is
         started = time.perf_counter()
+        if self._compressor is None and opcode is not Opcode.CONTINUATION:
+            # zlib's memory level follows the window (8 for 15 bits, 4 for 11): its hash
+            # tables, not the window, are most of a compressor's memory; wsproto would
+            # take 8 whatever the window. It lives for one message (no context takeover).
+            bits = self.server_max_window_bits
+            self._compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -bits, bits - 7)
         try:
             return super().frame_outbound(proto, opcode, rsv, data, fin)
         finally:
@@ -482,20 +496,18 @@ class BoundedDeflate(PerMessageDeflate):
         return cls._credit > 0
 
     def inflate(self, payload: bytes) -> str | None:
-        """The text of one whole compressed message a client sent, inflated on a copy of the
-        window that is kept only if all is well (at most :attr:`max_message` bytes, valid
-        UTF-8); None: it is wsproto's to read, and nothing here changed (``ReadTap``).
+        """The text of one whole compressed message a client sent, at most
+        :attr:`max_message` bytes of valid UTF-8, inflated on a window of its own (no context
+        takeover, :meth:`accept`); None: it is wsproto's to read (``ReadTap``), which closes.
         Browsers compress every message they send."""
-        window = self._decompressor
-        copy = window.copy() if window is not None else zlib.decompressobj(-int(self.client_max_window_bits))
+        window = zlib.decompressobj(-int(self.client_max_window_bits))
         try:
-            out = copy.decompress(payload + b"\x00\x00\xff\xff", self.max_message + 1)
+            out = window.decompress(payload + b"\x00\x00\xff\xff", self.max_message + 1)
             text = out.decode()
         except (zlib.error, UnicodeDecodeError):
             return None
-        if len(out) > self.max_message or copy.unconsumed_tail:
+        if len(out) > self.max_message or window.unconsumed_tail:
             return None
-        self._decompressor = None if self.client_no_context_takeover else copy
         return text
 
     def frame_inbound_payload_data(self, proto: Any, data: bytes) -> bytes | CloseReason:
@@ -507,8 +519,7 @@ class BoundedDeflate(PerMessageDeflate):
         if not fin or not self._inbound_compressed or not self._inbound_is_compressible:
             return super().frame_inbound_complete(proto, fin)
         tail = self._inflate(b"\x00\x00\xff\xff")
-        if self._over or self.client_no_context_takeover:
-            self._decompressor = None  # a message too big leaves a window nobody may use
+        self._decompressor = None  # no context takeover (and a message too big leaves a window nobody may use)
         self._inflated, self._over = 0, False
         self._inbound_compressed = None
         return tail

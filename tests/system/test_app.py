@@ -403,7 +403,8 @@ def test_compression_windows_are_small_and_snapshots_still_compress(
         recv(ws)
         for obj in objects:
             call(ws, {"op": "create", "object": obj})
-        assert ws.response.headers["sec-websocket-extensions"] == f"permessage-deflate; {answer}"
+        negotiated = ws.response.headers["sec-websocket-extensions"]
+        assert negotiated == f"permessage-deflate; client_no_context_takeover; server_no_context_takeover; {answer}"
     with client(replica, "windows", extensions=[factory], compression=None) as ws:
         assert recv(ws)["objects"] == objects  # a 15 KB snapshot through the small window
 
@@ -417,3 +418,32 @@ def test_websocket_compression_can_be_turned_off(replicas: Any, enabled: bool) -
         assert ("permessage-deflate" in negotiated) is enabled
         big = {"op": "create", "object": {"id": "big", "type": "t", "text": "abc" * 1000}}
         assert call(ws, big)["op"] == "ack"  # works either way
+
+
+def test_a_compressed_broadcast_is_one_frame_every_deflate_client_reads(replicas: Any) -> None:
+    """No context takeover: a broadcast is compressed once and the same bytes go to every
+    socket that took permessage-deflate, whatever each received before; a client that
+    joins late reads them on its own window as well."""
+    replica = replicas("shared-deflate", rate_limit=0, websocket_compress_min_bytes=1024, gather_lag=1)  # never "busy"
+
+    def big(n: int) -> dict[str, Any]:
+        return {"id": f"o{n}", "type": "t", "text": "".join(f"{n}:{i:04} " for i in range(600))}
+
+    with (
+        client(replica, "shared", compression="deflate") as early,
+        client(replica, "shared", compression=None) as plain,
+        client(replica, "shared", compression="deflate") as writer,
+    ):
+        for ws in (early, plain, writer):
+            recv(ws)
+        negotiated = [ws.response.headers.get("sec-websocket-extensions") or "" for ws in (early, plain, writer)]
+        assert ["permessage-deflate" in e for e in negotiated] == [True, False, True]
+        assert call(writer, {"op": "create", "object": big(0)})["op"] == "ack"
+        for ws in (early, plain):
+            assert recv(ws)["object"] == big(0)
+        with client(replica, "shared", compression="deflate") as late:
+            assert len(recv(late)["objects"]) == 1
+            for n in (1, 2):
+                assert call(writer, {"op": "create", "object": big(n)})["op"] == "ack"
+                for ws in (early, plain, late):
+                    assert recv(ws)["object"] == big(n)
