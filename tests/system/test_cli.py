@@ -70,6 +70,9 @@ def _dev(tmp_path: Path, env: dict[str, str], replicas: int = 2) -> tuple[str, l
             stdout=sink,
             stderr=subprocess.STDOUT,
             text=True,
+            # a suite started in the background (``make test &``) ignores SIGINT, and a child
+            # inherits that: Python would then never raise KeyboardInterrupt and dev never stops
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             deadline = time.monotonic() + DEV_PATIENCE
