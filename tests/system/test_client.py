@@ -334,7 +334,9 @@ def test_sigkill_loses_nothing(relay: bool, request: pytest.FixtureRequest, tabl
                 mine = {k: v for k, v in editor.client.objects.items() if k.startswith(f"c{editor.me}-")}
                 meant = {k: v for k, v in editor.model.items() if v is not None}
                 differ = {k: (mine.get(k), meant.get(k)) for k in set(mine) | set(meant) if mine.get(k) != meant.get(k)}
-                assert not differ, f"client {editor.me}'s copy (left) is not what it meant (right): {differ}"
+                assert not differ, (
+                    f"client {editor.me}'s copy (left) is not what it meant (right), seed {scenario.seed}: {differ}"
+                )
             for client in (watcher, *clients):
                 await client.close()
             expected.update({oid: obj for editor in editors for oid, obj in editor.model.items()})
