@@ -129,7 +129,7 @@ class Metrics:
         self.sync_pulls = Counter(
             "canvas_sync_pulls",
             "Reads of other replicas' saves, by kind (heads: one per pass; feed; reconcile; before_save: "
-            "contended objects read before writing them) and outcome",
+            "contended objects read before writing them; refresh: a head read before a snapshot) and outcome",
             ["kind", "outcome"],
             registry=r,
         )
@@ -255,7 +255,7 @@ class Metrics:
         for outcome in ("success", "error"):
             self.batches.labels(outcome)
             self.project_loads.labels(outcome)
-            for kind in ("heads", "feed", "reconcile", "before_save"):
+            for kind in ("heads", "feed", "reconcile", "before_save", "refresh"):
                 self.sync_pulls.labels(kind, outcome)
         for reason in ("here", "relay", "head", "fenced"):
             self.project_drops.labels(reason)

@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 
 MERGE_CHUNK = 500
 """States merged per turn of the event loop: a turn stays around a millisecond."""
+REFRESH_TIMEOUT = 1.0
+"""Seconds a snapshot waits for :meth:`Puller.refresh` before it is sent as memory holds it."""
 
 
 # --- decisions over plain data -------------------------------------------------------
@@ -113,18 +115,20 @@ class Plan:
     feed: list[tuple[str, int]]
 
 
-def note_heads(cursor: Cursor, tokens: Mapping[str, str], now: float, overlap_s: float) -> None:
-    """Take a new read of other replicas' tokens: a changed token opens a feed window."""
+def note_heads(cursor: Cursor, tokens: Mapping[str, str], now: float, overlap_s: float) -> bool:
+    """Take a new read of other replicas' tokens: a changed token opens a feed window.
+    True when one changed (another replica saved since the last read)."""
     if now >= cursor.feed_until:
         cursor.feed_from_ms = None
     known, cursor.other_heads = cursor.other_heads, dict(tokens)
     changed = [token for writer, token in tokens.items() if known is None or known.get(writer) != token]
     if not changed:
-        return
+        return False
     if known is not None:  # unknown before: the watermark's overlap is all we can go by
         lowest = min(token_ms(token) for token in changed)
         cursor.feed_from_ms = lowest if cursor.feed_from_ms is None else min(cursor.feed_from_ms, lowest)
     cursor.feed_until = now + overlap_s
+    return True
 
 
 def heads_due(cursors: Mapping[str, Cursor], now: float, slow_interval: float | None) -> list[str]:
@@ -248,11 +252,77 @@ class Puller:
         self._limit = asyncio.Semaphore(concurrency)
         self._catch_ups: set[str] = set()
         self._wake = asyncio.Event()
+        self._refresh_waiters: dict[str, list[asyncio.Future[bool]]] = {}
+        """Project -> callers of :meth:`refresh` waiting for a read that began after they asked."""
+        self._refreshers: dict[str, asyncio.Task[None]] = {}
 
     def catch_up(self, project: str) -> None:
         """Pull a project now and watch its head closely for a while (the relay asks)."""
         self._catch_ups.add(project)
         self._wake.set()
+
+    async def refresh(self, project: str, timeout: float = REFRESH_TIMEOUT) -> bool:
+        """Bring a held copy up to what other replicas saved before this call: read its head
+        and, if another replica's token changed since the last read, its feed.
+
+        A socket opening here asks before its snapshot: a client that moved from a replica
+        after ``saved`` then finds its changes in the snapshot, instead of missing them (or
+        seeing an object it deleted alive) until the next pass, up to ``CANVAS_SYNC_INTERVAL``
+        later. One head read serves every caller that asked before it began. Not while the
+        relay is healthy: it brought other replicas' changes before their saves. False when
+        the read failed or took longer than ``timeout``: the copy is served as it is.
+        """
+        if self._slow():
+            return True
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._refresh_waiters.setdefault(project, []).append(waiter)
+        if project not in self._refreshers:
+            self._refreshers[project] = asyncio.create_task(self._refreshing(project), name="canvas-refresh")
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(waiter)
+        except TimeoutError:
+            return False
+
+    async def _refreshing(self, project: str) -> None:
+        """Serve the waiting callers of :meth:`refresh`, one read for each group that asked."""
+        try:
+            while waiters := self._refresh_waiters.pop(project, None):
+                try:
+                    await self._refresh_once(project)
+                    fresh = True
+                except Exception as error:  # served as it is; the passes keep trying
+                    fresh, why = False, f"{type(error).__name__}: {error}"
+                    log.warning(
+                        "refresh before a snapshot failed",
+                        extra={"event": "refresh_error", "project": project, "error": why},
+                    )
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(fresh)
+        finally:
+            del self._refreshers[project]
+
+    async def _refresh_once(self, pid: str) -> None:
+        now = time.monotonic()
+        self._track_projects(now)  # a copy loaded since the last pass gets its cursor (its load's heads)
+        if pid not in self.cursors:
+            return
+        try:
+            head = (await asyncio.to_thread(self.store.read_heads, [pid])).get(pid, Head())
+        except Exception:
+            self.metrics.sync_pulls.labels("refresh", "error").inc()
+            raise
+        self.metrics.sync_pulls.labels("refresh", "success").inc()
+        self.metrics.heads_read.inc()
+        cursor = self.cursors.get(pid)
+        if cursor is None:  # evicted or dropped meanwhile
+            return
+        tokens = {writer: token for writer, token in head.tokens.items() if writer != self.clock.replica_id}
+        changed = note_heads(cursor, tokens, now, self.overlap)
+        # Within a feed window a pass may have noted the token and not merged its feed yet.
+        if (changed or now < cursor.feed_until) and cursor.backoff.ready(now):
+            await self._pull(pid, feed_since(cursor, int(self.overlap * 1000)))
 
     def _slow(self) -> bool:
         return self.relay is not None and self.relay.healthy()

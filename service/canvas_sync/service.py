@@ -485,6 +485,8 @@ class CanvasService:
         self.admission.reserve(admitted)
         try:
             project = await self.project(admitted.project)
+            await self.puller.refresh(project.id)  # what other replicas saved before now is in the snapshot
+            project = await self.project(admitted.project)  # the same copy, unless it was dropped meanwhile
         except BaseException:
             self.admission.release(admitted)
             raise

@@ -164,6 +164,30 @@ def test_delete_against_concurrent_update_and_a_stale_replica(replicas: Any) -> 
     assert body(replicas("replica-d", **FAST), "p") == final  # nor in the table
 
 
+def test_a_snapshot_holds_what_another_replica_saved_before_the_socket_opened(replicas: Any) -> None:
+    """B holds the project and pulls seldom; a client saves on A, then opens a socket on B
+    (as after a failover): B reads the project's head before the snapshot, so the client
+    finds its create, and not the object it deleted, instead of B's copy from before."""
+    a = replicas("replica-a", autosave_interval=0.2, rate_limit=0)
+    b = replicas("replica-b", autosave_interval=0.2, sync_interval=30, rate_limit=0)
+    ca = Client(a, "p")
+    ca.call({"op": "create", "object": {"id": "gone", "type": "rect"}})
+    ca.wait_for(lambda c: c.unsaved == 0)
+    watcher = Client(b, "p")  # B holds the project from here on, with "gone" from its load
+    assert "gone" in watcher.objects
+    for round_ in range(3):
+        ca.call({"op": "create", "object": {"id": f"new{round_}", "type": "rect", "x": round_}})
+        ca.call(
+            {"op": "delete", "id": "gone"} if round_ == 0 else {"op": "update", "id": "new0", "props": {"x": -round_}}
+        )
+        ca.wait_for(lambda c: c.unsaved == 0)  # saved: the client may forget its changes now
+        moved = Client(b, "p")
+        assert moved.objects == ca.objects, (round_, moved.objects, ca.objects)
+        moved.close()
+    for client in (ca, watcher):
+        client.close()
+
+
 @pytest.mark.parametrize("skew_ms", [-4000, 4000])
 def test_a_replica_with_a_skewed_clock_converges(replicas: Any, skew_ms: int) -> None:
     nodes = [replicas("replica-a", **FAST), replicas("replica-skewed", clock_offset_ms=skew_ms, **FAST)]

@@ -26,9 +26,9 @@ OVERLAP = 0.3
 
 def test_a_changed_token_opens_a_feed_window_from_the_save_it_announces() -> None:
     cursor = Cursor(watermark_ms=50_000, last_reconcile=0.0, other_heads={"b": "10000.1"})
-    note_heads(cursor, {"b": "10000.1"}, now=1.0, overlap_s=10)
+    assert not note_heads(cursor, {"b": "10000.1"}, now=1.0, overlap_s=10)
     assert cursor.feed_until == 0.0  # nothing new
-    note_heads(cursor, {"b": "20000.2", "c": "30000.1"}, now=2.0, overlap_s=10)
+    assert note_heads(cursor, {"b": "20000.2", "c": "30000.1"}, now=2.0, overlap_s=10)
     assert cursor.feed_until == 12.0 and cursor.feed_from_ms == 20_000
     assert feed_since(cursor, overlap_ms=10_000) == 19_999  # the slow save is older than the overlap
     note_heads(cursor, {"b": "20000.2", "c": "40000.2"}, now=5.0, overlap_s=10)
@@ -260,6 +260,72 @@ def test_a_failed_heads_read_backs_off_and_queries_no_feed_blindly(memory_nodes:
     time.sleep(0.1)
     assert a.pass_once() == ["p2"] and a.puller.last_error is None
     assert "o" in a.projects.get("p2").views  # type: ignore[union-attr]
+
+
+def test_a_refresh_brings_in_what_another_replica_saved_before_it(memory_nodes: tuple[Node, Node]) -> None:
+    """A socket opening on a held copy asks first: the snapshot then has b's last save, not
+    a copy one pass behind (a client that moved from b after ``saved`` would miss it)."""
+    a, b = memory_nodes
+    a.hold("p")
+    a.pass_once()
+    b.save("p", "s1", x=1)
+    a.queried.clear()
+    assert asyncio.run(a.puller.refresh("p")) is True
+    assert a.queried == ["p"] and "s1" in a.projects.get("p").views  # type: ignore[union-attr]
+    a.queried.clear()
+    assert asyncio.run(a.puller.refresh("p")) is True
+    assert a.queried == ["p"]  # within the feed window: a pass may not have merged a save it noted
+    time.sleep(OVERLAP + 0.05)
+    a.queried.clear()
+    assert asyncio.run(a.puller.refresh("p")) is True
+    assert a.queried == []  # no token changed, no window open: one head read, no feed query
+    assert a.metrics.sync_pulls.labels("refresh", "success")._value.get() == 3
+
+
+def test_a_refresh_pulls_a_save_a_pass_noted_and_has_not_merged_yet(memory_nodes: tuple[Node, Node]) -> None:
+    a, b = memory_nodes
+    a.hold("p")
+    a.pass_once()
+    b.save("p", "s1", x=1)
+    asyncio.run(a.puller._read_heads(time.monotonic()))  # a pass read the head; its feed query is yet to come
+    asyncio.run(a.puller.refresh("p"))
+    assert "s1" in a.projects.get("p").views  # type: ignore[union-attr]
+
+
+def test_a_refresh_of_a_copy_loaded_since_the_last_pass_compares_with_its_load() -> None:
+    a_store = MemoryStore("a")
+    a, b = Node(a_store, "a"), Node(MemoryStore("b", shared=a_store), "b")
+    a.hold("p")  # no pass yet: no cursor
+    b.save("p", "s1", x=1)
+    asyncio.run(a.puller.refresh("p"))
+    assert "s1" in a.projects.get("p").views  # type: ignore[union-attr]
+
+
+def test_refreshes_asked_together_share_one_head_read(memory_nodes: tuple[Node, Node]) -> None:
+    a, b = memory_nodes
+    a.hold("p")
+    a.pass_once()
+    b.save("p", "s1", x=1)
+    a.store.calls.clear()  # type: ignore[attr-defined]
+
+    async def many() -> list[bool]:
+        return await asyncio.gather(*(a.puller.refresh("p") for _ in range(20)))
+
+    assert asyncio.run(many()) == [True] * 20
+    assert a.store.calls == ["heads", "feed"]  # type: ignore[attr-defined]
+
+
+def test_a_refresh_that_fails_serves_the_copy_as_it_is(memory_nodes: tuple[Node, Node]) -> None:
+    a, b = memory_nodes
+    a.hold("p")
+    a.pass_once()
+    b.save("p", "s1", x=1)
+    a.store.fault = lambda operation: (_ for _ in ()).throw(InjectedFault("down"))  # type: ignore[attr-defined]
+    assert asyncio.run(a.puller.refresh("p")) is False
+    assert "s1" not in a.projects.get("p").views  # type: ignore[union-attr]
+
+    a.store.fault = lambda operation: time.sleep(0.3)  # type: ignore[attr-defined]
+    assert asyncio.run(a.puller.refresh("p", timeout=0.05)) is False  # not waited for past its timeout
 
 
 def test_last_error_clears_once_no_project_is_held(memory_nodes: tuple[Node, Node]) -> None:
