@@ -57,7 +57,9 @@ SYSTEMS = {
     "y-websocket": "y-websocket server (@y/websocket-server 0.1.1)",
 }
 PEERS = ("hocuspocus-sqlite", "hocuspocus-memory", "y-websocket")
-BIG_STEPS = (32, 64, 128, 192, 256, 320)
+BIG_STEPS = (32, 64, 128, 192, 256, 320, 384, 448, 512)
+"""Up to 512: on a fast machine Hocuspocus holds 256 to 320 and canvas-sync more, so a top step
+of 320 (as before 2026-12-06) did not tell them apart."""
 CPU_AT = 128
 """The big board's CPU per 1,000 edits is read at this many clients."""
 RATE = 20.0
