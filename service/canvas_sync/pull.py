@@ -255,6 +255,7 @@ class Puller:
         self._refresh_waiters: dict[str, list[asyncio.Future[bool]]] = {}
         """Project -> callers of :meth:`refresh` waiting for a read that began after they asked."""
         self._refreshers: dict[str, asyncio.Task[None]] = {}
+        """Project -> the task serving its waiters (one at a time per project)."""
 
     def catch_up(self, project: str) -> None:
         """Pull a project now and watch its head closely for a while (the relay asks)."""
@@ -263,7 +264,8 @@ class Puller:
 
     async def refresh(self, project: str, timeout: float = REFRESH_TIMEOUT) -> bool:
         """Bring a held copy up to what other replicas saved before this call: read its head
-        and, if another replica's token changed since the last read, its feed.
+        and, if another replica's token changed since the last read (or a feed window is
+        open), its feed.
 
         A socket opening here asks before its snapshot: a client that moved from a replica
         after ``saved`` then finds its changes in the snapshot, instead of missing them (or
@@ -308,12 +310,7 @@ class Puller:
         self._track_projects(now)  # a copy loaded since the last pass gets its cursor (its load's heads)
         if pid not in self.cursors:
             return
-        try:
-            head = (await asyncio.to_thread(self.store.read_heads, [pid])).get(pid, Head())
-        except Exception:
-            self.metrics.sync_pulls.labels("refresh", "error").inc()
-            raise
-        self.metrics.sync_pulls.labels("refresh", "success").inc()
+        head = (await self._heads([pid], kind="refresh")).get(pid, Head())
         self.metrics.heads_read.inc()
         cursor = self.cursors.get(pid)
         if cursor is None:  # evicted or dropped meanwhile
@@ -452,13 +449,13 @@ class Puller:
             note_heads(cursor, tokens, now, self.overlap)
         return judged
 
-    async def _heads(self, pids: list[str]) -> dict[str, Head]:
+    async def _heads(self, pids: list[str], kind: str = "heads") -> dict[str, Head]:
         try:
             heads = await asyncio.to_thread(self.store.read_heads, pids)
         except Exception:
-            self.metrics.sync_pulls.labels("heads", "error").inc()
+            self.metrics.sync_pulls.labels(kind, "error").inc()
             raise
-        self.metrics.sync_pulls.labels("heads", "success").inc()
+        self.metrics.sync_pulls.labels(kind, "success").inc()
         return heads
 
     def _judge(self, pid: str, head: Head, now: float) -> Judgement:

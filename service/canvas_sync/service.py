@@ -484,9 +484,13 @@ class CanvasService:
         """
         self.admission.reserve(admitted)
         try:
+            # A load this socket starts reads the table after it opened; a held copy (or a load
+            # already in flight) may be behind what other replicas saved before now.
+            behind = self.projects.get(admitted.project) is not None or admitted.project in self._loads
             project = await self.project(admitted.project)
-            await self.puller.refresh(project.id)  # what other replicas saved before now is in the snapshot
-            project = await self.project(admitted.project)  # the same copy, unless it was dropped meanwhile
+            if behind:
+                await self.puller.refresh(project.id)
+                project = await self.project(admitted.project)  # the same copy, unless it was dropped meanwhile
         except BaseException:
             self.admission.release(admitted)
             raise

@@ -349,9 +349,8 @@ def test_sigkill_loses_nothing(relay: bool, request: pytest.FixtureRequest, tabl
         print(f"{path.name}: {summary}")
         assert summary["errors"] == [], summary["errors"][:5]
         assert summary["lost"] == 0 and summary["duplicated"] == 0, summary
-        table_now = scenario.table_state(project)
         assert not copies, (
             f"copies (left) are not what their clients meant (middle); the table (right) is, seed {scenario.seed}: "
-            f"{ {k: (*v, table_now.get(k)) for k, v in copies.items()} }"
+            f"{ {k: (*v, scenario.table_state(project).get(k)) for k, v in copies.items()} }"
         )
         assert summary["acked_unsaved_at_kill"] > 0  # the kill did catch changes only A held
